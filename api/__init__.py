@@ -1,0 +1,51 @@
+"""The HTTP API (installed as taskkernel.api): validates, routes to Redis and Celery, answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import Flask
+
+from taskkernel.notebooks import NotebookStore
+from taskkernel.settings import Settings
+
+
+@dataclass
+class Services:
+    """What the request handlers use; built once per API process by create_app."""
+
+    settings: Settings
+    redis: redis.Redis
+    store: NotebookStore
+    celery: Celery
+
+
+def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
+    """The Flask app for `settings`; pass `client` to share a Redis connection pool."""
+    from taskkernel.api import auth, cells, engines, errors, feed, notebooks
+    from taskkernel.workers.celery_app import make_celery
+
+    app = Flask("taskkernel.api")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    if client is None:
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=max(16, settings.api_threads * 2), timeout=10,
+            health_check_interval=30,
+        )
+        client = redis.Redis(connection_pool=pool)
+    app.extensions["taskkernel"] = Services(
+        settings=settings,
+        redis=client,
+        store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen),
+        celery=make_celery(settings),
+    )
+    errors.register(app)
+    auth.register(app, settings)
+    app.register_blueprint(engines.blueprint, url_prefix="/api")
+    app.register_blueprint(notebooks.blueprint, url_prefix="/api")
+    app.register_blueprint(cells.blueprint, url_prefix="/api")
+    app.register_blueprint(feed.blueprint, url_prefix="/api")
+    return app

@@ -1,0 +1,42 @@
+"""The one place where exceptions become HTTP responses: JSON {"error", "message"} and a status."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from taskkernel.exceptions import TaskkernelError
+
+log = logging.getLogger("taskkernel.api")
+
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(TaskkernelError)
+    def taskkernel_error(exc: TaskkernelError):
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = HTTP_CODES.get(exc.code, "http_error")
+        return jsonify({"error": code, "message": exc.description}), exc.code
+
+    @app.errorhandler(redis.RedisError)
+    def redis_error(exc: redis.RedisError):
+        log.warning("redis error: %r", exc)
+        return jsonify({"error": "redis_unavailable", "message": f"Redis is unavailable: {exc}"}), 503
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error")
+        return jsonify({"error": "internal_error", "message": f"{type(exc).__name__}: {exc}"}), 500

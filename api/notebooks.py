@@ -1,0 +1,102 @@
+"""Notebooks: create (pin to an idle worker), list, show, delete, restart, interrupt."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from taskkernel import rpc
+from taskkernel.api.validation import json_body
+from taskkernel.engines import registry
+from taskkernel.exceptions import InvalidField
+
+blueprint = Blueprint("notebooks", __name__)
+
+
+def services():
+    return current_app.extensions["taskkernel"]
+
+
+@blueprint.post("/notebooks")
+def create_notebook():
+    body = json_body({"engine": str})
+    engine = body.get("engine", "python")
+    svc = services()
+    registry.get_spec(svc.settings.config_dir, engine)  # UnknownEngine -> 400
+    notebook = svc.store.create(engine, timeout_s=svc.settings.assign_timeout_s)
+    response = jsonify(notebook)
+    response.status_code = 201
+    response.headers["Location"] = f"/api/notebooks/{notebook['id']}"
+    return response
+
+
+@blueprint.get("/notebooks")
+def list_notebooks():
+    return jsonify({"notebooks": services().store.list()})
+
+
+@blueprint.get("/notebooks/<notebook_id>")
+def get_notebook(notebook_id: str):
+    return jsonify(services().store.get(notebook_id))
+
+
+@blueprint.delete("/notebooks/<notebook_id>")
+def delete_notebook(notebook_id: str):
+    services().store.delete(notebook_id)
+    return "", 204
+
+
+@blueprint.post("/notebooks/<notebook_id>/restart")
+def restart_notebook(notebook_id: str):
+    """A fresh namespace on a fresh worker; queued cells are aborted, the running one is killed."""
+    svc = services()
+    json_body({})
+    svc.store.get(notebook_id)
+    svc.store.restart(notebook_id, reason="the notebook was restarted", cell_error={
+        "ename": "Restarted", "evalue": "the notebook was restarted while this cell ran",
+        "traceback": ["Restarted: the notebook was restarted while this cell ran"],
+    })
+    return jsonify(svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s))
+
+
+@blueprint.post("/notebooks/<notebook_id>/interrupt")
+def interrupt_notebook(notebook_id: str):
+    """KeyboardInterrupt in the running cell; a harmless no-op when none runs."""
+    svc = services()
+    json_body({})
+    notebook = svc.store.get(notebook_id)
+    if not notebook["worker"]:
+        return jsonify({"interrupted": None})
+    result = rpc.call(svc.redis, notebook["worker"]["id"], "interrupt", timeout_s=svc.settings.rpc_timeout_s)
+    return jsonify(result)
+
+
+def _introspect(notebook_id: str, op: str, fields: dict, required=("code",)):
+    svc = services()
+    body = json_body(fields, required=required)
+    code = body["code"]
+    args = {"code": code}
+    if "cursor_pos" in fields:
+        cursor_pos = body.get("cursor_pos", len(code))
+        if not 0 <= cursor_pos <= len(code):
+            raise InvalidField(f"cursor_pos must be between 0 and {len(code)}", field="cursor_pos")
+        args["cursor_pos"] = cursor_pos
+    if "detail_level" in body:
+        args["detail_level"] = body["detail_level"]
+    notebook = svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)
+    return jsonify(rpc.call(svc.redis, notebook["worker"]["id"], op, args, timeout_s=svc.settings.rpc_timeout_s))
+
+
+@blueprint.post("/notebooks/<notebook_id>/complete")
+def complete(notebook_id: str):
+    """Jupyter's complete_reply: matches, cursor_start, cursor_end, on the live namespace."""
+    return _introspect(notebook_id, "complete", {"code": str, "cursor_pos": int})
+
+
+@blueprint.post("/notebooks/<notebook_id>/inspect")
+def inspect(notebook_id: str):
+    return _introspect(notebook_id, "inspect", {"code": str, "cursor_pos": int, "detail_level": int})
+
+
+@blueprint.post("/notebooks/<notebook_id>/is_complete")
+def is_complete(notebook_id: str):
+    return _introspect(notebook_id, "is_complete", {"code": str})

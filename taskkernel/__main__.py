@@ -1,0 +1,7 @@
+"""`python -m taskkernel` is the `taskkernel` command."""
+
+import sys
+
+from taskkernel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The `taskkernel` command: up (everything), api, worker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from taskkernel.settings import Settings, load_settings, settings_environ
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taskkernel", description="A notebook code-execution backend.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run Redis (if none is configured), a worker supervisor and the API")
+    up.add_argument("--host", help="API bind address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="API port (default 8000)")
+    up.add_argument("--pool", type=int, help="idle workers kept warm per engine (default 2)")
+
+    api = commands.add_parser("api", help="run the HTTP API (gunicorn, threads)")
+    api.add_argument("--host", help="bind address (default 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (default 8000)")
+    api.add_argument("--threads", type=int, help="request threads (default 32)")
+
+    worker = commands.add_parser("worker", help="run this host's worker supervisor")
+    worker.add_argument("--pool", type=int, help="idle workers kept warm per engine (default 2)")
+    worker.add_argument("--host-name", help="name of this host in Redis (default: the machine's)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            return cmd_up(load_settings(api_host=args.host, api_port=args.port, pool_size=args.pool))
+        if args.command == "api":
+            return cmd_api(load_settings(api_host=args.host, api_port=args.port, api_threads=args.threads))
+        if args.command == "worker":
+            return cmd_worker(load_settings(pool_size=args.pool, host_name=args.host_name))
+    except Exception as exc:
+        from taskkernel.exceptions import TaskkernelError
+
+        if isinstance(exc, TaskkernelError):
+            print(f"taskkernel: {exc.message}", file=sys.stderr)
+            return 2
+        raise
+    return 1
+
+
+def _require_redis(settings: Settings) -> None:
+    if not settings.redis_url:
+        from taskkernel.exceptions import ConfigurationError
+
+        raise ConfigurationError("TASKKERNEL_REDIS_URL is not set (`taskkernel up` starts a private Redis)")
+
+
+def cmd_worker(settings: Settings) -> int:
+    _require_redis(settings)
+    from taskkernel.workers import supervisor
+
+    supervisor.main(settings)
+    return 0
+
+
+def cmd_api(settings: Settings) -> int:
+    _require_redis(settings)
+    from gunicorn.app.base import BaseApplication
+
+    from taskkernel.api import create_app
+
+    class _Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{settings.api_host}:{settings.api_port}")
+            self.cfg.set("workers", 1)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", settings.api_threads)
+            self.cfg.set("timeout", 0)  # evaluate with wait may hold a request open for long
+            self.cfg.set("keepalive", 30)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("loglevel", settings.log_level.lower())
+
+        def load(self):
+            return create_app(settings)
+
+    _Server().run()
+    return 0
+
+
+def cmd_up(settings: Settings) -> int:
+    """Run everything in the foreground; Ctrl-C or SIGTERM stops all of it."""
+    from taskkernel.redis_server import RedisServer
+
+    redis_server = None
+    children: list[subprocess.Popen] = []
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        if not settings.redis_url:
+            redis_server = RedisServer().start()
+            settings = settings.replace(redis_url=redis_server.url)
+        env = {**os.environ, **settings_environ(settings)}
+        for command in ("worker", "api"):
+            children.append(subprocess.Popen([sys.executable, "-m", "taskkernel", command], env=env,
+                                             start_new_session=True))
+        url = f"http://{settings.api_host}:{settings.api_port}"
+        if _wait_until_up(url, children, stopping):
+            print(f"taskkernel API on {url}  (redis {_redacted(settings.redis_url)}, "
+                  f"{settings.pool_size} idle workers per engine)", flush=True)
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+        failed = [c for c in children if c.poll() not in (None, 0)]
+        return 1 if failed and not stopping else 0
+    finally:
+        for child in reversed(children):
+            _stop_process(child)
+        if redis_server is not None:
+            redis_server.stop()
+
+
+def _wait_until_up(url: str, children, stopping, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stopping and all(c.poll() is None for c in children):
+        try:
+            with urllib.request.urlopen(url + "/api/engines", timeout=2):
+                return True
+        except urllib.error.HTTPError:  # it answered (401 with a token set): it is up
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def _stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def _redacted(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+if __name__ == "__main__":
+    sys.exit(main())

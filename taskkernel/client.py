@@ -1,0 +1,180 @@
+"""The Python client: Client(url) -> Notebook handles that evaluate, complete and follow the feed."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+
+from taskkernel.exceptions import TaskkernelError
+
+
+class ApiError(TaskkernelError):
+    """The API answered with an error."""
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(body.get("message", f"HTTP {status}"), **{k: v for k, v in body.items() if k != "message"})
+        self.status = status
+        self.code = body.get("error", "http_error")
+
+
+class Client:
+    """Talks to one taskkernel API over HTTP (one keep-alive connection per thread)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout_s: float = 60.0):
+        parsed = urllib.parse.urlsplit(url)
+        self.url = url.rstrip("/")
+        self._host, self._port = parsed.hostname, parsed.port or 80
+        self._token = token
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
+        return conn
+
+    def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None):
+        """Send one request; return (status, decoded JSON or None). Raises ApiError on 4xx/5xx."""
+        headers = {"Accept": "application/json"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        for attempt in (1, 2):
+            conn = self._connection()
+            conn.timeout = timeout_s or self._timeout_s
+            if conn.sock is not None:
+                conn.sock.settimeout(conn.timeout)
+            try:
+                conn.request(method, "/api" + path, body=payload, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        decoded = json.loads(data) if data else None
+        if response.status >= 400:
+            raise ApiError(response.status, decoded or {})
+        return response.status, decoded
+
+    def engines(self) -> list[dict]:
+        return self.request("GET", "/engines")[1]["engines"]
+
+    def notebooks(self) -> list[dict]:
+        return self.request("GET", "/notebooks")[1]["notebooks"]
+
+    def start(self, engine: str = "python") -> "Notebook":
+        """Open a notebook on a fresh worker of `engine`."""
+        _, record = self.request("POST", "/notebooks", {"engine": engine})
+        return Notebook(self, record)
+
+    def notebook(self, notebook_id: str) -> "Notebook":
+        return Notebook(self, self.request("GET", f"/notebooks/{notebook_id}")[1])
+
+
+class Notebook:
+    """A handle on one running notebook; a context manager that deletes it on exit."""
+
+    def __init__(self, client: Client, record: dict):
+        self.client = client
+        self.id = record["id"]
+        self.record = record
+
+    def __enter__(self) -> "Notebook":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def refresh(self) -> dict:
+        self.record = self.client.request("GET", f"/notebooks/{self.id}")[1]
+        return self.record
+
+    def evaluate(self, code: str, wait: bool = True, timeout: float = 60.0, stop_on_error: bool = False) -> dict:
+        """Run a cell; with `wait`, return the finished cell (or the running one after `timeout` s)."""
+        body = {"code": code, "wait": wait, "timeout": timeout}
+        if stop_on_error:
+            body["stop_on_error"] = True
+        return self.client.request("POST", f"/notebooks/{self.id}/evaluate", body, timeout_s=timeout + 30)[1]
+
+    def cell(self, cell_id: str) -> dict:
+        return self.client.request("GET", f"/notebooks/{self.id}/cells/{cell_id}")[1]
+
+    def wait(self, cell_id: str, timeout: float = 60.0, poll_s: float = 0.05) -> dict:
+        """Poll a cell until it is done (or `timeout` s pass); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            cell = self.cell(cell_id)
+            if cell["state"] == "done" or time.monotonic() > deadline:
+                return cell
+            time.sleep(poll_s)
+
+    def complete(self, code: str, cursor_pos: int | None = None) -> dict:
+        body = {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos}
+        return self.client.request("POST", f"/notebooks/{self.id}/complete", body)[1]
+
+    def inspect(self, code: str, cursor_pos: int | None = None) -> dict:
+        body = {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos}
+        return self.client.request("POST", f"/notebooks/{self.id}/inspect", body)[1]
+
+    def is_complete(self, code: str) -> dict:
+        return self.client.request("POST", f"/notebooks/{self.id}/is_complete", {"code": code})[1]
+
+    def interrupt(self) -> dict:
+        return self.client.request("POST", f"/notebooks/{self.id}/interrupt", {})[1]
+
+    def restart(self) -> dict:
+        self.record = self.client.request("POST", f"/notebooks/{self.id}/restart", {})[1]
+        return self.record
+
+    def feed(self, after: str = "0-0", timeout: float | None = None) -> Iterator[dict]:
+        """Feed messages over Server-Sent Events, from stream position `after` (default: the start).
+
+        Each message gets its stream position as `position`. Stops after `timeout` s, if given.
+        """
+        query = {"after": after}
+        if timeout is not None:
+            query["timeout"] = str(timeout)
+        conn = http.client.HTTPConnection(self.client._host, self.client._port, timeout=(timeout or 3600) + 30)
+        headers = {"Accept": "text/event-stream"}
+        if self.client._token:
+            headers["Authorization"] = f"Bearer {self.client._token}"
+        try:
+            conn.request("GET", f"/api/notebooks/{self.id}/feed?{urllib.parse.urlencode(query)}", headers=headers)
+            response = conn.getresponse()
+            if response.status >= 400:
+                raise ApiError(response.status, json.loads(response.read() or b"{}"))
+            event: dict[str, str] = {}
+            for raw in response:
+                line = raw.decode().rstrip("\r\n")
+                if line == "":
+                    if event.get("event", "message") == "message" and "data" in event:
+                        message = json.loads(event["data"])
+                        message["position"] = event.get("id")
+                        yield message
+                    elif event.get("event") == "end":
+                        return
+                    event = {}
+                elif not line.startswith(":"):
+                    name, _, value = line.partition(":")
+                    event[name] = value[1:] if value.startswith(" ") else value
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Delete the notebook; its worker stops."""
+        try:
+            self.client.request("DELETE", f"/notebooks/{self.id}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise

@@ -1,0 +1,143 @@
+"""The engine template: the protocol lives here, an engine implements only the hooks.
+
+As in ipykernel's kernelbase, the base class numbers executions, turns exceptions in user code
+into `error` content, turns the cell's value into an `execute_result` and collects the cell's
+outputs; a subclass implements `evaluate`, `complete`, `inspect` and `is_complete`. Engines know
+nothing of Celery, Redis or HTTP: they emit (msg_type, content) pairs through a callback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+Emit = Callable[[str, dict], None]
+
+# _repr_*_ method -> mime type, in the order Jupyter front ends prefer them
+REPR_METHODS = (
+    ("_repr_html_", "text/html"),
+    ("_repr_markdown_", "text/markdown"),
+    ("_repr_svg_", "image/svg+xml"),
+    ("_repr_png_", "image/png"),
+    ("_repr_jpeg_", "image/jpeg"),
+    ("_repr_json_", "application/json"),
+    ("_repr_latex_", "text/latex"),
+    ("_repr_javascript_", "application/javascript"),
+)
+BINARY_MIMES = ("image/png", "image/jpeg")
+
+
+def mime_bundle(obj: Any) -> tuple[dict, dict]:
+    """The (data, metadata) mime bundle of an object, as IPython's display formatter builds it."""
+    data: dict = {"text/plain": repr(obj)}
+    metadata: dict = {}
+    mimebundle = getattr(obj, "_repr_mimebundle_", None)
+    if callable(mimebundle) and not isinstance(obj, type):
+        try:
+            got = mimebundle()
+            if isinstance(got, tuple):
+                got, meta = got
+                metadata.update(meta or {})
+            data.update({k: _encode(k, v) for k, v in (got or {}).items() if v is not None})
+        except Exception:
+            pass
+    for method, mime in REPR_METHODS:
+        fn = getattr(obj, method, None)
+        if not callable(fn) or isinstance(obj, type) or mime in data:
+            continue
+        try:
+            value = fn()
+        except Exception:
+            continue
+        if isinstance(value, tuple):
+            value, meta = value
+            metadata[mime] = meta
+        if value is not None:
+            data[mime] = _encode(mime, value)
+    return data, metadata
+
+
+def _encode(mime: str, value: Any) -> Any:
+    if mime in BINARY_MIMES and isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    if mime == "application/json" and isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+class Engine:
+    """Base class of every engine type; subclass it and implement the hooks."""
+
+    language = "python"
+
+    def __init__(self, spec: dict | None = None):
+        self.spec = spec or {}
+        self.execution_count = 0
+        self._emit: Emit | None = None
+
+    # --- hooks an engine implements --------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare the namespace (start-up code, display hooks); runs once in the worker."""
+
+    def evaluate(self, code: str, cell_name: str) -> Any:
+        """Run `code`; return the value of its last expression (or None). Exceptions propagate."""
+        raise NotImplementedError
+
+    def format_error(self, exc: BaseException) -> dict:
+        """`error` content (ename, evalue, traceback lines) for an exception raised by user code."""
+        return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": [f"{type(exc).__name__}: {exc}"]}
+
+    def after_cell(self) -> None:
+        """Called after every cell, while its outputs are still collected (e.g. to show figures)."""
+
+    def complete(self, code: str, cursor_pos: int) -> dict:
+        return {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos, "metadata": {}}
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict:
+        return {"found": False, "data": {}, "metadata": {}}
+
+    def is_complete(self, code: str) -> dict:
+        return {"status": "unknown"}
+
+    # --- the protocol -------------------------------------------------------------------------
+
+    def display(self, obj: Any, *, metadata: dict | None = None) -> None:
+        """Emit `obj` as display_data on the running cell (what `display()` in a cell calls)."""
+        data, meta = mime_bundle(obj)
+        self.emit("display_data", {"data": data, "metadata": {**meta, **(metadata or {})}, "transient": {}})
+
+    def emit(self, msg_type: str, content: dict) -> None:
+        if self._emit is not None:
+            self._emit(msg_type, content)
+
+    def execute(self, code: str, emit: Emit) -> dict:
+        """Run one cell, emitting execute_input, outputs and an error; return execute_reply content."""
+        self._emit = emit
+        self.execution_count += 1
+        count = self.execution_count
+        emit("execute_input", {"code": code, "execution_count": count})
+        try:
+            value = self.evaluate(code, f"<cell-{count}>")
+            if value is not None:
+                data, metadata = mime_bundle(value)
+                emit("execute_result", {"execution_count": count, "data": data, "metadata": metadata})
+            self._after_cell_safely()
+            return {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
+            if isinstance(exc, GeneratorExit):
+                raise
+            self._after_cell_safely()
+            error = self.format_error(exc)
+            emit("error", error)
+            return {"status": "error", "execution_count": count, **error}
+        finally:
+            self._emit = None
+
+    def _after_cell_safely(self) -> None:
+        try:
+            self.after_cell()
+        except Exception as exc:  # a broken figure must not break the cell's reply
+            self.emit("stream", {"name": "stderr", "text": f"[taskkernel] after_cell failed: {exc!r}\n"})

@@ -1,0 +1,182 @@
+"""The plain Python engine: a namespace dict, REPL semantics, jedi completion, rich display."""
+
+from __future__ import annotations
+
+import ast
+import codeop
+import linecache
+import rlcompleter
+import sys
+import time
+import traceback
+from typing import Any
+
+from taskkernel.engines.base import Engine
+
+COMPLETION_BUDGET_S = 2.0  # past this, jedi is skipped in favour of rlcompleter
+
+
+class PythonEngine(Engine):
+    """Evaluates cells in one persistent namespace, as the Python REPL does."""
+
+    def __init__(self, spec: dict | None = None):
+        super().__init__(spec)
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.running_user_code = False
+
+    def start(self) -> None:
+        self.namespace["display"] = self.display
+        startup = self.spec.get("startup_code", "")
+        if startup:
+            exec(compile(startup, "<startup>", "exec"), self.namespace)
+
+    # --- evaluate -----------------------------------------------------------------------------
+
+    def evaluate(self, code: str, cell_name: str) -> Any:
+        tree = ast.parse(code, filename=cell_name, mode="exec")
+        linecache.cache[cell_name] = (len(code), None, code.splitlines(keepends=True), cell_name)
+        last_expr = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last_expr = ast.Expression(tree.body.pop().value)
+        body = compile(tree, cell_name, "exec")
+        self.running_user_code = True
+        try:
+            exec(body, self.namespace)
+            value = eval(compile(last_expr, cell_name, "eval"), self.namespace) if last_expr else None
+        finally:
+            self.running_user_code = False
+        if value is not None:
+            self.namespace["_"] = value
+        return value
+
+    def format_error(self, exc: BaseException) -> dict:
+        """A traceback of the user's frames only: the worker's own frames are cut off."""
+        tb = exc.__traceback__
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
+            tb = tb.tb_next
+        if isinstance(exc, SyntaxError) or tb is None:
+            lines = traceback.format_exception_only(type(exc), exc)
+        else:
+            lines = ["Traceback (most recent call last):\n"] + traceback.format_tb(tb) + \
+                traceback.format_exception_only(type(exc), exc)
+        text = "".join(lines).rstrip("\n")
+        return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": text.split("\n")}
+
+    def after_cell(self) -> None:
+        """Show the figures a cell drew with matplotlib, as the inline backend does."""
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None:
+            return
+        import io
+
+        for number in pyplot.get_fignums():
+            figure = pyplot.figure(number)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", bbox_inches="tight")
+            self.display(_PNG(buffer.getvalue(), repr(figure)))
+        pyplot.close("all")
+
+    # --- introspection ------------------------------------------------------------------------
+
+    def complete(self, code: str, cursor_pos: int) -> dict:
+        cursor_pos = _clamp(cursor_pos, code)
+        try:
+            matches, start = self._complete_jedi(code, cursor_pos)
+        except Exception:
+            matches, start = self._complete_rl(code, cursor_pos)
+        return {"matches": matches, "cursor_start": start, "cursor_end": cursor_pos, "metadata": {},
+                "status": "ok"}
+
+    def _complete_jedi(self, code: str, cursor_pos: int) -> tuple[list[str], int]:
+        import jedi
+
+        line, column = _line_column(code, cursor_pos)
+        started = time.monotonic()
+        completions = jedi.Interpreter(code, [dict(self.namespace)]).complete(line, column)
+        if time.monotonic() - started > COMPLETION_BUDGET_S:
+            raise TimeoutError("jedi took too long")
+        matches, start = [], cursor_pos
+        for completion in completions:
+            typed = len(completion.name_with_symbols) - len(completion.complete)
+            start = cursor_pos - typed
+            matches.append(completion.name_with_symbols)
+        return matches, start
+
+    def _complete_rl(self, code: str, cursor_pos: int) -> tuple[list[str], int]:
+        prefix = code[:cursor_pos]
+        token_start = len(prefix)
+        while token_start > 0 and (prefix[token_start - 1].isalnum() or prefix[token_start - 1] in "._"):
+            token_start -= 1
+        token = prefix[token_start:]
+        completer = rlcompleter.Completer(self.namespace)
+        matches, state = [], 0
+        while state < 1000:
+            match = completer.complete(token, state)
+            if match is None:
+                break
+            matches.append(match.rstrip("("))
+            state += 1
+        return matches, token_start
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict:
+        import jedi
+
+        cursor_pos = _clamp(cursor_pos, code)
+        line, column = _line_column(code, cursor_pos)
+        script = jedi.Interpreter(code, [dict(self.namespace)])
+        names = script.help(line, column) or script.infer(line, column)
+        if not names:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        name = names[0]
+        parts = []
+        signatures = [s.to_string() for s in name.get_signatures()] if hasattr(name, "get_signatures") else []
+        if signatures:
+            parts.append("Signature: " + signatures[0])
+        parts.append(f"Type:      {name.type}")
+        doc = name.docstring(raw=True) or name.docstring()
+        if doc:
+            parts.append("Docstring:\n" + doc)
+        return {"status": "ok", "found": True, "data": {"text/plain": "\n".join(parts)}, "metadata": {}}
+
+    def is_complete(self, code: str) -> dict:
+        """complete / incomplete (with an indent hint) / invalid, as IPython's check_complete says."""
+        if not code.strip():
+            return {"status": "complete"}
+        try:
+            compiled = codeop.compile_command(code, "<input>", "exec")
+        except (SyntaxError, OverflowError, ValueError):
+            return {"status": "invalid"}
+        lines = code.rstrip("\n").split("\n")
+        last = lines[-1]
+        opens_block = last.rstrip().endswith(":")
+        in_block = last.startswith((" ", "\t")) and not code.endswith("\n\n")
+        if compiled is None or opens_block or (in_block and code.endswith("\n")):
+            indent = last[: len(last) - len(last.lstrip())]
+            if opens_block:
+                indent += "    "
+            return {"status": "incomplete", "indent": indent}
+        return {"status": "complete"}
+
+
+class _PNG:
+    """A PNG to display (what a matplotlib figure becomes at the end of a cell)."""
+
+    def __init__(self, png: bytes, text: str):
+        self.png, self.text = png, text
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _clamp(pos: int, code: str) -> int:
+    return max(0, min(len(code), pos))
+
+
+def _line_column(code: str, cursor_pos: int) -> tuple[int, int]:
+    before = code[:cursor_pos]
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1)
+    return line, column

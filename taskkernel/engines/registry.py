@@ -1,0 +1,95 @@
+"""Engine types: found in TOML files under config/engines/ and in the `taskkernel.engines`
+entry-point group, and turned into engine objects in a worker.
+
+An engine file looks like:
+
+    name = "python"
+    display_name = "Python 3"
+    language = "python"
+    class = "taskkernel.engines.python:PythonEngine"
+    pool_size = 2            # optional: idle workers kept warm on each host
+    startup_code = ""        # optional: run once in every new namespace
+    [env]                    # optional: environment of the worker
+    [limits]                 # optional: memory_bytes, cell_timeout_s, output_bytes
+
+A file that cannot be read is reported (in `errors`) and does not hide the other engines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from taskkernel.engines.base import Engine
+from taskkernel.exceptions import ConfigurationError, UnknownEngine
+
+ENTRY_POINT_GROUP = "taskkernel.engines"
+REQUIRED = ("name", "class")
+
+
+def load_specs(config_dir: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """Read every engine spec; return ({name: spec}, {source: error message})."""
+    specs: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            spec = dict(ep.load()())
+            _check(spec)
+            specs[spec["name"]] = {**spec, "source": f"entry point {ep.value}"}
+        except Exception as exc:  # a broken plug-in must not hide the others
+            errors[f"entry point {ep.name}"] = f"{type(exc).__name__}: {exc}"
+    engine_dir = Path(config_dir) / "engines"
+    for path in sorted(engine_dir.glob("*.toml")) if engine_dir.is_dir() else []:
+        try:
+            spec = tomllib.loads(path.read_text())
+            _check(spec)
+            specs[spec["name"]] = {**spec, "source": str(path)}
+        except Exception as exc:
+            errors[str(path)] = f"{type(exc).__name__}: {exc}"
+    return specs, errors
+
+
+def _check(spec: dict) -> None:
+    missing = [k for k in REQUIRED if not spec.get(k)]
+    if missing:
+        raise ConfigurationError(f"engine spec lacks {', '.join(missing)}")
+    if not str(spec["name"]).replace("-", "").replace("_", "").isalnum():
+        raise ConfigurationError(f"engine name {spec['name']!r} must be letters, digits, - and _")
+
+
+def describe(spec: dict) -> dict:
+    """What the API shows of an engine spec."""
+    return {
+        "name": spec["name"],
+        "display_name": spec.get("display_name", spec["name"]),
+        "language": spec.get("language", "python"),
+        "class": spec["class"],
+        "pool_size": spec.get("pool_size"),
+        "limits": spec.get("limits", {}),
+        "source": spec.get("source"),
+    }
+
+
+def engine_class(spec: dict) -> type[Engine]:
+    """Import the class an engine spec names; ConfigurationError says what to install if missing."""
+    module_name, _, attr = spec["class"].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"engine {spec['name']!r} needs module {module_name!r}, which is not installed "
+            f"({exc}); install the package that provides it"
+        ) from exc
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Engine)):
+        raise ConfigurationError(f"engine {spec['name']!r}: {spec['class']} is not an Engine subclass")
+    return cls
+
+
+def get_spec(config_dir: str | Path, name: str) -> dict:
+    specs, _ = load_specs(config_dir)
+    if name not in specs:
+        raise UnknownEngine(f"no engine {name!r}; known: {', '.join(sorted(specs)) or 'none'}", engine=name)
+    return specs[name]

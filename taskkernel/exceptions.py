@@ -1,0 +1,109 @@
+"""TaskkernelError and its subclasses: the one exception hierarchy of the service.
+
+Each class carries a stable `code` (the API's `error` field) and an HTTP `status`; the API maps
+them to responses in exactly one place (taskkernel.api.errors). Errors in *user* code are never
+exceptions here: they are cells with status "error".
+"""
+
+from __future__ import annotations
+
+
+class TaskkernelError(Exception):
+    """Root of every error taskkernel raises on purpose."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str = "", **details):
+        super().__init__(message or self.__class__.__doc__)
+        self.message = message or (self.__class__.__doc__ or "").strip()
+        self.details = details
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+class ConfigurationError(TaskkernelError):
+    """The configuration cannot work."""
+
+    code = "configuration_error"
+
+
+class BadRequest(TaskkernelError):
+    """The request is malformed."""
+
+    code = "bad_request"
+    status = 400
+
+
+class InvalidJSON(BadRequest):
+    """The request body is not valid JSON."""
+
+    code = "invalid_json"
+
+
+class InvalidField(BadRequest):
+    """A field of the request is missing or has the wrong type."""
+
+    code = "invalid_field"
+
+
+class UnknownEngine(BadRequest):
+    """No engine of that name is defined."""
+
+    code = "unknown_engine"
+
+
+class NotFound(TaskkernelError):
+    """No such resource."""
+
+    code = "not_found"
+    status = 404
+
+
+class NotebookNotFound(NotFound):
+    """No such notebook."""
+
+    code = "notebook_not_found"
+
+    def __init__(self, notebook_id: str):
+        super().__init__(f"no notebook {notebook_id!r}", notebook_id=notebook_id)
+        self.notebook_id = notebook_id
+
+
+class CellNotFound(NotFound):
+    """No such cell."""
+
+    code = "cell_not_found"
+
+    def __init__(self, cell_id: str):
+        super().__init__(f"no cell {cell_id!r}", cell_id=cell_id)
+        self.cell_id = cell_id
+
+
+class Unauthorized(TaskkernelError):
+    """A valid token is required."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class NoWorkerAvailable(TaskkernelError):
+    """No idle worker became free in time."""
+
+    code = "no_worker_available"
+    status = 503
+
+
+class EngineUnavailable(TaskkernelError):
+    """The notebook's engine did not answer in time."""
+
+    code = "engine_unavailable"
+    status = 504
+
+
+class NotebookGone(TaskkernelError):
+    """The notebook is being deleted or its worker is gone."""
+
+    code = "notebook_gone"
+    status = 409

@@ -1,0 +1,87 @@
+"""Every Redis key, pub/sub channel and Celery queue name taskkernel uses, on one screen.
+
+    taskkernel:notebooks                 zset   notebook ids by creation time
+    taskkernel:nb:<nb>                   hash   the notebook record (engine, worker, state, counts)
+    taskkernel:nb:<nb>:cells             list   cell ids in submission order
+    taskkernel:nb:<nb>:pending           list   cell ids queued and not yet started
+    taskkernel:nb:<nb>:seq               string feed sequence number of the notebook
+    taskkernel:cell:<cell>               hash   the cell record (code, state, outputs, ...)
+    taskkernel:feed:<nb>                 channel the notebook's live feed (JSON Jupyter messages)
+    taskkernel:stream:<nb>               stream the same messages, capped, for replay and waiting
+    taskkernel:worker:<w>                hash   a worker process (host, pid, engine, queue, state, notebook, cell)
+    taskkernel:worker:<w>:rpc            list   side-channel requests (complete, inspect, interrupt, ...)
+    taskkernel:reply:<request>           list   one side-channel answer
+    taskkernel:idle:<engine>:<host>      set    idle warm workers of an engine on a host
+    taskkernel:hosts                     set    supervisor host names
+    taskkernel:host:<host>               hash   a host's pools and counts; expires unless heartbeated
+    taskkernel:host:<host>:commands      list   commands for that host's supervisor (retire, ...)
+    celery queue  taskkernel.<host>.<slot>      one per worker slot, a bounded set per host
+"""
+
+from __future__ import annotations
+
+PREFIX = "taskkernel"
+
+NOTEBOOKS = f"{PREFIX}:notebooks"
+HOSTS = f"{PREFIX}:hosts"
+
+
+def notebook(nb: str) -> str:
+    return f"{PREFIX}:nb:{nb}"
+
+
+def notebook_cells(nb: str) -> str:
+    return f"{PREFIX}:nb:{nb}:cells"
+
+
+def notebook_pending(nb: str) -> str:
+    return f"{PREFIX}:nb:{nb}:pending"
+
+
+def feed_seq(nb: str) -> str:
+    return f"{PREFIX}:nb:{nb}:seq"
+
+
+def cell(cell_id: str) -> str:
+    return f"{PREFIX}:cell:{cell_id}"
+
+
+def feed_channel(nb: str) -> str:
+    return f"{PREFIX}:feed:{nb}"
+
+
+def feed_stream(nb: str) -> str:
+    return f"{PREFIX}:stream:{nb}"
+
+
+def worker(w: str) -> str:
+    return f"{PREFIX}:worker:{w}"
+
+
+def worker_rpc(w: str) -> str:
+    return f"{PREFIX}:worker:{w}:rpc"
+
+
+def reply(request_id: str) -> str:
+    return f"{PREFIX}:reply:{request_id}"
+
+
+def idle_workers(engine: str, host: str) -> str:
+    return f"{PREFIX}:idle:{engine}:{host}"
+
+
+def host(name: str) -> str:
+    return f"{PREFIX}:host:{name}"
+
+
+def host_commands(name: str) -> str:
+    return f"{PREFIX}:host:{name}:commands"
+
+
+def worker_queue(host_name: str, slot: int) -> str:
+    return f"{PREFIX}.{host_name}.{slot}"
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for one queue (its priority steps use suffixed copies)."""
+    return [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]

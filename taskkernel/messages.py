@@ -1,0 +1,167 @@
+"""The feed's wire format (Jupyter message shape) and the cell object, written down once.
+
+A feed message is a JSON object:
+
+    {"seq": 7,                       # per-notebook sequence number, added when published
+     "header": {"msg_id", "msg_type", "date", "session", "username", "version"},
+     "parent_header": {"msg_id": <cell id>, "msg_type": "execute_request"} or {},
+     "metadata": {}, "content": {...}, "notebook_id": <nb>}
+
+`content` follows the Jupyter messaging spec for each msg_type in MSG_TYPES.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import uuid
+
+PROTOCOL_VERSION = "5.3"
+
+# msg_type -> the content keys every message of that type must carry
+MSG_TYPES: dict[str, tuple[str, ...]] = {
+    "status": ("execution_state",),
+    "execute_input": ("code", "execution_count"),
+    "stream": ("name", "text"),
+    "execute_result": ("execution_count", "data", "metadata"),
+    "display_data": ("data", "metadata", "transient"),
+    "error": ("ename", "evalue", "traceback"),
+    "execute_reply": ("status", "execution_count"),
+}
+EXECUTION_STATES = ("busy", "idle", "starting", "restarting", "dead")
+
+CELL_STATES = ("queued", "running", "done")
+CELL_STATUSES = ("ok", "error", "aborted")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def make_message(msg_type: str, content: dict, *, notebook_id: str, cell_id: str | None = None) -> dict:
+    """Build one feed message; `cell_id` becomes the parent header's msg_id."""
+    parent = {"msg_id": cell_id, "msg_type": "execute_request"} if cell_id else {}
+    return {
+        "header": {
+            "msg_id": new_id(),
+            "msg_type": msg_type,
+            "date": now_iso(),
+            "session": notebook_id,
+            "username": "taskkernel",
+            "version": PROTOCOL_VERSION,
+        },
+        "parent_header": parent,
+        "metadata": {},
+        "content": content,
+        "notebook_id": notebook_id,
+    }
+
+
+def status(state: str, *, notebook_id: str, cell_id: str | None = None) -> dict:
+    return make_message("status", {"execution_state": state}, notebook_id=notebook_id, cell_id=cell_id)
+
+
+def validate_message(msg: dict) -> list[str]:
+    """Return what is wrong with a feed message (empty when it conforms)."""
+    problems = []
+    for key in ("header", "parent_header", "metadata", "content"):
+        if not isinstance(msg.get(key), dict):
+            problems.append(f"missing or non-object {key!r}")
+    if problems:
+        return problems
+    header = msg["header"]
+    for key in ("msg_id", "msg_type", "date", "session", "version"):
+        if not isinstance(header.get(key), str):
+            problems.append(f"header.{key} missing")
+    msg_type = header.get("msg_type")
+    if msg_type not in MSG_TYPES:
+        problems.append(f"unknown msg_type {msg_type!r}")
+        return problems
+    for key in MSG_TYPES[msg_type]:
+        if key not in msg["content"]:
+            problems.append(f"{msg_type}.content.{key} missing")
+    if msg_type == "status" and msg["content"].get("execution_state") not in EXECUTION_STATES:
+        problems.append(f"bad execution_state {msg['content'].get('execution_state')!r}")
+    if msg_type == "stream" and msg["content"].get("name") not in ("stdout", "stderr"):
+        problems.append("stream.name must be stdout or stderr")
+    if "seq" in msg and not isinstance(msg["seq"], int):
+        problems.append("seq must be an integer")
+    return problems
+
+
+def output_from_message(msg: dict) -> dict | None:
+    """The nbformat v4 output a feed message stands for, or None (status, input, reply)."""
+    msg_type = msg["header"]["msg_type"]
+    content = msg["content"]
+    if msg_type == "stream":
+        return {"output_type": "stream", "name": content["name"], "text": content["text"]}
+    if msg_type == "execute_result":
+        return {
+            "output_type": "execute_result",
+            "execution_count": content["execution_count"],
+            "data": content["data"],
+            "metadata": content.get("metadata", {}),
+        }
+    if msg_type == "display_data":
+        return {"output_type": "display_data", "data": content["data"], "metadata": content.get("metadata", {})}
+    if msg_type == "error":
+        return {
+            "output_type": "error",
+            "ename": content["ename"],
+            "evalue": content["evalue"],
+            "traceback": content["traceback"],
+        }
+    return None
+
+
+# --- the cell object, stored as a Redis hash of strings -------------------------------------
+
+_JSON_FIELDS = ("outputs", "error")
+_INT_FIELDS = ("execution_count", "position")
+_BOOL_FIELDS = ("stop_on_error",)
+
+
+def cell_to_redis(cell: dict) -> dict[str, str]:
+    out = {}
+    for key, value in cell.items():
+        if key in _JSON_FIELDS:
+            out[key] = json.dumps(value)
+        elif key in _BOOL_FIELDS:
+            out[key] = "1" if value else "0"
+        elif value is None:
+            out[key] = ""
+        else:
+            out[key] = str(value)
+    return out
+
+
+def cell_from_redis(raw: dict) -> dict:
+    """Decode a cell hash (bytes or str) into the API's cell object."""
+    data = {_s(k): _s(v) for k, v in raw.items()}
+    cell = {
+        "id": data.get("id"),
+        "notebook_id": data.get("notebook_id"),
+        "code": data.get("code", ""),
+        "state": data.get("state"),
+        "status": data.get("status") or None,
+        "execution_count": None,
+        "stdout": data.get("stdout", ""),
+        "stderr": data.get("stderr", ""),
+        "outputs": json.loads(data["outputs"]) if data.get("outputs") else [],
+        "error": json.loads(data["error"]) if data.get("error") else None,
+        "stop_on_error": data.get("stop_on_error") == "1",
+        "submitted": data.get("submitted") or None,
+        "started": data.get("started") or None,
+        "completed": data.get("completed") or None,
+    }
+    if data.get("execution_count"):
+        cell["execution_count"] = int(data["execution_count"])
+    return cell
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value

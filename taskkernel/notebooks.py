@@ -1,0 +1,343 @@
+"""Notebook and cell records in Redis, and the notebook -> worker assignment.
+
+All state lives in Redis so that any number of API processes and supervisors can serve at once.
+Transitions that several processes race for (taking an idle worker, claiming a queued cell,
+aborting the queue) are single Lua scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import redis
+
+from taskkernel import keys, messages
+from taskkernel.exceptions import CellNotFound, NotebookGone, NotebookNotFound, NoWorkerAvailable
+from taskkernel.feed import FeedPublisher
+
+# Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
+# notebook, and write the notebook record.  KEYS: hosts set, notebook hash, notebooks zset.
+# ARGV: engine, notebook id, now, idle prefix, host prefix, worker prefix, is_new ("1"/"0").
+_ASSIGN_LUA = """
+local best, bestn = nil, 0
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[5] .. h) == 1 then
+    local n = redis.call('SCARD', ARGV[4] .. ARGV[1] .. ':' .. h)
+    if n > bestn then best, bestn = h, n end
+  end
+end
+if not best then return false end
+local w = redis.call('SPOP', ARGV[4] .. ARGV[1] .. ':' .. best)
+local wk = ARGV[6] .. w
+redis.call('HSET', wk, 'state', 'assigned', 'notebook', ARGV[2])
+local info = redis.call('HMGET', wk, 'host', 'queue', 'pid')
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[2], 'id', ARGV[2], 'engine', ARGV[1], 'state', 'idle', 'created', ARGV[3],
+             'last_activity', ARGV[3], 'execution_count', 0, 'restarts', 0, 'cells', 0)
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+else
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('HSET', wk, 'state', 'retiring')
+    return {w, info[1], 'gone'}
+  end
+  redis.call('HSET', KEYS[2], 'state', 'restarted', 'execution_count', 0, 'last_activity', ARGV[3])
+  redis.call('HINCRBY', KEYS[2], 'restarts', 1)
+end
+redis.call('HSET', KEYS[2], 'worker', w, 'host', info[1], 'queue', info[2], 'pid', info[3])
+return {w, info[1], 'ok'}
+"""
+
+# Record a cell and queue it behind the notebook's others.  KEYS: notebook, cell, cells, pending.
+# ARGV: cell id, then the cell hash as field/value pairs.  Returns {queue, position} or false.
+_SUBMIT_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'deleting' then return false end
+local queue = redis.call('HGET', KEYS[1], 'queue')
+local position = redis.call('HINCRBY', KEYS[1], 'cells', 1)
+redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 2))
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('RPUSH', KEYS[4], ARGV[1])
+return {queue or '', position}
+"""
+
+# Abort every queued cell of a notebook.  KEYS: pending list.  ARGV: cell key prefix, now.
+# Returns the aborted cell ids; cells already running are left to finish or fail.
+_ABORT_LUA = """
+local aborted = {}
+for _, c in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local ck = ARGV[1] .. c
+  if redis.call('HGET', ck, 'state') == 'queued' then
+    redis.call('HSET', ck, 'state', 'done', 'status', 'aborted', 'completed', ARGV[2])
+    table.insert(aborted, c)
+  end
+end
+redis.call('DEL', KEYS[1])
+return aborted
+"""
+
+# Detach a notebook from its worker before a restart.  KEYS: notebook.  ARGV: expected worker
+# ("" for any), now.  Returns the old worker id and host, or false if the notebook moved on.
+_DETACH_LUA = """
+local w = redis.call('HGET', KEYS[1], 'worker')
+if not w or w == '' then return false end
+if ARGV[1] ~= '' and w ~= ARGV[1] then return false end
+local h = redis.call('HGET', KEYS[1], 'host')
+redis.call('HSET', KEYS[1], 'worker', '', 'queue', '', 'pid', '', 'state', 'restarting', 'last_activity', ARGV[2])
+return {w, h}
+"""
+
+ORPHANS = f"{keys.PREFIX}:orphans"  # notebooks waiting for a fresh worker (zset by time)
+
+
+def new_notebook_id() -> str:
+    """128 random bits: notebook ids are unguessable."""
+    return secrets.token_hex(16)
+
+
+class NotebookStore:
+    """Reads and writes notebook and cell records; shared by the API, the workers and supervisors."""
+
+    def __init__(self, client: redis.Redis, *, stream_maxlen: int = 10_000):
+        self.redis = client
+        self.feed = FeedPublisher(client, stream_maxlen)
+        self._assign = client.register_script(_ASSIGN_LUA)
+        self._submit = client.register_script(_SUBMIT_LUA)
+        self._abort = client.register_script(_ABORT_LUA)
+        self._detach = client.register_script(_DETACH_LUA)
+
+    # --- notebooks ---------------------------------------------------------------------------
+
+    def create(self, engine: str, timeout_s: float) -> dict:
+        """Pin a new notebook to an idle worker of `engine`, waiting up to `timeout_s` for one.
+
+        Raises NoWorkerAvailable when none became idle in time.
+        """
+        notebook_id = new_notebook_id()
+        if self._try_assign(engine, notebook_id, new=True, timeout_s=timeout_s) is None:
+            raise NoWorkerAvailable(
+                f"no idle {engine!r} worker became free within {timeout_s:g} s", engine=engine
+            )
+        return self.get(notebook_id)
+
+    def _try_assign(self, engine: str, notebook_id: str, *, new: bool, timeout_s: float):
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            got = self._assign(
+                keys=[keys.HOSTS, keys.notebook(notebook_id), keys.NOTEBOOKS],
+                args=[engine, notebook_id, time.time(), keys.idle_workers("", "")[:-1],
+                      keys.host(""), keys.worker(""), "1" if new else "0"],
+            )
+            if got:
+                return [_s(x) for x in got]
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+
+    def get(self, notebook_id: str) -> dict:
+        raw = self.redis.hgetall(keys.notebook(notebook_id))
+        if not raw or b"engine" not in raw:
+            raise NotebookNotFound(notebook_id)
+        return notebook_from_redis(raw)
+
+    def exists(self, notebook_id: str) -> bool:
+        return bool(self.redis.exists(keys.notebook(notebook_id)))
+
+    def list(self) -> list[dict]:
+        ids = [_s(i) for i in self.redis.zrange(keys.NOTEBOOKS, 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for notebook_id in ids:
+            pipe.hgetall(keys.notebook(notebook_id))
+        return [notebook_from_redis(raw) for raw in pipe.execute() if raw and b"engine" in raw]
+
+    def delete(self, notebook_id: str) -> None:
+        """Abort queued cells, retire the worker and remove every key of the notebook."""
+        record = self.get(notebook_id)
+        self.redis.hset(keys.notebook(notebook_id), "state", "deleting")
+        self.abort_pending(notebook_id, reason="the notebook was deleted")
+        self.feed.publish(notebook_id, messages.status("dead", notebook_id=notebook_id))
+        if record["worker"]:
+            self.retire_worker(record["worker"]["id"], record["worker"]["host"])
+        cell_ids = [_s(c) for c in self.redis.lrange(keys.notebook_cells(notebook_id), 0, -1)]
+        pipe = self.redis.pipeline(transaction=True)
+        for cell_id in cell_ids:
+            pipe.delete(keys.cell(cell_id))
+        pipe.delete(keys.notebook(notebook_id), keys.notebook_cells(notebook_id),
+                    keys.notebook_pending(notebook_id), keys.feed_seq(notebook_id),
+                    keys.feed_stream(notebook_id))
+        pipe.zrem(keys.NOTEBOOKS, notebook_id)
+        pipe.zrem(ORPHANS, notebook_id)
+        pipe.execute()
+
+    def retire_worker(self, worker_id: str, host_name: str) -> None:
+        """Ask the worker's supervisor to stop it; a pinned worker is never reused."""
+        self.redis.hset(keys.worker(worker_id), "state", "retiring")
+        self.redis.rpush(keys.host_commands(host_name), json.dumps({"op": "retire", "worker": worker_id}))
+
+    def wait_for_worker(self, notebook_id: str, timeout_s: float) -> dict:
+        """The notebook record once it has a worker (it may be restarting); NoWorkerAvailable after timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.get(notebook_id)
+            if record["state"] == "deleting":
+                raise NotebookGone(f"notebook {notebook_id} is being deleted", notebook_id=notebook_id)
+            if record["worker"]:
+                return record
+            if time.monotonic() >= deadline:
+                raise NoWorkerAvailable(f"notebook {notebook_id} has had no worker for {timeout_s:g} s",
+                                        notebook_id=notebook_id)
+            self.assign_orphan(notebook_id)
+            time.sleep(0.02)
+
+    # --- restarts ----------------------------------------------------------------------------
+
+    def restart(self, notebook_id: str, *, expected_worker: str = "", reason: str,
+                cell_error: dict | None = None) -> bool:
+        """Give the notebook a fresh worker: fail its running cell with `cell_error` (if given),
+        abort its queue, announce it on the feed, retire the old worker and pin a new one.
+
+        Returns False when the notebook had already moved on from `expected_worker`.
+        """
+        engine = self.get(notebook_id)["engine"]
+        old = self._detach(keys=[keys.notebook(notebook_id)], args=[expected_worker, time.time()])
+        if not old:
+            return False
+        old_worker, old_host = _s(old[0]), _s(old[1])
+        running = _s(self.redis.hget(keys.worker(old_worker), "cell") or b"")
+        if running and cell_error is not None:
+            self.fail_cell(notebook_id, running, cell_error)
+        self.abort_pending(notebook_id, reason=reason)
+        self.feed.publish(notebook_id, messages.status("restarting", notebook_id=notebook_id))
+        self.retire_worker(old_worker, old_host)
+        self.redis.zadd(ORPHANS, {notebook_id: time.time()})
+        self.assign_orphan(notebook_id, engine)
+        return True
+
+    def assign_orphan(self, notebook_id: str, engine: str | None = None) -> bool:
+        """Try once to pin a fresh worker to a notebook that lost its own; True on success."""
+        if not self.redis.zscore(ORPHANS, notebook_id):
+            return False
+        if engine is None:
+            try:
+                engine = self.get(notebook_id)["engine"]
+            except NotebookNotFound:
+                self.redis.zrem(ORPHANS, notebook_id)
+                return False
+        got = self._try_assign(engine, notebook_id, new=False, timeout_s=0)
+        if got is None:
+            return False
+        self.redis.zrem(ORPHANS, notebook_id)
+        if got[2] == "gone":
+            self.retire_worker(got[0], got[1])
+            return False
+        self.feed.publish(notebook_id, messages.status("idle", notebook_id=notebook_id))
+        return True
+
+    def orphans(self) -> list[str]:
+        return [_s(n) for n in self.redis.zrange(ORPHANS, 0, -1)]
+
+    # --- cells ---------------------------------------------------------------------------------
+
+    def submit(self, notebook_id: str, code: str, *, stop_on_error: bool = False) -> tuple[dict, str]:
+        """Record a queued cell; return it and the Celery queue of the notebook's worker."""
+        cell = {
+            "id": messages.new_id(),
+            "notebook_id": notebook_id,
+            "code": code,
+            "state": "queued",
+            "status": None,
+            "stop_on_error": stop_on_error,
+            "submitted": messages.now_iso(),
+        }
+        flat = []
+        for k, v in messages.cell_to_redis(cell).items():
+            flat += [k, v]
+        got = self._submit(
+            keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
+                  keys.notebook_pending(notebook_id)],
+            args=[cell["id"], *flat],
+        )
+        if not got:
+            if self.exists(notebook_id):
+                raise NotebookGone(f"notebook {notebook_id} is being deleted", notebook_id=notebook_id)
+            raise NotebookNotFound(notebook_id)
+        return self.get_cell(cell["id"]), _s(got[0])
+
+    def get_cell(self, cell_id: str, notebook_id: str | None = None) -> dict:
+        raw = self.redis.hgetall(keys.cell(cell_id))
+        if not raw:
+            raise CellNotFound(cell_id)
+        cell = messages.cell_from_redis(raw)
+        if notebook_id is not None and cell["notebook_id"] != notebook_id:
+            raise CellNotFound(cell_id)
+        return cell
+
+    def list_cells(self, notebook_id: str) -> list[dict]:
+        ids = self.redis.lrange(keys.notebook_cells(notebook_id), 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for cell_id in ids:
+            pipe.hgetall(keys.cell(_s(cell_id)))
+        return [messages.cell_from_redis(raw) for raw in pipe.execute() if raw]
+
+    def abort_pending(self, notebook_id: str, *, reason: str) -> list[str]:
+        """Abort every queued cell of the notebook and say so on the feed; return their ids."""
+        aborted = [_s(c) for c in self._abort(keys=[keys.notebook_pending(notebook_id)],
+                                              args=[keys.cell(""), messages.now_iso()])]
+        self.feed.publish(notebook_id, *[
+            messages.make_message("execute_reply", {"status": "aborted", "execution_count": None,
+                                                    "reason": reason},
+                                  notebook_id=notebook_id, cell_id=cell_id)
+            for cell_id in aborted
+        ])
+        return aborted
+
+    def fail_cell(self, notebook_id: str, cell_id: str, error: dict) -> None:
+        """End a running cell with an error that did not come from the engine (a dead worker)."""
+        key = keys.cell(cell_id)
+        if _s(self.redis.hget(key, "state") or b"") != "running":
+            return
+        output = {"output_type": "error", **error}
+        self.redis.hset(key, mapping=messages.cell_to_redis({
+            "state": "done", "status": "error", "error": error,
+            "outputs": json.loads(self.redis.hget(key, "outputs") or b"[]") + [output],
+            "completed": messages.now_iso(),
+        }))
+        self.feed.publish(
+            notebook_id,
+            messages.make_message("error", error, notebook_id=notebook_id, cell_id=cell_id),
+            messages.make_message("execute_reply", {"status": "error", "execution_count": None, **error},
+                                  notebook_id=notebook_id, cell_id=cell_id),
+            messages.status("idle", notebook_id=notebook_id, cell_id=cell_id),
+        )
+
+
+def notebook_from_redis(raw: dict) -> dict:
+    data = {_s(k): _s(v) for k, v in raw.items()}
+    worker = None
+    if data.get("worker"):
+        worker = {"id": data["worker"], "host": data.get("host"), "pid": int(data["pid"] or 0)}
+    return {
+        "id": data["id"],
+        "engine": data["engine"],
+        "state": data.get("state", "idle"),
+        "execution_count": int(data.get("execution_count") or 0),
+        "cells": int(data.get("cells") or 0),
+        "restarts": int(data.get("restarts") or 0),
+        "created": _iso(data.get("created")),
+        "last_activity": _iso(data.get("last_activity")),
+        "worker": worker,
+    }
+
+
+def _iso(epoch: str | None) -> str | None:
+    if not epoch:
+        return None
+    import datetime as dt
+    return dt.datetime.fromtimestamp(float(epoch), dt.timezone.utc).isoformat()
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value

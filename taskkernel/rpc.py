@@ -1,0 +1,60 @@
+"""The side channel to one worker: requests that must not queue behind a running cell.
+
+Completion, inspection, is_complete and interrupt go to a thread in the worker through a Redis
+list, not through the worker's Celery queue, where they would wait for the running cell to end.
+A request is JSON `{"id", "op", "args", "reply"}` pushed on `taskkernel:worker:<w>:rpc`; the
+answer `{"ok": bool, "result" | "error"}` is pushed on the request's own reply list.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from taskkernel import keys
+from taskkernel.exceptions import EngineUnavailable
+from taskkernel.messages import new_id
+
+REPLY_TTL_S = 60
+
+
+def call(client: redis.Redis, worker_id: str, op: str, args: dict | None = None, timeout_s: float = 10.0,
+         wait: bool = True):
+    """Ask worker `worker_id` to perform `op`; return its result, or None when not waiting.
+
+    Raises EngineUnavailable when no answer comes within `timeout_s` seconds.
+    """
+    request_id = new_id()
+    reply_key = keys.reply(request_id)
+    request = {"id": request_id, "op": op, "args": args or {}, "reply": reply_key if wait else ""}
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(keys.worker_rpc(worker_id), json.dumps(request))
+    pipe.expire(keys.worker_rpc(worker_id), REPLY_TTL_S)
+    pipe.execute()
+    if not wait:
+        return None
+    answer = client.blpop([reply_key], timeout=timeout_s)
+    if answer is None:
+        raise EngineUnavailable(f"the notebook's worker did not answer {op!r} within {timeout_s:g} s",
+                                op=op)
+    reply = json.loads(answer[1])
+    if not reply["ok"]:
+        raise EngineUnavailable(f"{op} failed in the worker: {reply['error']}", op=op)
+    return reply["result"]
+
+
+def next_request(client: redis.Redis, worker_id: str, timeout_s: float = 1.0) -> dict | None:
+    """The worker's side: wait up to `timeout_s` for the next request."""
+    item = client.blpop([keys.worker_rpc(worker_id)], timeout=timeout_s)
+    return json.loads(item[1]) if item else None
+
+
+def answer(client: redis.Redis, request: dict, *, result=None, error: str | None = None) -> None:
+    if not request.get("reply"):
+        return
+    body = {"ok": error is None, "result": result} if error is None else {"ok": False, "error": error}
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(request["reply"], json.dumps(body))
+    pipe.expire(request["reply"], REPLY_TTL_S)
+    pipe.execute()

@@ -1,0 +1,107 @@
+"""The one source of configuration: a frozen Settings object read from TASKKERNEL_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from taskkernel.exceptions import ConfigurationError
+
+PREFIX = "TASKKERNEL_"
+SOURCE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a taskkernel process may be configured with; units are in the names."""
+
+    redis_url: str = ""  # empty: `taskkernel up` starts a private redis-server
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_threads: int = 32
+    token: str = ""
+    config_dir: str = str(SOURCE_CONFIG_DIR)
+    host_name: str = dataclasses.field(default_factory=lambda: _safe_name(socket.gethostname()))
+    pool_size: int = 2  # idle workers kept warm per engine on this host
+    max_workers: int = 256  # workers (idle + pinned) one supervisor may run
+    assign_timeout_s: float = 10.0  # how long a create waits for an idle worker
+    rpc_timeout_s: float = 10.0  # complete/inspect/is_complete answers
+    wait_timeout_s: float = 30.0  # default `timeout` of evaluate with wait
+    max_wait_timeout_s: float = 3600.0
+    cell_timeout_s: float = 0.0  # 0: no wall-time limit per cell
+    interrupt_grace_s: float = 5.0  # after an unheeded interrupt, kill and restart
+    max_output_bytes: int = 4 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    visibility_timeout_s: int = 30 * 24 * 3600  # far longer than any cell: no redelivery
+    feed_stream_maxlen: int = 10_000
+    heartbeat_interval_s: float = 1.0
+    host_ttl_s: float = 6.0
+    log_level: str = "INFO"
+
+    def validate(self) -> "Settings":
+        """Reject settings that cannot work; return self so it chains."""
+        if self.pool_size < 0 or self.max_workers < 1:
+            raise ConfigurationError("pool_size must be >= 0 and max_workers >= 1")
+        if not 0 < self.api_port < 65536:
+            raise ConfigurationError(f"api_port {self.api_port} is not a TCP port")
+        if not self.token and not is_loopback(self.api_host):
+            raise ConfigurationError(
+                f"refusing to bind the API to {self.api_host} without a token: "
+                "set TASKKERNEL_TOKEN, or bind to 127.0.0.1"
+            )
+        return self
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _safe_name(name: str) -> str:
+    """Host names become parts of Redis keys and queue names: keep them plain."""
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    return cleaned[:40] or "host"
+
+
+def _convert(field: dataclasses.Field, raw: str):
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{PREFIX}{field.name.upper()}={raw!r} is not a number") from None
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+    """Build Settings from TASKKERNEL_<FIELD> variables, then keyword overrides; validate."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for field in dataclasses.fields(Settings):
+        raw = environ.get(PREFIX + field.name.upper())
+        if raw is not None and raw != "":
+            values[field.name] = _convert(field, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "host_name" in values:
+        values["host_name"] = _safe_name(values["host_name"])
+    return Settings(**values).validate()
+
+
+def settings_environ(settings: Settings) -> dict[str, str]:
+    """The TASKKERNEL_* variables that reproduce `settings` in a child process."""
+    return {
+        PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in dataclasses.fields(Settings)
+    }

@@ -1,0 +1,189 @@
+"""Fixtures: a real redis-server, real supervisors forking real Celery workers, a real API server.
+
+Every process a fixture starts is stopped by PID in a finalizer, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from taskkernel import keys
+from taskkernel.client import Client
+from taskkernel.redis_server import RedisServer, free_port
+from taskkernel.settings import SOURCE_CONFIG_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Service:
+    """A running API plus supervisors on one Redis; helpers to start more and to wait for them."""
+
+    def __init__(self, redis_url: str, config_dir: Path, env: dict[str, str]):
+        self.redis_url = redis_url
+        self.config_dir = config_dir
+        self.env = env
+        self.redis = redis.Redis.from_url(redis_url)
+        self.processes: list[subprocess.Popen] = []
+        self.api_url = ""
+        self.api_process: subprocess.Popen | None = None
+        self.supervisors: dict[str, subprocess.Popen] = {}
+
+    def _env(self, **extra) -> dict[str, str]:
+        env = {**os.environ, **self.env, "TASKKERNEL_REDIS_URL": self.redis_url,
+               "TASKKERNEL_CONFIG_DIR": str(self.config_dir)}
+        env.update({f"TASKKERNEL_{k.upper()}": str(v) for k, v in extra.items()})
+        return env
+
+    def start_api(self, **settings) -> str:
+        port = free_port()
+        process = subprocess.Popen([sys.executable, "-m", "taskkernel", "api", "--port", str(port)],
+                                   env=self._env(**settings), start_new_session=True)
+        self.processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _http_ok(url + "/api/engines"), 30, f"API on {url}", process)
+        self.api_process, self.api_url = process, url
+        return url
+
+    def start_supervisor(self, host_name: str | None = None, pool: int = 2, wait: bool = True,
+                         **settings) -> str:
+        host_name = host_name or f"h{uuid.uuid4().hex[:6]}"
+        process = subprocess.Popen([sys.executable, "-m", "taskkernel", "worker", "--pool", str(pool),
+                                    "--host-name", host_name],
+                                   env=self._env(**settings), start_new_session=True)
+        self.processes.append(process)
+        self.supervisors[host_name] = process
+        if wait and pool:
+            self.wait_idle(host_name, "python", pool, process=process)
+        return host_name
+
+    def wait_idle(self, host_name: str, engine: str, count: int, timeout_s: float = 60,
+                  process: subprocess.Popen | None = None) -> None:
+        key = keys.idle_workers(engine, host_name)
+        _wait_for(lambda: self.redis.scard(key) >= count and self.redis.exists(keys.host(host_name)),
+                  timeout_s, f"{count} idle {engine} workers on {host_name}", process)
+
+    def stop_process(self, process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+        _stop(process, sig)
+
+    def client(self) -> Client:
+        return Client(self.api_url)
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        try:
+            os.kill(process.pid, sig)
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, timeout_s: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process {process.args} exited ({process.returncode}) before {what}")
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+wait_for = _wait_for
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def config_dir(tmp_path_factory) -> Path:
+    """A copy of config/ that tests may add engine files to."""
+    target = tmp_path_factory.mktemp("config")
+    shutil.copytree(SOURCE_CONFIG_DIR, target, dirs_exist_ok=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def service(redis_server, config_dir):
+    """The shared service: one API and one supervisor keeping 3 python workers warm."""
+    svc = Service(redis_server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
+    try:
+        svc.start_supervisor("main", pool=3)
+        svc.start_api()
+        yield svc
+    finally:
+        svc.close()
+
+
+@pytest.fixture
+def client(service) -> Client:
+    return service.client()
+
+
+@pytest.fixture
+def notebook(client):
+    """A fresh python notebook, deleted after the test."""
+    nb = client.start("python")
+    try:
+        yield nb
+    finally:
+        nb.close()
+
+
+@pytest.fixture
+def private_service(redis_server, config_dir, request):
+    """A service of its own (own Redis database) for tests that kill or reconfigure parts of it."""
+    db = 1 + (abs(hash(request.node.nodeid)) % 14)
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    svc = Service(url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
+    try:
+        yield svc
+    finally:
+        svc.close()
+        redis.Redis.from_url(url).flushdb()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,86 @@
+"""Bad requests get a JSON error with a stable code and the right HTTP status."""
+
+import http.client
+import json
+import urllib.parse
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def raw(service, method, path, body=None, content_type="application/json"):
+    parsed = urllib.parse.urlsplit(service.api_url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    headers = {"Content-Type": content_type} if body is not None else {}
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = json.loads(response.read())
+    conn.close()
+    return response.status, data
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/api/notebooks/0123456789abcdef0123456789abcdef"),
+    ("POST", "/api/notebooks/0123456789abcdef0123456789abcdef/evaluate"),
+    ("DELETE", "/api/notebooks/0123456789abcdef0123456789abcdef"),
+])
+def test_unknown_notebook_is_404(service, method, path):
+    body = json.dumps({"code": "1"}) if method == "POST" else None
+    status, data = raw(service, method, path, body)
+    assert status == 404 and data["error"] == "notebook_not_found"
+    assert "0123456789abcdef0123456789abcdef" in data["message"]
+
+
+def test_unknown_cell_is_404(service, notebook):
+    status, data = raw(service, "GET", f"/api/notebooks/{notebook.id}/cells/nope")
+    assert status == 404 and data["error"] == "cell_not_found"
+
+
+def test_a_cell_of_another_notebook_is_404(service, client, notebook):
+    cell = notebook.evaluate("1")
+    with client.start() as other:
+        status, data = raw(service, "GET", f"/api/notebooks/{other.id}/cells/{cell['id']}")
+    assert status == 404 and data["error"] == "cell_not_found"
+
+
+@pytest.mark.parametrize("body,code,field", [
+    ("{not json", "invalid_json", None),
+    ("[1, 2]", "invalid_json", None),
+    ("{}", "invalid_field", "code"),
+    ('{"code": 5}', "invalid_field", "code"),
+    ('{"code": "1", "wait": "yes"}', "invalid_field", "wait"),
+    ('{"code": "1", "timeout": -1}', "invalid_field", "timeout"),
+    ('{"code": "1", "colour": "red"}', "invalid_field", "colour"),
+])
+def test_malformed_evaluate_requests_are_400(service, notebook, body, code, field):
+    status, data = raw(service, "POST", f"/api/notebooks/{notebook.id}/evaluate", body)
+    assert status == 400 and data["error"] == code
+    if field:
+        assert data["field"] == field and repr(field) in data["message"]
+
+
+def test_unknown_engine_is_400(service):
+    status, data = raw(service, "POST", "/api/notebooks", json.dumps({"engine": "cobol"}))
+    assert status == 400 and data["error"] == "unknown_engine"
+    assert "python" in data["message"], "the message lists the engines there are"
+
+
+def test_unknown_route_and_method_are_json_errors(service):
+    assert raw(service, "GET", "/api/nothing-here") == (404, raw(service, "GET", "/api/nothing-here")[1])
+    status, data = raw(service, "GET", "/api/nothing-here")
+    assert data["error"] == "not_found"
+    status, data = raw(service, "PUT", "/api/notebooks")
+    assert status == 405 and data["error"] == "method_not_allowed"
+
+
+def test_an_error_in_user_code_is_not_an_api_error(notebook, client):
+    status, cell = client.request("POST", f"/notebooks/{notebook.id}/evaluate", {"code": "raise ValueError('x')",
+                                                                                "wait": True})
+    assert status == 200 and cell["status"] == "error" and cell["error"]["ename"] == "ValueError"
+
+
+def test_no_free_worker_within_the_bounded_wait_is_503(private_service):
+    private_service.start_api(assign_timeout_s=0.5)  # no supervisor: no worker will ever be idle
+    status, data = raw(private_service, "POST", "/api/notebooks", json.dumps({"engine": "python"}))
+    assert status == 503 and data["error"] == "no_worker_available"

@@ -1,0 +1,78 @@
+"""Everything a cell produces is published, in Jupyter's message shape, on the notebook's feed."""
+
+import json
+import threading
+
+import pytest
+
+from taskkernel import keys, messages
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def collect(service, notebook_id, until_idle_of, into, ready):
+    pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.feed_channel(notebook_id))
+    ready.set()
+    try:
+        for _ in range(2000):
+            item = pubsub.get_message(timeout=10)
+            if item is None:
+                continue
+            msg = json.loads(item["data"])
+            into.append(msg)
+            if msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle" \
+                    and msg["parent_header"].get("msg_id") in until_idle_of:
+                return
+    finally:
+        pubsub.close()
+
+
+def watch(service, notebook, code):
+    """Evaluate `code` while a plain Redis subscriber watches; return (cell, messages)."""
+    got, ready, wanted = [], threading.Event(), set()
+    # subscribe first, then learn the cell id: the subscriber stops at that cell's idle
+    thread = threading.Thread(target=collect, args=(service, notebook.id, wanted, got, ready), daemon=True)
+    thread.start()
+    ready.wait(5)
+    cell = notebook.evaluate(code, wait=False)
+    wanted.add(cell["id"])
+    thread.join(20)
+    return notebook.wait(cell["id"]), [m for m in got if m["parent_header"].get("msg_id") == cell["id"]]
+
+
+def test_a_cells_story_on_the_feed_busy_first_idle_last(service, notebook):
+    cell, feed = watch(service, notebook, "print('hello')\n6 * 7")
+    types = [m["header"]["msg_type"] for m in feed]
+    assert types == ["status", "execute_input", "stream", "execute_result", "execute_reply", "status"]
+    assert feed[0]["content"] == {"execution_state": "busy"}
+    assert feed[-1]["content"] == {"execution_state": "idle"}
+    assert feed[1]["content"] == {"code": "print('hello')\n6 * 7", "execution_count": 1}
+    assert feed[2]["content"] == {"name": "stdout", "text": "hello\n"}
+    assert feed[3]["content"]["data"] == {"text/plain": "42"}
+    assert feed[4]["content"]["status"] == "ok" and feed[4]["content"]["execution_count"] == 1
+    assert all(m["parent_header"]["msg_id"] == cell["id"] for m in feed)
+
+
+def test_every_message_conforms_to_the_wire_format(service, notebook):
+    _, feed = watch(service, notebook, "import sys\nprint('a')\nprint('b', file=sys.stderr)\ndisplay(1)\n1/0")
+    assert {m["header"]["msg_type"] for m in feed} >= {"status", "execute_input", "stream", "display_data",
+                                                      "error", "execute_reply"}
+    for msg in feed:
+        assert messages.validate_message(msg) == [], msg
+
+
+def test_sequence_numbers_have_no_gaps(service, notebook):
+    watch(service, notebook, "x = 1")
+    _, feed = watch(service, notebook, "print(x)")
+    seqs = [m["seq"] for m in feed]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert seqs[0] > 1, "numbering continues across cells"
+
+
+def test_the_feed_is_replayable_from_the_stream(service, notebook):
+    notebook.evaluate("print('kept')")
+    replay = list(notebook.feed(timeout=1))
+    types = [m["header"]["msg_type"] for m in replay]
+    assert "stream" in types and types[-1] == "status"
+    assert [m["seq"] for m in replay] == sorted(m["seq"] for m in replay)

@@ -1,0 +1,40 @@
+"""The Celery app shared by the API (which sends cells) and the workers (which run them)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from taskkernel.settings import Settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app on the settings' Redis: JSON only, no result backend, one cell at a time.
+
+    Results travel on taskkernel's own feed, not Celery's result backend (whose pub/sub leaks in
+    long-lived producers). acks_late with prefetch 1 keeps a queued cell in Redis until it ran;
+    the visibility timeout is far longer than any cell so kombu never redelivers a running one
+    (and a redelivered cell is dropped by the runtime's claim anyway).
+    """
+    app = Celery("taskkernel", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_pool_limit=max(10, settings.api_threads),
+        worker_redirect_stdouts=False,
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        task_create_missing_queues=True,
+        task_default_queue="taskkernel.default",
+    )
+    from taskkernel.workers.tasks import register_tasks
+
+    register_tasks(app)
+    return app

@@ -1,0 +1,250 @@
+"""One notebook's namespace in one worker process: runs a cell and publishes what it produces.
+
+The runtime knows Redis (records and the feed) and the engine, but not Celery: the task layer
+hands it a cell id. It claims the cell atomically (a cell already started or aborted is dropped,
+so a redelivered Celery message never runs a cell twice), captures output at the fd level while
+the engine runs, and writes the finished cell and its execute_reply in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import redis
+
+from taskkernel import keys, messages, rpc
+from taskkernel.engines.base import Engine
+from taskkernel.notebooks import NotebookStore
+from taskkernel.workers.capture import OutputCapture
+
+log = logging.getLogger("taskkernel.worker")
+
+# KEYS: cell, notebook, worker, pending.  ARGV: cell id, worker id, now (epoch s), now (ISO).
+# Moves a queued cell of this worker's notebook to running; returns {code, stop_on_error, notebook}.
+_CLAIM_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return false end
+if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] then return false end
+redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[4])
+redis.call('LREM', KEYS[4], 1, ARGV[1])
+redis.call('HSET', KEYS[2], 'state', 'busy', 'last_activity', ARGV[3])
+redis.call('HSET', KEYS[3], 'cell', ARGV[1], 'cell_started', ARGV[3])
+return redis.call('HMGET', KEYS[1], 'code', 'stop_on_error')
+"""
+
+# KEYS: notebook, worker.  ARGV: worker id, now, execution count.
+_FINISH_LUA = """
+redis.call('HSET', KEYS[2], 'cell', '', 'cell_started', '')
+if redis.call('HGET', KEYS[1], 'worker') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'idle', 'last_activity', ARGV[2], 'execution_count', ARGV[3])
+end
+return 1
+"""
+
+TRUNCATED = "\n[taskkernel: output truncated, the cell exceeded {limit} bytes of output]\n"
+LIVE_TYPES = ("stream", "display_data")  # published at once; the rest go out with the reply
+
+
+class CellRun:
+    """What one running cell has produced so far."""
+
+    def __init__(self, notebook_id: str, cell_id: str, output_limit: int):
+        self.notebook_id, self.cell_id = notebook_id, cell_id
+        self.output_limit = output_limit
+        self.output_bytes = 0
+        self.truncated = False
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.outputs: list[dict] = []
+        self.outbox: list[dict] = []
+        self.error: dict | None = None
+
+    def add_output(self, msg: dict) -> None:
+        output = messages.output_from_message(msg)
+        if output is None:
+            return
+        last = self.outputs[-1] if self.outputs else None
+        if output["output_type"] == "stream" and last and last["output_type"] == "stream" \
+                and last["name"] == output["name"]:
+            last["text"] += output["text"]
+        else:
+            self.outputs.append(output)
+
+
+class Runtime:
+    """Owns the engine of one worker process and the cell running in it."""
+
+    def __init__(self, client: redis.Redis, engine: Engine, capture: OutputCapture, *, worker_id: str,
+                 output_limit: int, stream_maxlen: int = 10_000):
+        self.redis = client
+        self.engine = engine
+        self.capture = capture
+        self.worker_id = worker_id
+        self.output_limit = output_limit
+        self.store = NotebookStore(client, stream_maxlen=stream_maxlen)
+        self.feed = self.store.feed
+        self._claim = client.register_script(_CLAIM_LUA)
+        self._finish = client.register_script(_FINISH_LUA)
+        self._run: CellRun | None = None
+        self._publish_lock = threading.Lock()
+        self._main_thread = threading.main_thread().ident
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def install_interrupt_handler(self) -> None:
+        """SIGUSR2 raises KeyboardInterrupt in the cell, and only while user code runs."""
+        signal.signal(signal.SIGUSR2, self._on_interrupt)
+
+    def _on_interrupt(self, signum, frame):
+        if getattr(self.engine, "running_user_code", False):
+            raise KeyboardInterrupt("interrupted by taskkernel")
+
+    def announce_idle(self, engine_name: str, host_name: str, pid: int) -> None:
+        """Join the warm pool: from now on an API may pin a notebook to this worker."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.worker(self.worker_id), mapping={"state": "idle", "pid": pid})
+        pipe.sadd(keys.idle_workers(engine_name, host_name), self.worker_id)
+        pipe.execute()
+
+    def serve_side_channel(self) -> threading.Thread:
+        """Start the thread that answers complete/inspect/is_complete/interrupt during a cell."""
+        thread = threading.Thread(target=self._side_channel_loop, name="taskkernel-rpc", daemon=True)
+        thread.start()
+        return thread
+
+    def _side_channel_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        while True:
+            try:
+                request = rpc.next_request(self.redis, self.worker_id, timeout_s=1.0)
+            except redis.RedisError as exc:
+                log.warning("side channel: %r", exc)
+                time.sleep(0.5)
+                continue
+            if request is not None:
+                self._answer(request)
+
+    def _answer(self, request: dict) -> None:
+        op, args = request["op"], request.get("args", {})
+        try:
+            if op == "interrupt":
+                result = self.interrupt()
+            elif op == "complete":
+                result = self.engine.complete(args["code"], int(args["cursor_pos"]))
+            elif op == "inspect":
+                result = self.engine.inspect(args["code"], int(args["cursor_pos"]), int(args.get("detail_level", 0)))
+            elif op == "is_complete":
+                result = self.engine.is_complete(args["code"])
+            elif op == "ping":
+                result = {"worker": self.worker_id, "running": self._run.cell_id if self._run else None}
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except Exception as exc:
+            rpc.answer(self.redis, request, error=f"{type(exc).__name__}: {exc}")
+        else:
+            rpc.answer(self.redis, request, result=result)
+
+    def interrupt(self) -> dict:
+        """Raise KeyboardInterrupt in the running cell; a no-op when none runs."""
+        run = self._run
+        if run is None:
+            return {"interrupted": None}
+        signal.pthread_kill(self._main_thread, signal.SIGUSR2)
+        return {"interrupted": run.cell_id}
+
+    # --- one cell ------------------------------------------------------------------------------
+
+    def run_cell(self, cell_id: str, notebook_id: str) -> str:
+        """Run a queued cell; returns its status, or "skipped" when it was not ours to run."""
+        now = time.time()
+        claimed = self._claim(
+            keys=[keys.cell(cell_id), keys.notebook(notebook_id), keys.worker(self.worker_id),
+                  keys.notebook_pending(notebook_id)],
+            args=[cell_id, self.worker_id, now, messages.now_iso()],
+        )
+        if not claimed:
+            log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id)
+            return "skipped"
+        code = claimed[0].decode()
+        stop_on_error = claimed[1] == b"1"
+        run = self._run = CellRun(notebook_id, cell_id, self.output_limit)
+        self._queue("status", {"execution_state": "busy"})
+        self.capture.begin(self._on_output)
+        try:
+            reply = self.engine.execute(code, self._on_message)
+        finally:
+            self.capture.end()
+            self._run = None
+        self._complete(run, reply)
+        if reply["status"] == "error" and stop_on_error:
+            self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
+        return reply["status"]
+
+    def _on_message(self, msg_type: str, content: dict) -> None:
+        run = self._run
+        if run is None:
+            return
+        if msg_type == "error":
+            run.error = {k: content[k] for k in ("ename", "evalue", "traceback")}
+        if msg_type != "execute_input":
+            self.capture.flush()  # what was printed before a result or display comes before it
+        self._queue(msg_type, content)
+        if msg_type in LIVE_TYPES:
+            self._flush_outbox()
+
+    def _on_output(self, name: str, text: str) -> None:
+        """Captured text (from the pump thread or a drain): keep it, within the limit, and stream it."""
+        run = self._run
+        if run is None or run.truncated:
+            return
+        size = len(text.encode("utf-8", "replace"))
+        if run.output_bytes + size > run.output_limit:
+            room = max(0, run.output_limit - run.output_bytes)
+            text = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+            text += TRUNCATED.format(limit=run.output_limit)
+            run.truncated = True
+        run.output_bytes += size
+        (run.stdout if name == "stdout" else run.stderr).append(text)
+        self._queue("stream", {"name": name, "text": text})
+        self._flush_outbox()
+
+    def _queue(self, msg_type: str, content: dict) -> None:
+        run = self._run
+        msg = messages.make_message(msg_type, content, notebook_id=run.notebook_id, cell_id=run.cell_id)
+        with self._publish_lock:
+            run.add_output(msg)
+            run.outbox.append(msg)
+
+    def _flush_outbox(self) -> None:
+        run = self._run
+        if run is None:
+            return
+        with self._publish_lock:
+            pending, run.outbox = run.outbox, []
+            self.feed.publish(run.notebook_id, *pending)
+
+    def _complete(self, run: CellRun, reply: dict) -> None:
+        """Write the finished cell and publish its last messages in one transaction."""
+        count = reply.get("execution_count")
+        nb, cid = run.notebook_id, run.cell_id
+        final = run.outbox + [
+            messages.make_message("execute_reply", reply, notebook_id=nb, cell_id=cid),
+            messages.status("idle", notebook_id=nb, cell_id=cid),
+        ]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.cell(cid), mapping=messages.cell_to_redis({
+            "state": "done",
+            "status": reply["status"],
+            "execution_count": count,
+            "stdout": "".join(run.stdout),
+            "stderr": "".join(run.stderr),
+            "outputs": run.outputs,
+            "error": run.error,
+            "completed": messages.now_iso(),
+        }))
+        self._finish(keys=[keys.notebook(nb), keys.worker(self.worker_id)],
+                     args=[self.worker_id, time.time(), count or 0], client=pipe)
+        self.feed.publish(nb, *final, pipe=pipe)
+        pipe.execute()
