@@ -112,8 +112,10 @@ def cmd_up(settings: Settings) -> int:
                                              start_new_session=True))
         url = f"http://{settings.api_host}:{settings.api_port}"
         if _wait_until_up(url, children, stopping):
-            print(f"taskkernel API on {url}  (redis {_redacted(settings.redis_url)}, "
-                  f"{settings.pool_size} idle workers per engine)", flush=True)
+            idle = _wait_for_pool(settings, children, stopping)
+            pools = ", ".join(f"{n} idle {engine} workers" for engine, n in sorted(idle.items()))
+            print(f"taskkernel API on {url}  (redis {_redacted(settings.redis_url)}, {pools or 'no workers'})",
+                  flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         failed = [c for c in children if c.poll() not in (None, 0)]
@@ -136,6 +138,29 @@ def _wait_until_up(url: str, children, stopping, timeout_s: float = 60.0) -> boo
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def _wait_for_pool(settings: Settings, children, stopping, timeout_s: float = 60.0) -> dict[str, int]:
+    """Wait until this host's supervisor has filled its pools; return {engine: idle workers}."""
+    import json
+
+    import redis
+
+    from taskkernel import keys
+
+    client = redis.Redis.from_url(settings.redis_url)
+    deadline = time.monotonic() + timeout_s
+    idle: dict[str, int] = {}
+    try:
+        while time.monotonic() < deadline and not stopping and all(c.poll() is None for c in children):
+            pools = json.loads(client.hget(keys.host(settings.host_name), "pools") or b"{}")
+            idle = {engine: client.scard(keys.idle_workers(engine, settings.host_name)) for engine in pools}
+            if pools and all(idle[engine] >= size for engine, size in pools.items()):
+                break
+            time.sleep(0.1)
+    finally:
+        client.close()
+    return idle
 
 
 def _stop_process(process: subprocess.Popen) -> None:

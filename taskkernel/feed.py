@@ -15,6 +15,10 @@ import redis
 
 from taskkernel import keys
 
+# Blocking reads are cut into slices shorter than redis-py's socket timeout (5 s by default),
+# so a dead connection is still noticed while no blocking call is ever mistaken for one.
+MAX_BLOCK_MS = 4000
+
 # KEYS: seq counter, stream.  ARGV: channel, stream maxlen, messages (JSON objects) ...
 # Each message gets "seq" prepended, is XADDed with its type and parent cell id, and PUBLISHed.
 _PUBLISH_LUA = """
@@ -65,9 +69,9 @@ def wait_for_reply(client: redis.Redis, notebook_id: str, cell_id: str, after: s
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
             return False
-        answer = client.xread({stream: after}, count=500, block=remaining_ms)
+        answer = client.xread({stream: after}, count=500, block=min(remaining_ms, MAX_BLOCK_MS))
         if not answer:
-            return False
+            continue
         for entry_id, fields in answer[0][1]:
             after = _s(entry_id)
             if _s(fields.get(b"t", b"")) == "execute_reply" and _s(fields.get(b"c", b"")) == cell_id:

@@ -195,18 +195,21 @@ class NotebookStore:
     # --- restarts ----------------------------------------------------------------------------
 
     def restart(self, notebook_id: str, *, expected_worker: str = "", reason: str,
-                cell_error: dict | None = None) -> bool:
+                cell_error: dict | None = None, running_cell: str | None = None) -> bool:
         """Give the notebook a fresh worker: fail its running cell with `cell_error` (if given),
         abort its queue, announce it on the feed, retire the old worker and pin a new one.
 
-        Returns False when the notebook had already moved on from `expected_worker`.
+        `running_cell` names the cell that was running when the caller already knows it (a
+        supervisor that has cleaned up the dead worker's record). Returns False when the notebook
+        had already moved on from `expected_worker`.
         """
         engine = self.get(notebook_id)["engine"]
         old = self._detach(keys=[keys.notebook(notebook_id)], args=[expected_worker, time.time()])
         if not old:
             return False
         old_worker, old_host = _s(old[0]), _s(old[1])
-        running = _s(self.redis.hget(keys.worker(old_worker), "cell") or b"")
+        running = running_cell if running_cell is not None else \
+            _s(self.redis.hget(keys.worker(old_worker), "cell") or b"")
         if running and cell_error is not None:
             self.fail_cell(notebook_id, running, cell_error)
         self.abort_pending(notebook_id, reason=reason)
@@ -326,6 +329,7 @@ def notebook_from_redis(raw: dict) -> dict:
         "execution_count": int(data.get("execution_count") or 0),
         "cells": int(data.get("cells") or 0),
         "restarts": int(data.get("restarts") or 0),
+        "dropped_deliveries": int(data.get("dropped_deliveries") or 0),
         "created": _iso(data.get("created")),
         "last_activity": _iso(data.get("last_activity")),
         "worker": worker,

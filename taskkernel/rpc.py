@@ -9,6 +9,7 @@ answer `{"ok": bool, "result" | "error"}` is pushed on the request's own reply l
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 
@@ -17,6 +18,7 @@ from taskkernel.exceptions import EngineUnavailable
 from taskkernel.messages import new_id
 
 REPLY_TTL_S = 60
+MAX_BLOCK_S = 4.0  # below redis-py's default 5 s socket timeout
 
 
 def call(client: redis.Redis, worker_id: str, op: str, args: dict | None = None, timeout_s: float = 10.0,
@@ -34,7 +36,10 @@ def call(client: redis.Redis, worker_id: str, op: str, args: dict | None = None,
     pipe.execute()
     if not wait:
         return None
-    answer = client.blpop([reply_key], timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    answer = None
+    while answer is None and time.monotonic() < deadline:
+        answer = client.blpop([reply_key], timeout=max(0.01, min(MAX_BLOCK_S, deadline - time.monotonic())))
     if answer is None:
         raise EngineUnavailable(f"the notebook's worker did not answer {op!r} within {timeout_s:g} s",
                                 op=op)

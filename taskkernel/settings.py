@@ -37,6 +37,7 @@ class Settings:
     max_output_bytes: int = 4 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     visibility_timeout_s: int = 30 * 24 * 3600  # far longer than any cell: no redelivery
+    unacked_restore_interval_s: int = 60  # how often kombu sweeps for messages to redeliver
     feed_stream_maxlen: int = 10_000
     heartbeat_interval_s: float = 1.0
     host_ttl_s: float = 6.0

@@ -165,12 +165,13 @@ def notebook(client):
 
 
 @pytest.fixture
-def private_service(redis_server, config_dir, request):
-    """A service of its own (own Redis database) for tests that kill or reconfigure parts of it."""
-    db = 1 + (abs(hash(request.node.nodeid)) % 14)
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+def private_service(redis_server, tmp_path):
+    """A service of its own (own Redis database, own config dir) for tests that kill or reconfigure it."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/1"
     redis.Redis.from_url(url).flushdb()
-    svc = Service(url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
+    config = tmp_path / "config"
+    shutil.copytree(SOURCE_CONFIG_DIR, config)
+    svc = Service(url, config, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc
     finally:

@@ -23,7 +23,11 @@ def make_celery(settings: Settings) -> Celery:
         result_backend=None,
         task_acks_late=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": settings.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_pool_limit=max(10, settings.api_threads),

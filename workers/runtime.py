@@ -166,6 +166,7 @@ class Runtime:
         )
         if not claimed:
             log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id)
+            self._count_dropped(notebook_id)
             return "skipped"
         code = claimed[0].decode()
         stop_on_error = claimed[1] == b"1"
@@ -181,6 +182,12 @@ class Runtime:
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
         return reply["status"]
+
+    def _count_dropped(self, notebook_id: str) -> None:
+        """Count deliveries dropped by the claim (redeliveries), for the notebook's record."""
+        key = keys.notebook(notebook_id)
+        if self.redis.exists(key):  # never recreate the record of a deleted notebook
+            self.redis.hincrby(key, "dropped_deliveries", 1)
 
     def _on_message(self, msg_type: str, content: dict) -> None:
         run = self._run

@@ -260,7 +260,8 @@ class Supervisor:
             "traceback": [f"EngineDied: {reason}"],
         }
         if self.store.exists(notebook_id):
-            self.store.restart(notebook_id, expected_worker=child.worker_id, reason=reason, cell_error=error)
+            self.store.restart(notebook_id, expected_worker=child.worker_id, reason=reason, cell_error=error,
+                               running_cell=info.get("cell", ""))
 
     def _enforce_cell_limits(self) -> None:
         """Interrupt a cell past its wall time; kill its worker if the interrupt does not take."""

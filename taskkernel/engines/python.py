@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import codeop
+import importlib.util
 import linecache
+import os
 import rlcompleter
 import sys
 import time
@@ -13,7 +15,19 @@ from typing import Any
 
 from taskkernel.engines.base import Engine
 
-COMPLETION_BUDGET_S = 2.0  # past this, jedi is skipped in favour of rlcompleter
+COMPLETION_BUDGET_S = 2.0
+
+
+def _internal_dirs() -> tuple[str, ...]:
+    """Where taskkernel's own code lives (its frames, such as the interrupt handler's, are not shown)."""
+    dirs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    spec = importlib.util.find_spec("taskkernel.workers")
+    if spec and spec.submodule_search_locations:
+        dirs += [os.path.abspath(p) for p in spec.submodule_search_locations]
+    return tuple(d + os.sep for d in dirs)
+
+
+INTERNAL_DIRS = _internal_dirs()  # past this, jedi is skipped in favour of rlcompleter
 
 
 class PythonEngine(Engine):
@@ -57,7 +71,8 @@ class PythonEngine(Engine):
         if isinstance(exc, SyntaxError) or tb is None:
             lines = traceback.format_exception_only(type(exc), exc)
         else:
-            lines = ["Traceback (most recent call last):\n"] + traceback.format_tb(tb) + \
+            frames = [f for f in traceback.extract_tb(tb) if not os.path.abspath(f.filename).startswith(INTERNAL_DIRS)]
+            lines = ["Traceback (most recent call last):\n"] + traceback.format_list(frames) + \
                 traceback.format_exception_only(type(exc), exc)
         text = "".join(lines).rstrip("\n")
         return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": text.split("\n")}

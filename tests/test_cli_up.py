@@ -1,0 +1,96 @@
+"""`taskkernel up` runs Redis, the supervisor and the API, and stops all of it on SIGINT or SIGTERM."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from taskkernel.client import Client
+from taskkernel.redis_server import free_port
+from tests.conftest import pid_alive
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (by walking /proc's parent links)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+            except (OSError, IndexError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        children = {p for p, parent in parents.items() if parent in frontier}
+        frontier = children - found
+        found |= children
+    return found
+
+
+def start_up(port: int, **env) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TASKKERNEL_")}
+    environ.update({"TASKKERNEL_LOG_LEVEL": "WARNING", **env})
+    return subprocess.Popen([sys.executable, "-m", "taskkernel", "up", "--port", str(port), "--pool", "1"],
+                            env=environ, stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_up_runs_everything_and_stops_it_all(stop_signal):
+    port = free_port()
+    process = start_up(port)
+    tree: set[int] = set()
+    try:
+        banner = process.stdout.readline()
+        assert f"taskkernel API on http://127.0.0.1:{port}" in banner
+        match = re.search(r"redis redis://\*\*\*@127\.0\.0\.1:(\d+)/0", banner)
+        assert match, banner
+        with Client(f"http://127.0.0.1:{port}").start() as nb:
+            assert nb.evaluate("6 * 7")["outputs"][0]["data"]["text/plain"] == "42"
+        tree = descendants(process.pid)
+        assert len(tree) >= 4, "redis-server, supervisor, API and at least one worker"
+        os.kill(process.pid, stop_signal)
+        assert process.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(pid_alive(p) for p in tree):
+            time.sleep(0.1)
+        assert not [p for p in tree if pid_alive(p)], "no process is left behind"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        for pid in tree:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_up_uses_the_configured_redis(redis_server):
+    port = free_port()
+    url = redis_server.url.rsplit("/", 1)[0] + "/2"
+    process = start_up(port, TASKKERNEL_REDIS_URL=url, TASKKERNEL_HOST_NAME="up-test")
+    try:
+        banner = process.stdout.readline()
+        assert f":{redis_server.port}/2" in banner
+        import redis
+
+        client = redis.Redis.from_url(url)
+        assert client.sismember("taskkernel:hosts", "up-test")
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(30)
+        redis.Redis.from_url(url).flushdb()
+
+
+def test_binding_the_api_publicly_without_a_token_is_refused():
+    result = subprocess.run([sys.executable, "-m", "taskkernel", "api", "--host", "0.0.0.0"],
+                            env={**os.environ, "TASKKERNEL_REDIS_URL": "redis://127.0.0.1:1/0"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "without a token" in result.stderr
