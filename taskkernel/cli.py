@@ -14,7 +14,12 @@ import urllib.request
 from taskkernel.settings import Settings, load_settings, settings_environ
 
 
-def main(argv: list[str] | None = None) -> int:
+# Modules that add subcommands of their own: each has `register(subparsers)`, which adds its
+# parsers and sets `handler=<function(args) -> exit code>` on them with set_defaults.
+PLUGIN_COMMANDS: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskkernel", description="A notebook code-execution backend.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -22,24 +27,31 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--host", help="API bind address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="API port (default 8000)")
     up.add_argument("--pool", type=int, help="idle workers kept warm per engine (default 2)")
+    up.set_defaults(handler=lambda a: cmd_up(load_settings(api_host=a.host, api_port=a.port, pool_size=a.pool)))
 
     api = commands.add_parser("api", help="run the HTTP API (gunicorn, threads)")
     api.add_argument("--host", help="bind address (default 127.0.0.1)")
     api.add_argument("--port", type=int, help="port (default 8000)")
     api.add_argument("--threads", type=int, help="request threads (default 32)")
+    api.set_defaults(handler=lambda a: cmd_api(load_settings(api_host=a.host, api_port=a.port,
+                                                            api_threads=a.threads)))
 
     worker = commands.add_parser("worker", help="run this host's worker supervisor")
     worker.add_argument("--pool", type=int, help="idle workers kept warm per engine (default 2)")
     worker.add_argument("--host-name", help="name of this host in Redis (default: the machine's)")
+    worker.set_defaults(handler=lambda a: cmd_worker(load_settings(pool_size=a.pool, host_name=a.host_name)))
 
-    args = parser.parse_args(argv)
+    import importlib
+
+    for module_name in PLUGIN_COMMANDS:
+        importlib.import_module(module_name).register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "up":
-            return cmd_up(load_settings(api_host=args.host, api_port=args.port, pool_size=args.pool))
-        if args.command == "api":
-            return cmd_api(load_settings(api_host=args.host, api_port=args.port, api_threads=args.threads))
-        if args.command == "worker":
-            return cmd_worker(load_settings(pool_size=args.pool, host_name=args.host_name))
+        return args.handler(args)
     except Exception as exc:
         from taskkernel.exceptions import TaskkernelError
 
@@ -47,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"taskkernel: {exc.message}", file=sys.stderr)
             return 2
         raise
-    return 1
 
 
 def _require_redis(settings: Settings) -> None:
