@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import redis
 from celery import Celery
 from flask import Flask
+from werkzeug.routing import BaseConverter
 
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
+
+
+class HexIdConverter(BaseConverter):
+    """Notebook and cell ids are 32 hex digits; anything else is a 404 without touching Redis."""
+
+    regex = "[0-9a-f]{32}"
 
 
 @dataclass
@@ -20,6 +28,7 @@ class Services:
     redis: redis.Redis
     store: NotebookStore
     celery: Celery
+    feed_slots: threading.BoundedSemaphore  # one per SSE stream, so streams never starve other calls
 
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
@@ -28,6 +37,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     from taskkernel.workers.celery_app import make_celery
 
     app = Flask("taskkernel.api")
+    app.url_map.converters["hexid"] = HexIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
     if client is None:
@@ -41,6 +51,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         redis=client,
         store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen),
         celery=make_celery(settings),
+        feed_slots=threading.BoundedSemaphore(settings.feed_subscriber_limit),
     )
     errors.register(app)
     auth.register(app, settings)
@@ -48,4 +59,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     app.register_blueprint(notebooks.blueprint, url_prefix="/api")
     app.register_blueprint(cells.blueprint, url_prefix="/api")
     app.register_blueprint(feed.blueprint, url_prefix="/api")
+    from taskkernel.api import console, metrics as metrics_api  # /metrics, /api/status, the page at /
+    app.register_blueprint(metrics_api.blueprint)
+    app.register_blueprint(console.blueprint)
     return app

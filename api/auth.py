@@ -1,23 +1,85 @@
-"""Who may call the API: with TASKKERNEL_TOKEN set, every request needs `Authorization: Bearer <token>`."""
+"""Who may call the API: network allow/deny lists, the service token, per-notebook tokens, CORS.
+
+With TASKKERNEL_TOKEN set, every call needs `Authorization: Bearer <token>`; a notebook's own
+token (returned once when it is created) is also accepted on that notebook's routes, so a front
+end can hand one notebook to one user without the service token. EventSource cannot send
+headers, so the feed also accepts `?token=`. Tokens are compared in constant time, and only a
+hash of a notebook token is stored.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 
-from flask import Flask, request
+from flask import Flask, Response, current_app, request
 
-from taskkernel.exceptions import Unauthorized
-from taskkernel.settings import Settings
+from taskkernel import keys
+from taskkernel.exceptions import Forbidden, Unauthorized
+from taskkernel.settings import Settings, networks
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def register(app: Flask, settings: Settings) -> None:
-    if not settings.token:
-        return
-    expected = settings.token.encode()
+    allowed, denied = networks(settings.allow_networks), networks(settings.deny_networks)
+    origins = {o.strip() for o in settings.cors_origins.split(",") if o.strip()}
 
-    @app.before_request
-    def require_token():
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    if allowed or denied:
+        @app.before_request
+        def check_network():
+            address = ipaddress.ip_address((request.remote_addr or "0.0.0.0").split("%")[0])
+            if any(address in net for net in denied) or (allowed and not any(address in net for net in allowed)):
+                raise Forbidden(f"clients from {address} are not allowed")
+
+    if origins:
+        @app.before_request
+        def cors_preflight():
+            if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+                return Response(status=204)
+
+        @app.after_request
+        def cors_headers(response: Response) -> Response:
+            origin = request.headers.get("Origin", "")
+            if origin and ("*" in origins or origin in origins):
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Vary"] = "Origin"
+                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Last-Event-ID"
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+            return response
+
+    if settings.token:
+        expected = settings.token.encode()
+
+        @app.before_request
+        def require_token():
+            if request.method == "OPTIONS" or request.endpoint in PUBLIC_ENDPOINTS:
+                return None
+            given = _presented_token()
+            if given and hmac.compare_digest(given.encode(), expected):
+                return None
+            notebook_id = (request.view_args or {}).get("notebook_id")
+            if given and notebook_id and _notebook_token_matches(notebook_id, given):
+                return None
             raise Unauthorized("a valid token is required: send Authorization: Bearer <token>")
+
+
+PUBLIC_ENDPOINTS = {"static"}
+
+
+def _presented_token() -> str:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and given.strip():
+        return given.strip()
+    if request.method == "GET" and request.endpoint == "feed.notebook_feed":
+        return request.args.get("token", "")
+    return ""
+
+
+def _notebook_token_matches(notebook_id: str, token: str) -> bool:
+    svc = current_app.extensions["taskkernel"]
+    stored = svc.redis.hget(keys.notebook(notebook_id), "token_sha256")
+    return bool(stored) and hmac.compare_digest(stored.decode(), token_digest(token))

@@ -12,7 +12,7 @@ from taskkernel.workers.tasks import send_evaluate
 blueprint = Blueprint("cells", __name__)
 
 
-@blueprint.post("/notebooks/<notebook_id>/evaluate")
+@blueprint.post("/notebooks/<hexid:notebook_id>/evaluate")
 def evaluate(notebook_id: str):
     """Queue a cell. 202 + the queued cell; with wait, 200 + the finished cell (202 on timeout)."""
     svc = current_app.extensions["taskkernel"]
@@ -34,14 +34,14 @@ def evaluate(notebook_id: str):
     return response
 
 
-@blueprint.get("/notebooks/<notebook_id>/cells/<cell_id>")
+@blueprint.get("/notebooks/<hexid:notebook_id>/cells/<hexid:cell_id>")
 def get_cell(notebook_id: str, cell_id: str):
     svc = current_app.extensions["taskkernel"]
     svc.store.get(notebook_id)
     return jsonify(svc.store.get_cell(cell_id, notebook_id=notebook_id))
 
 
-@blueprint.get("/notebooks/<notebook_id>/cells")
+@blueprint.get("/notebooks/<hexid:notebook_id>/cells")
 def list_cells(notebook_id: str):
     svc = current_app.extensions["taskkernel"]
     svc.store.get(notebook_id)

@@ -14,7 +14,7 @@ import time
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from taskkernel import feed
-from taskkernel.exceptions import InvalidField
+from taskkernel.exceptions import InvalidField, TooManySubscribers
 
 blueprint = Blueprint("feed", __name__)
 
@@ -22,7 +22,7 @@ STREAM_ID = re.compile(r"^\d+-\d+$")
 KEEPALIVE_S = 15.0
 
 
-@blueprint.get("/notebooks/<notebook_id>/feed")
+@blueprint.get("/notebooks/<hexid:notebook_id>/feed")
 def notebook_feed(notebook_id: str):
     svc = current_app.extensions["taskkernel"]
     svc.store.get(notebook_id)
@@ -39,7 +39,17 @@ def notebook_feed(notebook_id: str):
     except ValueError:
         raise InvalidField("timeout must be a number of seconds", field="timeout") from None
 
+    if not svc.feed_slots.acquire(blocking=False):
+        raise TooManySubscribers(f"this API process already serves {svc.settings.feed_subscriber_limit} "
+                                 "feed streams; retry later or subscribe to Redis directly")
+
     def events():
+        try:
+            yield from _events()
+        finally:
+            svc.feed_slots.release()
+
+    def _events():
         position = after
         started = last_sent = time.monotonic()
         yield ": taskkernel feed\n\n"

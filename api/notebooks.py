@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+
 from flask import Blueprint, current_app, jsonify
 
 from taskkernel import rpc
+from taskkernel.api.auth import token_digest
 from taskkernel.api.validation import json_body
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField
@@ -22,8 +25,9 @@ def create_notebook():
     engine = body.get("engine", "python")
     svc = services()
     registry.get_spec(svc.settings.config_dir, engine)  # UnknownEngine -> 400
-    notebook = svc.store.create(engine, timeout_s=svc.settings.assign_timeout_s)
-    response = jsonify(notebook)
+    token = secrets.token_urlsafe(32)
+    notebook = svc.store.create(engine, timeout_s=svc.settings.assign_timeout_s, token_sha256=token_digest(token))
+    response = jsonify({**notebook, "token": token})
     response.status_code = 201
     response.headers["Location"] = f"/api/notebooks/{notebook['id']}"
     return response
@@ -34,18 +38,18 @@ def list_notebooks():
     return jsonify({"notebooks": services().store.list()})
 
 
-@blueprint.get("/notebooks/<notebook_id>")
+@blueprint.get("/notebooks/<hexid:notebook_id>")
 def get_notebook(notebook_id: str):
     return jsonify(services().store.get(notebook_id))
 
 
-@blueprint.delete("/notebooks/<notebook_id>")
+@blueprint.delete("/notebooks/<hexid:notebook_id>")
 def delete_notebook(notebook_id: str):
     services().store.delete(notebook_id)
     return "", 204
 
 
-@blueprint.post("/notebooks/<notebook_id>/restart")
+@blueprint.post("/notebooks/<hexid:notebook_id>/restart")
 def restart_notebook(notebook_id: str):
     """A fresh namespace on a fresh worker; queued cells are aborted, the running one is killed."""
     svc = services()
@@ -58,7 +62,7 @@ def restart_notebook(notebook_id: str):
     return jsonify(svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s))
 
 
-@blueprint.post("/notebooks/<notebook_id>/interrupt")
+@blueprint.post("/notebooks/<hexid:notebook_id>/interrupt")
 def interrupt_notebook(notebook_id: str):
     """KeyboardInterrupt in the running cell; a harmless no-op when none runs."""
     svc = services()
@@ -86,17 +90,17 @@ def _introspect(notebook_id: str, op: str, fields: dict, required=("code",)):
     return jsonify(rpc.call(svc.redis, notebook["worker"]["id"], op, args, timeout_s=svc.settings.rpc_timeout_s))
 
 
-@blueprint.post("/notebooks/<notebook_id>/complete")
+@blueprint.post("/notebooks/<hexid:notebook_id>/complete")
 def complete(notebook_id: str):
     """Jupyter's complete_reply: matches, cursor_start, cursor_end, on the live namespace."""
     return _introspect(notebook_id, "complete", {"code": str, "cursor_pos": int})
 
 
-@blueprint.post("/notebooks/<notebook_id>/inspect")
+@blueprint.post("/notebooks/<hexid:notebook_id>/inspect")
 def inspect(notebook_id: str):
     return _introspect(notebook_id, "inspect", {"code": str, "cursor_pos": int, "detail_level": int})
 
 
-@blueprint.post("/notebooks/<notebook_id>/is_complete")
+@blueprint.post("/notebooks/<hexid:notebook_id>/is_complete")
 def is_complete(notebook_id: str):
     return _introspect(notebook_id, "is_complete", {"code": str})

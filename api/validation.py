@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import request
 
-from taskkernel.exceptions import InvalidField, InvalidJSON
+from taskkernel.exceptions import InvalidField, InvalidJSON, UnsupportedMediaType
 
 _TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object"}
 
@@ -13,6 +13,9 @@ def json_body(fields: dict[str, type], required: tuple[str, ...] = ()) -> dict:
     """The request's JSON object, checked against `fields` ({name: type}); unknown fields are refused."""
     if not request.get_data(cache=True):
         body = {}
+    elif not request.is_json:
+        raise UnsupportedMediaType(
+            f"request bodies must be JSON; got Content-Type {request.mimetype or 'none'!r}")
     else:
         body = request.get_json(force=True, silent=True)
         if body is None:

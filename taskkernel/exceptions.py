@@ -48,6 +48,34 @@ class InvalidField(BadRequest):
     code = "invalid_field"
 
 
+class UnsupportedMediaType(TaskkernelError):
+    """Request bodies must be JSON (Content-Type: application/json)."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class Forbidden(TaskkernelError):
+    """The client's address is not allowed."""
+
+    code = "forbidden"
+    status = 403
+
+
+class QuotaExceeded(TaskkernelError):
+    """A notebook quota is reached."""
+
+    code = "quota_exceeded"
+    status = 429
+
+
+class TooManySubscribers(TaskkernelError):
+    """This API process serves as many feed streams as it can."""
+
+    code = "too_many_subscribers"
+    status = 503
+
+
 class UnknownEngine(BadRequest):
     """No engine of that name is defined."""
 

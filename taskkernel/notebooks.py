@@ -109,7 +109,7 @@ class NotebookStore:
 
     # --- notebooks ---------------------------------------------------------------------------
 
-    def create(self, engine: str, timeout_s: float) -> dict:
+    def create(self, engine: str, timeout_s: float, token_sha256: str = "") -> dict:
         """Pin a new notebook to an idle worker of `engine`, waiting up to `timeout_s` for one.
 
         Raises NoWorkerAvailable when none became idle in time.
@@ -119,6 +119,8 @@ class NotebookStore:
             raise NoWorkerAvailable(
                 f"no idle {engine!r} worker became free within {timeout_s:g} s", engine=engine
             )
+        if token_sha256:
+            self.redis.hset(keys.notebook(notebook_id), "token_sha256", token_sha256)
         return self.get(notebook_id)
 
     def _try_assign(self, engine: str, notebook_id: str, *, new: bool, timeout_s: float):

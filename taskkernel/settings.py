@@ -22,8 +22,13 @@ class Settings:
     redis_url: str = ""  # empty: `taskkernel up` starts a private redis-server
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_threads: int = 32
-    token: str = ""
+    api_threads: int = 64
+    token: str = ""  # the service token; empty: no authentication (loopback only)
+    allow_networks: str = ""  # comma-separated CIDRs allowed to call the API (empty: all)
+    deny_networks: str = ""  # comma-separated CIDRs refused (403), checked before allow
+    cors_origins: str = ""  # comma-separated origins allowed by CORS ("*" for any)
+    max_feed_subscribers: int = 0  # SSE streams one API process serves at once (0: api_threads - 8)
+    worker_user: str = ""  # run engine processes as this unprivileged user (supervisor must be root)
     config_dir: str = str(SOURCE_CONFIG_DIR)
     host_name: str = dataclasses.field(default_factory=lambda: _safe_name(socket.gethostname()))
     pool_size: int = 2  # idle workers kept warm per engine on this host
@@ -54,7 +59,16 @@ class Settings:
                 f"refusing to bind the API to {self.api_host} without a token: "
                 "set TASKKERNEL_TOKEN, or bind to 127.0.0.1"
             )
+        for name in ("allow_networks", "deny_networks"):
+            try:
+                networks(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigurationError(f"{PREFIX}{name.upper()}: {exc}") from None
         return self
+
+    @property
+    def feed_subscriber_limit(self) -> int:
+        return self.max_feed_subscribers or max(1, self.api_threads - 8)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -67,6 +81,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Parse a comma-separated list of CIDRs ("127.0.0.0/8, ::1")."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()]
 
 
 def _safe_name(name: str) -> str:

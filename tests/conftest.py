@@ -96,11 +96,14 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 def _http_ok(url: str) -> bool:
+    import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
+    except urllib.error.HTTPError:  # it answered (401/403 when secured): it is up
+        return True
     except OSError:
         return False
 

@@ -33,8 +33,16 @@ def test_unknown_notebook_is_404(service, method, path):
 
 
 def test_unknown_cell_is_404(service, notebook):
-    status, data = raw(service, "GET", f"/api/notebooks/{notebook.id}/cells/nope")
+    status, data = raw(service, "GET", f"/api/notebooks/{notebook.id}/cells/{'0' * 32}")
     assert status == 404 and data["error"] == "cell_not_found"
+
+
+@pytest.mark.parametrize("path", ["/api/notebooks/nope", "/api/notebooks/../engines",
+                                  "/api/notebooks/0123456789ABCDEF0123456789ABCDEF/evaluate",
+                                  "/api/notebooks/%s/cells/x'--" % ("a" * 32)])
+def test_ids_that_are_not_well_formed_are_404(service, path):
+    status, data = raw(service, "GET", path)
+    assert status in (404, 405) and data["error"] in ("not_found", "method_not_allowed")
 
 
 def test_a_cell_of_another_notebook_is_404(service, client, notebook):

@@ -49,6 +49,9 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # user code must not find the service's configuration (the Redis password) in its environment
+    for name in [n for n in os.environ if n.startswith("TASKKERNEL_")]:
+        del os.environ[name]
     os.environ.update({k: str(v) for k, v in spec.get("env", {}).items()})
     if spec.get("working_dir"):
         os.chdir(os.path.expanduser(spec["working_dir"]))
@@ -62,6 +65,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     capture.start()
     _log_to(capture, settings.log_level, worker_id)
 
+    _drop_privileges(settings.worker_user)
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     engine = registry.engine_class(spec)(spec)
     engine.start()
@@ -108,6 +112,21 @@ def _die_with_parent() -> None:
         return
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+
+
+def _drop_privileges(user: str) -> None:
+    """Run user code as `user`, so it cannot read the service's files (as codenode's engines did)."""
+    if not user:
+        return
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    home = entry.pw_dir if os.path.isdir(entry.pw_dir) and os.access(entry.pw_dir, os.W_OK) else "/tmp"
+    os.environ.update({"HOME": home, "USER": user, "LOGNAME": user})
+    os.chdir(home)
 
 
 def _limit_memory(memory_bytes) -> None:
