@@ -33,7 +33,7 @@ class Services:
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     """The Flask app for `settings`; pass `client` to share a Redis connection pool."""
-    from taskkernel.api import auth, cells, engines, errors, feed, notebooks
+    from taskkernel.api import auth, cells, engines, errors, feed, notebooks, openapi
     from taskkernel.workers.celery_app import make_celery
 
     app = Flask("taskkernel.api")
@@ -59,6 +59,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     app.register_blueprint(notebooks.blueprint, url_prefix="/api")
     app.register_blueprint(cells.blueprint, url_prefix="/api")
     app.register_blueprint(feed.blueprint, url_prefix="/api")
+    app.register_blueprint(openapi.blueprint, url_prefix="/api")
     from taskkernel.api import console, metrics as metrics_api  # /metrics, /api/status, the page at /
     app.register_blueprint(metrics_api.blueprint)
     app.register_blueprint(console.blueprint)

@@ -67,7 +67,7 @@ def register(app: Flask, settings: Settings) -> None:
             raise Unauthorized("a valid token is required: send Authorization: Bearer <token>")
 
 
-PUBLIC_ENDPOINTS = {"static"}
+PUBLIC_ENDPOINTS = {"static", "openapi.openapi"}
 
 
 def _presented_token() -> str:

@@ -1,0 +1,192 @@
+"""GET /api/openapi.json: an OpenAPI 3 description of every endpoint, request and response."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+import taskkernel
+
+blueprint = Blueprint("openapi", __name__)
+
+HEX_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+NULLABLE_STR = {"type": ["string", "null"]}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, **_json(_ref("Error"))}
+
+
+def _body(properties: dict, required: list[str] | None = None) -> dict:
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return {"required": bool(required), **_json(schema)}
+
+
+COMMON_ERRORS = {
+    "400": _error("malformed request (invalid_json, invalid_field)"),
+    "401": _error("a valid token is required"),
+    "403": _error("the client's network is not allowed"),
+    "404": _error("no such notebook or cell"),
+    "413": _error("request body too large"),
+    "415": _error("request bodies must be JSON"),
+    "503": _error("Redis or workers unavailable"),
+}
+
+
+def _op(summary: str, responses: dict, body: dict | None = None, params: list | None = None) -> dict:
+    op = {"summary": summary, "responses": {**responses, **COMMON_ERRORS}}
+    if body is not None:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    return op
+
+
+NOTEBOOK_ID = {"name": "notebook_id", "in": "path", "required": True, "schema": HEX_ID}
+CELL_ID = {"name": "cell_id", "in": "path", "required": True, "schema": HEX_ID}
+CODE_POS = {"code": {"type": "string"}, "cursor_pos": {"type": "integer", "minimum": 0}}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object", "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "Engine": {
+        "type": "object", "required": ["name", "display_name", "language", "class"],
+        "properties": {"name": {"type": "string"}, "display_name": {"type": "string"},
+                       "language": {"type": "string"}, "class": {"type": "string"},
+                       "pool_size": {"type": ["integer", "null"]}, "limits": {"type": "object"},
+                       "source": NULLABLE_STR},
+    },
+    "Notebook": {
+        "type": "object", "required": ["id", "engine", "state", "execution_count", "worker"],
+        "properties": {
+            "id": HEX_ID, "engine": {"type": "string"},
+            "state": {"type": "string", "enum": ["idle", "busy", "restarting", "restarted", "deleting"]},
+            "execution_count": {"type": "integer"}, "cells": {"type": "integer"},
+            "restarts": {"type": "integer"}, "dropped_deliveries": {"type": "integer"},
+            "created": NULLABLE_STR, "last_activity": NULLABLE_STR,
+            "token": {"type": "string", "description": "only in the create response"},
+            "worker": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["id", "host", "pid"],
+                "properties": {"id": {"type": "string"}, "host": NULLABLE_STR, "pid": {"type": "integer"}},
+            }]},
+        },
+    },
+    "Output": {
+        "type": "object", "required": ["output_type"],
+        "properties": {"output_type": {"type": "string",
+                                       "enum": ["stream", "execute_result", "display_data", "error"]}},
+    },
+    "Cell": {
+        "type": "object",
+        "required": ["id", "notebook_id", "code", "state", "status", "execution_count", "stdout", "stderr",
+                     "outputs", "error"],
+        "properties": {
+            "id": HEX_ID, "notebook_id": HEX_ID, "code": {"type": "string"},
+            "state": {"type": "string", "enum": ["queued", "running", "done"]},
+            "status": {"type": ["string", "null"], "enum": ["ok", "error", "aborted", None]},
+            "execution_count": {"type": ["integer", "null"]},
+            "stdout": {"type": "string"}, "stderr": {"type": "string"},
+            "outputs": {"type": "array", "items": _ref("Output")},
+            "error": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["ename", "evalue", "traceback"]}]},
+            "stop_on_error": {"type": "boolean"},
+            "submitted": NULLABLE_STR, "started": NULLABLE_STR, "completed": NULLABLE_STR,
+        },
+    },
+}
+
+
+def document() -> dict:
+    ok = lambda description, schema: {"description": description, **_json(schema)}  # noqa: E731
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "taskkernel", "version": taskkernel.__version__,
+                 "description": "Notebooks pinned to Celery workers; cells evaluated over HTTP."},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/api/engines": {"get": _op("list engine types", {"200": ok("engines", {
+                "type": "object", "required": ["engines", "errors"],
+                "properties": {"engines": {"type": "array", "items": _ref("Engine")}, "errors": {"type": "object"}},
+            })})},
+            "/api/notebooks": {
+                "get": _op("list notebooks", {"200": ok("notebooks", {
+                    "type": "object", "required": ["notebooks"],
+                    "properties": {"notebooks": {"type": "array", "items": _ref("Notebook")}}})}),
+                "post": _op("create a notebook on an idle worker",
+                            {"201": ok("the new notebook, with its token", _ref("Notebook")),
+                             "429": _error("a notebook quota is reached")},
+                            body=_body({"engine": {"type": "string"}})),
+            },
+            "/api/notebooks/{notebook_id}": {
+                "get": _op("show a notebook", {"200": ok("the notebook", _ref("Notebook"))}, params=[NOTEBOOK_ID]),
+                "delete": _op("delete a notebook and stop its worker", {"204": {"description": "deleted"}},
+                              params=[NOTEBOOK_ID]),
+            },
+            "/api/notebooks/{notebook_id}/evaluate": {"post": _op(
+                "queue a cell; with wait, return it finished",
+                {"200": ok("the finished cell", _ref("Cell")),
+                 "202": ok("the queued or still running cell", _ref("Cell")),
+                 "409": _error("the notebook is being deleted")},
+                body=_body({"code": {"type": "string"}, "wait": {"type": "boolean"},
+                            "timeout": {"type": "number", "minimum": 0},
+                            "stop_on_error": {"type": "boolean"}}, ["code"]),
+                params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/cells": {"get": _op("the notebook's cells", {"200": ok("cells", {
+                "type": "object", "required": ["cells"],
+                "properties": {"cells": {"type": "array", "items": _ref("Cell")}}})}, params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/cells/{cell_id}": {"get": _op(
+                "one cell", {"200": ok("the cell", _ref("Cell"))}, params=[NOTEBOOK_ID, CELL_ID])},
+            "/api/notebooks/{notebook_id}/complete": {"post": _op(
+                "completions on the live namespace (Jupyter complete_reply)",
+                {"200": ok("complete_reply", {"type": "object", "required": ["matches", "cursor_start", "cursor_end"]}),
+                 "504": _error("the worker did not answer")},
+                body=_body(CODE_POS, ["code"]), params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/inspect": {"post": _op(
+                "docstring and signature under the cursor (Jupyter inspect_reply)",
+                {"200": ok("inspect_reply", {"type": "object", "required": ["found", "data"]}),
+                 "504": _error("the worker did not answer")},
+                body=_body({**CODE_POS, "detail_level": {"type": "integer"}}, ["code"]), params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/is_complete": {"post": _op(
+                "is the code a complete cell (Jupyter is_complete_reply)",
+                {"200": ok("is_complete_reply", {"type": "object", "required": ["status"]}),
+                 "504": _error("the worker did not answer")},
+                body=_body({"code": {"type": "string"}}, ["code"]), params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/interrupt": {"post": _op(
+                "KeyboardInterrupt in the running cell",
+                {"200": ok("which cell was interrupted", {"type": "object", "required": ["interrupted"]}),
+                 "504": _error("the worker did not answer")},
+                body=_body({}), params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/restart": {"post": _op(
+                "a fresh namespace on a fresh worker", {"200": ok("the notebook", _ref("Notebook"))},
+                body=_body({}), params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/feed": {"get": _op(
+                "the feed as Server-Sent Events, replayable with Last-Event-ID",
+                {"200": {"description": "an event stream",
+                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                params=[NOTEBOOK_ID,
+                        {"name": "after", "in": "query", "schema": {"type": "string", "pattern": r"^\d+-\d+$"}},
+                        {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0}},
+                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}])},
+            "/api/openapi.json": {"get": {"summary": "this document",
+                                          "responses": {"200": ok("OpenAPI 3", {"type": "object"})}}},
+        },
+    }
+
+
+@blueprint.get("/openapi.json")
+def openapi():
+    return jsonify(document())
