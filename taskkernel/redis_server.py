@@ -39,9 +39,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """One redis-server process bound to 127.0.0.1, with a random password and no persistence."""
 
-    def __init__(self, port: int | None = None, password: str | None = None):
+    def __init__(self, port: int | None = None, password: str | None = None, persistent: bool = False):
         self.port = port or free_port()
         self.password = secrets.token_hex(16) if password is None else password
+        self.persistent = persistent  # append-only file, fsync on every write: survives restarts
         self.dir = tempfile.mkdtemp(prefix="taskkernel-redis-")
         self.process: subprocess.Popen | None = None
 
@@ -53,7 +54,8 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> "RedisServer":
         args = [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
+            "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+            "--dir", self.dir, "--daemonize", "no",
             "--protected-mode", "yes", "--maxclients", "10000", "--loglevel", "warning",
         ]
         if self.password:
@@ -73,7 +75,8 @@ class RedisServer:
                     raise ConfigurationError(f"redis-server did not start on port {self.port}")
                 time.sleep(0.02)
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        """Stop the server; its data directory is removed unless `keep_data` (for a restart)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -81,7 +84,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "RedisServer":
         return self.start()

@@ -111,8 +111,8 @@ class Supervisor:
                 try:
                     self.tick()
                 except redis.RedisError as exc:
+                    # children that exit meanwhile stay zombies until Redis is back to record it
                     log.warning("redis unavailable (%r); retrying", exc)
-                    self._reap()
                     time.sleep(0.5)
         finally:
             self.shutdown()
