@@ -47,7 +47,19 @@ command=${1:-}
 shift || true
 case "$command" in
   up)    ensure_venv; exec "$VENV/bin/taskkernel" up "$@" ;;
-  test)  ensure_venv; exec "$VENV/bin/python" -m pytest "$@" ;;
-  bench) ensure_venv; exec "$VENV/bin/python" -m bench "$@" ;;
+  test)  ensure_venv
+         # tests/test_web_console.py drives Debian's headless Chromium (and skips, saying so, without it)
+         if { ! command -v chromium || ! command -v chromedriver; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+           echo "installing chromium and chromium-driver with apt-get (for the web console's browser test)" >&2
+           { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+               >/dev/null; } || echo "could not install chromium: the browser test will be skipped" >&2
+         fi
+         exec "$VENV/bin/python" -m pytest "$@" ;;
+  bench) ensure_venv
+         if [ ! -f "$VENV/.installed-bench" ] || [ pyproject.toml -nt "$VENV/.installed-bench" ]; then
+           "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+           touch "$VENV/.installed-bench"
+         fi
+         exec "$VENV/bin/python" -m bench "$@" ;;
   *)     echo "usage: ./dev.sh up|test|bench [args...]" >&2; exit 2 ;;
 esac

@@ -33,7 +33,7 @@ class Services:
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     """The Flask app for `settings`; pass `client` to share a Redis connection pool."""
-    from taskkernel.api import auth, cells, engines, errors, feed, notebooks, openapi
+    from taskkernel.api import auth, cells, engines, errors, feed, notebooks, openapi, pools, variables
     from taskkernel.workers.celery_app import make_celery
 
     app = Flask("taskkernel.api")
@@ -60,6 +60,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     app.register_blueprint(cells.blueprint, url_prefix="/api")
     app.register_blueprint(feed.blueprint, url_prefix="/api")
     app.register_blueprint(openapi.blueprint, url_prefix="/api")
+    app.register_blueprint(pools.blueprint, url_prefix="/api")
+    app.register_blueprint(variables.blueprint, url_prefix="/api")
     from taskkernel.api import console, metrics as metrics_api  # /metrics, /api/status, the page at /
     app.register_blueprint(metrics_api.blueprint)
     app.register_blueprint(console.blueprint)

@@ -20,11 +20,10 @@ def evaluate(notebook_id: str):
     timeout_s = body.get("timeout", svc.settings.wait_timeout_s)
     if not 0 <= timeout_s <= svc.settings.max_wait_timeout_s:
         raise InvalidField(f"field 'timeout' must be between 0 and {svc.settings.max_wait_timeout_s:g} s", field="timeout")
-    svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)
-    position = feed.last_position(svc.redis, notebook_id) if body.get("wait") else None
-    cell, queue = svc.store.submit(notebook_id, body["code"], stop_on_error=body.get("stop_on_error", False))
+    cell, queue, position = svc.store.submit(notebook_id, body["code"], stop_on_error=body.get("stop_on_error", False),
+                                             worker_timeout_s=svc.settings.assign_timeout_s)
     send_evaluate(svc.celery, queue, cell["id"], notebook_id)
-    if position is not None:
+    if body.get("wait"):
         feed.wait_for_reply(svc.redis, notebook_id, cell["id"], position, timeout_s)
         cell = svc.store.get_cell(cell["id"])
     status = 200 if cell["state"] == "done" else 202

@@ -21,12 +21,15 @@ def services():
 
 @blueprint.post("/notebooks")
 def create_notebook():
-    body = json_body({"engine": str})
+    body = json_body({"engine": str, "restore_on_restart": bool, "checkpoint_every_cell": bool})
     engine = body.get("engine", "python")
     svc = services()
-    registry.get_spec(svc.settings.config_dir, engine)  # UnknownEngine -> 400
+    spec = registry.get_spec(svc.settings.config_dir, engine)  # UnknownEngine -> 400
     token = secrets.token_urlsafe(32)
-    notebook = svc.store.create(engine, timeout_s=svc.settings.assign_timeout_s, token_sha256=token_digest(token))
+    options = {k: body[k] for k in ("restore_on_restart", "checkpoint_every_cell") if k in body}
+    notebook = svc.store.create(engine, timeout_s=svc.settings.assign_timeout_s, token_sha256=token_digest(token),
+                                max_total=svc.settings.max_notebooks,
+                                max_of_engine=int(spec.get("max_notebooks", 0)), options=options)
     response = jsonify({**notebook, "token": token})
     response.status_code = 201
     response.headers["Location"] = f"/api/notebooks/{notebook['id']}"

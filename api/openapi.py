@@ -53,6 +53,7 @@ def _op(summary: str, responses: dict, body: dict | None = None, params: list | 
 
 NOTEBOOK_ID = {"name": "notebook_id", "in": "path", "required": True, "schema": HEX_ID}
 CELL_ID = {"name": "cell_id", "in": "path", "required": True, "schema": HEX_ID}
+VAR_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 CODE_POS = {"code": {"type": "string"}, "cursor_pos": {"type": "integer", "minimum": 0}}
 
 SCHEMAS = {
@@ -181,6 +182,35 @@ def document() -> dict:
                         {"name": "after", "in": "query", "schema": {"type": "string", "pattern": r"^\d+-\d+$"}},
                         {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0}},
                         {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}])},
+            "/api/notebooks/{notebook_id}/variables/{name}": {
+                "put": _op("set a variable (queued with the cells)",
+                           {"200": ok("what was set", {"type": "object", "required": ["name", "type"]}),
+                            "504": _error("the worker did not answer in time")},
+                           body=_body({"value": {}, "dill": {"type": "string"}}), params=[NOTEBOOK_ID, VAR_NAME]),
+                "get": _op("a variable as JSON, or its repr; ?format=dill for the Python client",
+                           {"200": ok("the value", {"type": "object", "required": ["name"]}),
+                            "504": _error("the worker did not answer in time")},
+                           params=[NOTEBOOK_ID, VAR_NAME,
+                                   {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "dill"]}}]),
+            },
+            "/api/notebooks/{notebook_id}/checkpoint": {"post": _op(
+                "save the namespace, per variable",
+                {"200": ok("what was saved and skipped", {"type": "object", "required": ["saved", "skipped"]}),
+                 "504": _error("the worker did not answer in time")},
+                body=_body({"timeout": {"type": "number", "minimum": 0, "maximum": 60}}), params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/restore": {"post": _op(
+                "load the last checkpoint",
+                {"200": ok("what was restored", {"type": "object", "required": ["restored", "failed"]}),
+                 "504": _error("the worker did not answer in time")},
+                body=_body({"timeout": {"type": "number", "minimum": 0, "maximum": 60}}), params=[NOTEBOOK_ID])},
+            "/api/hosts": {"get": _op("live hosts and their pools", {"200": ok("hosts", {
+                "type": "object", "required": ["hosts"], "properties": {"hosts": {"type": "array"}}})})},
+            "/api/pools/{engine}": {"put": _op(
+                "resize the warm pool of an engine",
+                {"200": ok("the new size and the hosts told", {"type": "object", "required": ["engine", "size"]})},
+                body=_body({"size": {"type": "integer", "minimum": 0, "maximum": 10000}, "host": {"type": "string"}},
+                           ["size"]),
+                params=[{"name": "engine", "in": "path", "required": True, "schema": {"type": "string"}}])},
             "/api/openapi.json": {"get": {"summary": "this document",
                                           "responses": {"200": ok("OpenAPI 3", {"type": "object"})}}},
         },

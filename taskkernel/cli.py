@@ -16,7 +16,8 @@ from taskkernel.settings import Settings, load_settings, settings_environ
 
 # Modules that add subcommands of their own: each has `register(subparsers)`, which adds its
 # parsers and sets `handler=<function(args) -> exit code>` on them with set_defaults.
-PLUGIN_COMMANDS: list[str] = []
+PLUGIN_COMMANDS: list[str] = ["taskkernel.jupyter.kernelspec", "taskkernel.cli_status", "taskkernel.cli_run",
+                              "taskkernel.cli_console"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--host-name", help="name of this host in Redis (default: the machine's)")
     worker.set_defaults(handler=lambda a: cmd_worker(load_settings(pool_size=a.pool, host_name=a.host_name)))
 
+    scale = commands.add_parser("scale", help="resize warm pools at run time, e.g. `taskkernel scale python=8`")
+    scale.add_argument("sizes", nargs="+", metavar="ENGINE=N", help="idle workers to keep warm per engine")
+    scale.add_argument("--host", help="only this host (default: every live host)")
+    scale.add_argument("--url", default="http://127.0.0.1:8000", help="the API (default %(default)s)")
+    scale.add_argument("--token", help="the service token, if the API requires one")
+    scale.set_defaults(handler=cmd_scale)
+
     import importlib
 
     for module_name in PLUGIN_COMMANDS:
@@ -59,6 +67,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"taskkernel: {exc.message}", file=sys.stderr)
             return 2
         raise
+
+
+def cmd_scale(args) -> int:
+    from taskkernel.client import Client
+
+    client = Client(args.url, token=args.token)
+    for item in args.sizes:
+        engine, _, size = item.partition("=")
+        if not size.isdigit():
+            print(f"taskkernel scale: expected ENGINE=N, got {item!r}", file=sys.stderr)
+            return 2
+        body = {"size": int(size), **({"host": args.host} if args.host else {})}
+        result = client.request("PUT", f"/pools/{engine}", body)[1]
+        print(f"{engine}: {result['size']} idle workers on {', '.join(result['hosts']) or 'no live host'}")
+    return 0
 
 
 def _require_redis(settings: Settings) -> None:

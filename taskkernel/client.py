@@ -81,6 +81,16 @@ class Client:
     def notebook(self, notebook_id: str) -> "Notebook":
         return Notebook(self, self.request("GET", f"/notebooks/{notebook_id}")[1])
 
+    def status(self) -> dict:
+        """Hosts (heartbeat, pools, idle workers), notebooks (state, queue depth) and cell counts."""
+        return self.request("GET", "/status")[1]
+
+    def cluster(self, notebooks, engine: str = "python", max_workers: int | None = None):
+        """A taskkernel.cluster.Cluster: fan-out over notebooks (handles or ids), or `n` new ones given an int."""
+        from taskkernel.cluster import Cluster
+
+        return Cluster(self, notebooks, engine=engine, max_workers=max_workers)
+
 
 class Notebook:
     """A handle on one running notebook; a context manager that deletes it on exit."""
@@ -170,6 +180,60 @@ class Notebook:
                     event[name] = value[1:] if value.startswith(" ") else value
         finally:
             conn.close()
+
+    def cells(self) -> list[dict]:
+        """Every cell of the notebook, in submission order."""
+        return self.client.request("GET", f"/notebooks/{self.id}/cells")[1]["cells"]
+
+    def follow(self, cell_id: str, after: str = "0-0", timeout: float | None = None) -> Iterator[dict]:
+        """The feed messages of one cell from stream position `after`, as they are published.
+
+        Ends after the cell's execute_reply, when `timeout` s pass, or when the notebook is
+        deleted. Each message carries its `position`: pass the last one seen as `after` to
+        resume (after a Ctrl-C, say) without missing or repeating a message.
+        """
+        for message in self.feed(after=after, timeout=timeout):
+            if message["parent_header"].get("msg_id") != cell_id:
+                continue
+            yield message
+            if message["header"]["msg_type"] == "execute_reply":
+                return
+
+    def stream(self, code: str, after: str = "0-0", timeout: float | None = None) -> Iterator[dict]:
+        """Queue a cell and yield its feed messages (output as it is printed), ending with its reply.
+
+        `after` is a feed position from before the cell was queued ("0-0" replays the notebook's
+        history first, which is filtered out); the cell's id is each message's parent msg_id.
+        """
+        cell = self.evaluate(code, wait=False)
+        yield from self.follow(cell["id"], after=after, timeout=timeout)
+
+    def push(self, **values) -> None:
+        """Set variables in the notebook to arbitrary Python objects (sent with dill)."""
+        import base64
+
+        import dill
+
+        for name, value in values.items():
+            payload = base64.b64encode(dill.dumps(value, recurse=True)).decode()
+            self.client.request("PUT", f"/notebooks/{self.id}/variables/{name}", {"dill": payload})
+
+    def pull(self, name: str):
+        """A variable of the notebook as a Python object (sent with dill)."""
+        import base64
+
+        import dill
+
+        reply = self.client.request("GET", f"/notebooks/{self.id}/variables/{name}?format=dill")[1]
+        return dill.loads(base64.b64decode(reply["dill"]))
+
+    def checkpoint(self, timeout: float = 60.0) -> dict:
+        return self.client.request("POST", f"/notebooks/{self.id}/checkpoint", {"timeout": timeout},
+                                   timeout_s=timeout + 30)[1]
+
+    def restore(self, timeout: float = 60.0) -> dict:
+        return self.client.request("POST", f"/notebooks/{self.id}/restore", {"timeout": timeout},
+                                   timeout_s=timeout + 30)[1]
 
     def close(self) -> None:
         """Delete the notebook; its worker stops."""

@@ -109,6 +109,18 @@ class CellNotFound(NotFound):
         self.cell_id = cell_id
 
 
+class VariableNotFound(NotFound):
+    """The notebook has no such variable."""
+
+    code = "variable_not_found"
+
+
+class NoCheckpoint(NotFound):
+    """The notebook has no checkpoint."""
+
+    code = "no_checkpoint"
+
+
 class Unauthorized(TaskkernelError):
     """A valid token is required."""
 

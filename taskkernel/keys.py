@@ -1,11 +1,14 @@
 """Every Redis key, pub/sub channel and Celery queue name taskkernel uses, on one screen.
 
     taskkernel:notebooks                 zset   notebook ids by creation time
+    taskkernel:orphans                   zset   notebooks waiting for a fresh worker, by time
+    taskkernel:engine_counts             hash   engine -> open notebooks (for quotas)
     taskkernel:nb:<nb>                   hash   the notebook record (engine, worker, state, counts)
     taskkernel:nb:<nb>:cells             list   cell ids in submission order
     taskkernel:nb:<nb>:pending           list   cell ids queued and not yet started
     taskkernel:nb:<nb>:seq               string feed sequence number of the notebook
     taskkernel:cell:<cell>               hash   the cell record (code, state, outputs, ...)
+    taskkernel:checkpoint:<nb>           hash   the last checkpoint: v:<name> -> pickle/dill bytes, meta
     taskkernel:feed:<nb>                 channel the notebook's live feed (JSON Jupyter messages)
     taskkernel:stream:<nb>               stream the same messages, capped, for replay and waiting
     taskkernel:worker:<w>                hash   a worker process (host, pid, engine, queue, state, notebook, cell)
@@ -14,7 +17,10 @@
     taskkernel:idle:<engine>:<host>      set    idle warm workers of an engine on a host
     taskkernel:hosts                     set    supervisor host names
     taskkernel:host:<host>               hash   a host's pools and counts; expires unless heartbeated
-    taskkernel:host:<host>:commands      list   commands for that host's supervisor (retire, ...)
+    taskkernel:host:<host>:commands      list   commands for that host's supervisor (retire, scale)
+    taskkernel:host:<host>:recovery      string lock: the supervisor re-homing a dead host's notebooks
+    taskkernel:metrics:cells             hash   cells run, by status (ok/error), counted by the runtime
+    taskkernel:metrics:cell_seconds      hash   cell wall time: a count per histogram bucket bound, and "sum"
     celery queue  taskkernel.<host>.<slot>      one per worker slot, a bounded set per host
 """
 
@@ -24,6 +30,10 @@ PREFIX = "taskkernel"
 
 NOTEBOOKS = f"{PREFIX}:notebooks"
 HOSTS = f"{PREFIX}:hosts"
+ORPHANS = f"{PREFIX}:orphans"
+ENGINE_COUNTS = f"{PREFIX}:engine_counts"
+METRICS_CELLS = f"{PREFIX}:metrics:cells"
+METRICS_CELL_SECONDS = f"{PREFIX}:metrics:cell_seconds"
 
 
 def notebook(nb: str) -> str:
@@ -44,6 +54,10 @@ def feed_seq(nb: str) -> str:
 
 def cell(cell_id: str) -> str:
     return f"{PREFIX}:cell:{cell_id}"
+
+
+def checkpoint(nb: str) -> str:
+    return f"{PREFIX}:checkpoint:{nb}"
 
 
 def feed_channel(nb: str) -> str:
@@ -72,6 +86,10 @@ def idle_workers(engine: str, host: str) -> str:
 
 def host(name: str) -> str:
     return f"{PREFIX}:host:{name}"
+
+
+def host_recovery_lock(name: str) -> str:
+    return f"{PREFIX}:host:{name}:recovery"
 
 
 def host_commands(name: str) -> str:

@@ -27,6 +27,7 @@ MSG_TYPES: dict[str, tuple[str, ...]] = {
     "display_data": ("data", "metadata", "transient"),
     "error": ("ename", "evalue", "traceback"),
     "execute_reply": ("status", "execution_count"),
+    "clear_output": ("wait",),
 }
 EXECUTION_STATES = ("busy", "idle", "starting", "restarting", "dead")
 

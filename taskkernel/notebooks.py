@@ -14,13 +14,24 @@ import time
 import redis
 
 from taskkernel import keys, messages
-from taskkernel.exceptions import CellNotFound, NotebookGone, NotebookNotFound, NoWorkerAvailable
+from taskkernel.exceptions import CellNotFound, NotebookGone, NotebookNotFound, NoWorkerAvailable, QuotaExceeded
 from taskkernel.feed import FeedPublisher
 
 # Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
-# notebook, and write the notebook record.  KEYS: hosts set, notebook hash, notebooks zset.
-# ARGV: engine, notebook id, now, idle prefix, host prefix, worker prefix, is_new ("1"/"0").
+# notebook, and write the notebook record.  KEYS: hosts set, notebook hash, notebooks zset,
+# per-engine notebook counts.  ARGV: engine, notebook id, now, idle prefix, host prefix, worker
+# prefix, is_new ("1"/"0"), max notebooks in total (0: no limit), max of this engine (0: none).
+# Quotas are checked in the same script that adds the notebook, so concurrent creates cannot
+# overshoot them.
 _ASSIGN_LUA = """
+if ARGV[7] == '1' then
+  if tonumber(ARGV[8]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then
+    return {'', '', 'quota', 'total'}
+  end
+  if tonumber(ARGV[9]) > 0 and tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0') >= tonumber(ARGV[9]) then
+    return {'', '', 'quota', 'engine'}
+  end
+end
 local best, bestn = nil, 0
 for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[5] .. h) == 1 then
@@ -37,6 +48,7 @@ if ARGV[7] == '1' then
   redis.call('HSET', KEYS[2], 'id', ARGV[2], 'engine', ARGV[1], 'state', 'idle', 'created', ARGV[3],
              'last_activity', ARGV[3], 'execution_count', 0, 'restarts', 0, 'cells', 0)
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+  redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 else
   if redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('HSET', wk, 'state', 'retiring')
@@ -44,22 +56,29 @@ else
   end
   redis.call('HSET', KEYS[2], 'state', 'restarted', 'execution_count', 0, 'last_activity', ARGV[3])
   redis.call('HINCRBY', KEYS[2], 'restarts', 1)
+  if redis.call('HGET', KEYS[2], 'restore_on_restart') == '1' then
+    redis.call('HSET', KEYS[2], 'restore_pending', '1')
+  end
 end
 redis.call('HSET', KEYS[2], 'worker', w, 'host', info[1], 'queue', info[2], 'pid', info[3])
 return {w, info[1], 'ok'}
 """
 
-# Record a cell and queue it behind the notebook's others.  KEYS: notebook, cell, cells, pending.
-# ARGV: cell id, then the cell hash as field/value pairs.  Returns {queue, position} or false.
+# Record a cell and queue it behind the notebook's others.  KEYS: notebook, cell, cells, pending,
+# feed stream.  ARGV: cell id, then the cell hash as field/value pairs.  Returns false (no such
+# notebook), {''} (it has no worker right now), or {queue, position, newest feed stream id}: the
+# stream id lets a waiting caller read the cell's reply without a race and without another call.
 _SUBMIT_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'deleting' then return false end
 local queue = redis.call('HGET', KEYS[1], 'queue')
+if not queue or queue == '' then return {''} end
 local position = redis.call('HINCRBY', KEYS[1], 'cells', 1)
 redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 2))
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('RPUSH', KEYS[4], ARGV[1])
-return {queue or '', position}
+local newest = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+return {queue, position, newest[1] and newest[1][1] or '0-0'}
 """
 
 # Abort every queued cell of a notebook.  KEYS: pending list.  ARGV: cell key prefix, now.
@@ -88,7 +107,6 @@ redis.call('HSET', KEYS[1], 'worker', '', 'queue', '', 'pid', '', 'state', 'rest
 return {w, h}
 """
 
-ORPHANS = f"{keys.PREFIX}:orphans"  # notebooks waiting for a fresh worker (zset by time)
 
 
 def new_notebook_id() -> str:
@@ -109,28 +127,39 @@ class NotebookStore:
 
     # --- notebooks ---------------------------------------------------------------------------
 
-    def create(self, engine: str, timeout_s: float, token_sha256: str = "") -> dict:
+    def create(self, engine: str, timeout_s: float, token_sha256: str = "", *, max_total: int = 0,
+               max_of_engine: int = 0, options: dict | None = None) -> dict:
         """Pin a new notebook to an idle worker of `engine`, waiting up to `timeout_s` for one.
 
-        Raises NoWorkerAvailable when none became idle in time.
+        `options` (restore_on_restart, checkpoint_every_cell) are stored in the record.
+        Raises NoWorkerAvailable when none became idle in time, QuotaExceeded when a quota is full.
         """
         notebook_id = new_notebook_id()
-        if self._try_assign(engine, notebook_id, new=True, timeout_s=timeout_s) is None:
+        got = self._try_assign(engine, notebook_id, new=True, timeout_s=timeout_s,
+                               quotas=(max_total, max_of_engine))
+        if got is not None and got[2] == "quota":
+            which = "in total" if got[3] == "total" else f"of engine {engine!r}"
+            limit = max_total if got[3] == "total" else max_of_engine
+            raise QuotaExceeded(f"the quota of {limit} notebooks {which} is reached", engine=engine)
+        if got is None:
             raise NoWorkerAvailable(
                 f"no idle {engine!r} worker became free within {timeout_s:g} s", engine=engine
             )
+        extra = {k: ("1" if v else "0") for k, v in (options or {}).items()}
         if token_sha256:
-            self.redis.hset(keys.notebook(notebook_id), "token_sha256", token_sha256)
+            extra["token_sha256"] = token_sha256
+        if extra:
+            self.redis.hset(keys.notebook(notebook_id), mapping=extra)
         return self.get(notebook_id)
 
-    def _try_assign(self, engine: str, notebook_id: str, *, new: bool, timeout_s: float):
+    def _try_assign(self, engine: str, notebook_id: str, *, new: bool, timeout_s: float, quotas=(0, 0)):
         deadline = time.monotonic() + timeout_s
         delay = 0.005
         while True:
             got = self._assign(
-                keys=[keys.HOSTS, keys.notebook(notebook_id), keys.NOTEBOOKS],
+                keys=[keys.HOSTS, keys.notebook(notebook_id), keys.NOTEBOOKS, keys.ENGINE_COUNTS],
                 args=[engine, notebook_id, time.time(), keys.idle_workers("", "")[:-1],
-                      keys.host(""), keys.worker(""), "1" if new else "0"],
+                      keys.host(""), keys.worker(""), "1" if new else "0", quotas[0], quotas[1]],
             )
             if got:
                 return [_s(x) for x in got]
@@ -155,11 +184,11 @@ class NotebookStore:
             pipe.hgetall(keys.notebook(notebook_id))
         return [notebook_from_redis(raw) for raw in pipe.execute() if raw and b"engine" in raw]
 
-    def delete(self, notebook_id: str) -> None:
+    def delete(self, notebook_id: str, reason: str = "the notebook was deleted") -> None:
         """Abort queued cells, retire the worker and remove every key of the notebook."""
         record = self.get(notebook_id)
         self.redis.hset(keys.notebook(notebook_id), "state", "deleting")
-        self.abort_pending(notebook_id, reason="the notebook was deleted")
+        self.abort_pending(notebook_id, reason=reason)
         self.feed.publish(notebook_id, messages.status("dead", notebook_id=notebook_id))
         if record["worker"]:
             self.retire_worker(record["worker"]["id"], record["worker"]["host"])
@@ -169,9 +198,10 @@ class NotebookStore:
             pipe.delete(keys.cell(cell_id))
         pipe.delete(keys.notebook(notebook_id), keys.notebook_cells(notebook_id),
                     keys.notebook_pending(notebook_id), keys.feed_seq(notebook_id),
-                    keys.feed_stream(notebook_id))
+                    keys.feed_stream(notebook_id), keys.checkpoint(notebook_id))
         pipe.zrem(keys.NOTEBOOKS, notebook_id)
-        pipe.zrem(ORPHANS, notebook_id)
+        pipe.zrem(keys.ORPHANS, notebook_id)
+        pipe.hincrby(keys.ENGINE_COUNTS, record["engine"], -1)
         pipe.execute()
 
     def retire_worker(self, worker_id: str, host_name: str) -> None:
@@ -217,24 +247,24 @@ class NotebookStore:
         self.abort_pending(notebook_id, reason=reason)
         self.feed.publish(notebook_id, messages.status("restarting", notebook_id=notebook_id))
         self.retire_worker(old_worker, old_host)
-        self.redis.zadd(ORPHANS, {notebook_id: time.time()})
+        self.redis.zadd(keys.ORPHANS, {notebook_id: time.time()})
         self.assign_orphan(notebook_id, engine)
         return True
 
     def assign_orphan(self, notebook_id: str, engine: str | None = None) -> bool:
         """Try once to pin a fresh worker to a notebook that lost its own; True on success."""
-        if not self.redis.zscore(ORPHANS, notebook_id):
+        if not self.redis.zscore(keys.ORPHANS, notebook_id):
             return False
         if engine is None:
             try:
                 engine = self.get(notebook_id)["engine"]
             except NotebookNotFound:
-                self.redis.zrem(ORPHANS, notebook_id)
+                self.redis.zrem(keys.ORPHANS, notebook_id)
                 return False
         got = self._try_assign(engine, notebook_id, new=False, timeout_s=0)
         if got is None:
             return False
-        self.redis.zrem(ORPHANS, notebook_id)
+        self.redis.zrem(keys.ORPHANS, notebook_id)
         if got[2] == "gone":
             self.retire_worker(got[0], got[1])
             return False
@@ -242,12 +272,14 @@ class NotebookStore:
         return True
 
     def orphans(self) -> list[str]:
-        return [_s(n) for n in self.redis.zrange(ORPHANS, 0, -1)]
+        return [_s(n) for n in self.redis.zrange(keys.ORPHANS, 0, -1)]
 
     # --- cells ---------------------------------------------------------------------------------
 
-    def submit(self, notebook_id: str, code: str, *, stop_on_error: bool = False) -> tuple[dict, str]:
-        """Record a queued cell; return it and the Celery queue of the notebook's worker."""
+    def submit(self, notebook_id: str, code: str, *, stop_on_error: bool = False,
+               worker_timeout_s: float = 10.0) -> tuple[dict, str, str]:
+        """Record a queued cell; return it, the Celery queue of the notebook's worker, and the feed
+        stream position just before it. Waits up to `worker_timeout_s` for a restarting notebook."""
         cell = {
             "id": messages.new_id(),
             "notebook_id": notebook_id,
@@ -260,16 +292,21 @@ class NotebookStore:
         flat = []
         for k, v in messages.cell_to_redis(cell).items():
             flat += [k, v]
-        got = self._submit(
-            keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
-                  keys.notebook_pending(notebook_id)],
-            args=[cell["id"], *flat],
-        )
-        if not got:
-            if self.exists(notebook_id):
-                raise NotebookGone(f"notebook {notebook_id} is being deleted", notebook_id=notebook_id)
-            raise NotebookNotFound(notebook_id)
-        return self.get_cell(cell["id"]), _s(got[0])
+        while True:
+            got = self._submit(
+                keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
+                      keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id)],
+                args=[cell["id"], *flat],
+            )
+            if not got:
+                if self.exists(notebook_id):
+                    raise NotebookGone(f"notebook {notebook_id} is being deleted", notebook_id=notebook_id)
+                raise NotebookNotFound(notebook_id)
+            if got[0]:
+                break
+            self.wait_for_worker(notebook_id, worker_timeout_s)
+        return messages.cell_from_redis({**messages.cell_to_redis(cell), "position": str(got[1])}), \
+            _s(got[0]), _s(got[2])
 
     def get_cell(self, cell_id: str, notebook_id: str | None = None) -> dict:
         raw = self.redis.hgetall(keys.cell(cell_id))
@@ -332,6 +369,8 @@ def notebook_from_redis(raw: dict) -> dict:
         "cells": int(data.get("cells") or 0),
         "restarts": int(data.get("restarts") or 0),
         "dropped_deliveries": int(data.get("dropped_deliveries") or 0),
+        "restore_on_restart": data.get("restore_on_restart") == "1",
+        "checkpoint_every_cell": data.get("checkpoint_every_cell") == "1",
         "created": _iso(data.get("created")),
         "last_activity": _iso(data.get("last_activity")),
         "worker": worker,

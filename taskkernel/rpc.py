@@ -14,10 +14,19 @@ import time
 import redis
 
 from taskkernel import keys
-from taskkernel.exceptions import EngineUnavailable
+from taskkernel.exceptions import (
+    BadRequest,
+    EngineUnavailable,
+    NoCheckpoint,
+    NotebookGone,
+    VariableNotFound,
+)
 from taskkernel.messages import new_id
 
 REPLY_TTL_S = 60
+# error codes a worker may answer with -> the exception the API raises
+WORKER_ERRORS = {"variable_not_found": VariableNotFound, "no_checkpoint": NoCheckpoint,
+                 "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest}
 MAX_BLOCK_S = 4.0  # below redis-py's default 5 s socket timeout
 
 
@@ -36,16 +45,22 @@ def call(client: redis.Redis, worker_id: str, op: str, args: dict | None = None,
     pipe.execute()
     if not wait:
         return None
+    return wait_reply(client, reply_key, op, timeout_s)
+
+
+def wait_reply(client: redis.Redis, reply_key: str, op: str, timeout_s: float) -> dict:
+    """The answer pushed on `reply_key`; EngineUnavailable on timeout, or the worker's error."""
     deadline = time.monotonic() + timeout_s
     answer = None
     while answer is None and time.monotonic() < deadline:
         answer = client.blpop([reply_key], timeout=max(0.01, min(MAX_BLOCK_S, deadline - time.monotonic())))
     if answer is None:
-        raise EngineUnavailable(f"the notebook's worker did not answer {op!r} within {timeout_s:g} s",
-                                op=op)
+        raise EngineUnavailable(f"the notebook's worker did not answer {op!r} within {timeout_s:g} s "
+                                "(a long cell may be running ahead of it)", op=op)
     reply = json.loads(answer[1])
     if not reply["ok"]:
-        raise EngineUnavailable(f"{op} failed in the worker: {reply['error']}", op=op)
+        raise WORKER_ERRORS.get(reply.get("code", ""), EngineUnavailable)(
+            f"{op} failed in the worker: {reply['error']}", op=op)
     return reply["result"]
 
 
@@ -55,10 +70,10 @@ def next_request(client: redis.Redis, worker_id: str, timeout_s: float = 1.0) ->
     return json.loads(item[1]) if item else None
 
 
-def answer(client: redis.Redis, request: dict, *, result=None, error: str | None = None) -> None:
+def answer(client: redis.Redis, request: dict, *, result=None, error: str | None = None, code: str = "") -> None:
     if not request.get("reply"):
         return
-    body = {"ok": error is None, "result": result} if error is None else {"ok": False, "error": error}
+    body = {"ok": error is None, "result": result} if error is None else {"ok": False, "error": error, "code": code}
     pipe = client.pipeline(transaction=False)
     pipe.rpush(request["reply"], json.dumps(body))
     pipe.expire(request["reply"], REPLY_TTL_S)

@@ -33,6 +33,9 @@ class Settings:
     host_name: str = dataclasses.field(default_factory=lambda: _safe_name(socket.gethostname()))
     pool_size: int = 2  # idle workers kept warm per engine on this host
     max_workers: int = 256  # workers (idle + pinned) one supervisor may run
+    max_notebooks: int = 0  # open notebooks in total, all hosts (0: no quota); engines may set their own
+    cull_idle_s: float = 0.0  # shut down notebooks idle this long (0: never)
+    checkpoint_dir: str = ""  # where checkpoints go; empty: in Redis
     assign_timeout_s: float = 10.0  # how long a create waits for an idle worker
     rpc_timeout_s: float = 10.0  # complete/inspect/is_complete answers
     wait_timeout_s: float = 30.0  # default `timeout` of evaluate with wait

@@ -134,7 +134,8 @@ def test_a_worker_that_dies_fails_the_cell_and_the_notebook_gets_a_fresh_worker(
     assert time.monotonic() - started < 5
     assert cell["status"] == "error" and cell["error"]["ename"] == "EngineDied"
     assert notebook.wait(behind["id"])["status"] == "aborted"
-    record = notebook.refresh()
+    wait_for(lambda: notebook.refresh()["worker"], 15, "a fresh worker (the pool may be refilling)")
+    record = notebook.record
     assert record["worker"]["pid"] != old_pid and record["restarts"] == 1
     after = notebook.evaluate("'x' in globals()")
     assert after["status"] == "ok" and after["outputs"][0]["data"]["text/plain"] == "False"

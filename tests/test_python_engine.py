@@ -45,7 +45,7 @@ def test_display_emits_display_data(engine):
 
 @pytest.mark.parametrize("code,status", [
     ("x = 1", "complete"), ("if x:", "incomplete"), ("(1,", "incomplete"), ("1 +* 2", "invalid"),
-    ("for i in y:\n    print(i)\n", "incomplete"), ("for i in y:\n    print(i)\n\n", "complete"),
+    ("def f(x):\n  x*2", "incomplete"), ("for i in y:\n    print(i)\n", "complete"),
 ])
 def test_is_complete(engine, code, status):
     assert engine.is_complete(code)["status"] == status

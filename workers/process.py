@@ -72,7 +72,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     limits = spec.get("limits", {})
     runtime = Runtime(client, engine, capture, worker_id=worker_id,
                       output_limit=int(limits.get("output_bytes", settings.max_output_bytes)),
-                      stream_maxlen=settings.feed_stream_maxlen)
+                      stream_maxlen=settings.feed_stream_maxlen, checkpoint_dir=settings.checkpoint_dir)
     app.taskkernel_runtime = runtime
 
     def on_ready(**_):
@@ -143,3 +143,24 @@ def _log_to(capture: OutputCapture, level: str, worker_id: str) -> None:
     root.setLevel(level)
     # Celery would otherwise set up its own logging on the redirected stdout
     signals.setup_logging.connect(lambda **_: None, weak=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker started with an engine's own interpreter (not forked)."""
+    import argparse
+
+    from taskkernel.settings import load_settings
+    from taskkernel.workers.celery_app import make_celery
+
+    parser = argparse.ArgumentParser(prog="python -m taskkernel.workers.process")
+    parser.add_argument("--engine", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--queue", required=True)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    spec = registry.get_spec(settings.config_dir, args.engine)
+    return run_worker(make_celery(settings), settings, spec, worker_id=args.worker_id, queue=args.queue)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

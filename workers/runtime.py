@@ -15,9 +15,10 @@ import time
 
 import redis
 
-from taskkernel import keys, messages, rpc
+from taskkernel import keys, messages, metrics, rpc
 from taskkernel.engines.base import Engine
 from taskkernel.notebooks import NotebookStore
+from taskkernel.workers import namespace
 from taskkernel.workers.capture import OutputCapture
 
 log = logging.getLogger("taskkernel.worker")
@@ -31,7 +32,10 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[4])
 redis.call('LREM', KEYS[4], 1, ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'busy', 'last_activity', ARGV[3])
 redis.call('HSET', KEYS[3], 'cell', ARGV[1], 'cell_started', ARGV[3])
-return redis.call('HMGET', KEYS[1], 'code', 'stop_on_error')
+local cell = redis.call('HMGET', KEYS[1], 'code', 'stop_on_error')
+local nb = redis.call('HMGET', KEYS[2], 'restore_pending', 'checkpoint_every_cell')
+redis.call('HDEL', KEYS[2], 'restore_pending')
+return {cell[1], cell[2], nb[1] or '', nb[2] or ''}
 """
 
 # KEYS: notebook, worker.  ARGV: worker id, now, execution count.
@@ -45,6 +49,7 @@ return 1
 
 TRUNCATED = "\n[taskkernel: output truncated, the cell exceeded {limit} bytes of output]\n"
 LIVE_TYPES = ("stream", "display_data")  # published at once; the rest go out with the reply
+FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
 
 
 class CellRun:
@@ -77,13 +82,14 @@ class Runtime:
     """Owns the engine of one worker process and the cell running in it."""
 
     def __init__(self, client: redis.Redis, engine: Engine, capture: OutputCapture, *, worker_id: str,
-                 output_limit: int, stream_maxlen: int = 10_000):
+                 output_limit: int, stream_maxlen: int = 10_000, checkpoint_dir: str = ""):
         self.redis = client
         self.engine = engine
         self.capture = capture
         self.worker_id = worker_id
         self.output_limit = output_limit
         self.store = NotebookStore(client, stream_maxlen=stream_maxlen)
+        self.checkpoints = namespace.CheckpointStore(client, checkpoint_dir)
         self.feed = self.store.feed
         self._claim = client.register_script(_CLAIM_LUA)
         self._finish = client.register_script(_FINISH_LUA)
@@ -170,6 +176,8 @@ class Runtime:
             return "skipped"
         code = claimed[0].decode()
         stop_on_error = claimed[1] == b"1"
+        if claimed[2] == b"1":
+            self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit)
         self._queue("status", {"execution_state": "busy"})
         self.capture.begin(self._on_output)
@@ -181,7 +189,50 @@ class Runtime:
         self._complete(run, reply)
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
+        if claimed[3] == b"1":
+            try:
+                namespace.checkpoint(self.engine.namespace, self.checkpoints, notebook_id)
+            except Exception as exc:  # a failed checkpoint must not fail the cell that ran
+                log.warning("checkpoint after cell %s failed: %r", cell_id, exc)
         return reply["status"]
+
+    # --- namespace operations (push, pull, checkpoint, restore) ---------------------------------
+
+    def run_call(self, notebook_id: str, op: str, args: dict, reply_key: str) -> None:
+        """Perform a namespace operation queued behind the notebook's cells; answer on `reply_key`."""
+        request = {"reply": reply_key}
+        worker = self.redis.hget(keys.notebook(notebook_id), "worker")
+        if worker is None or worker.decode() != self.worker_id:
+            rpc.answer(self.redis, request, error="the notebook moved to another worker", code="notebook_gone")
+            return
+        ns = getattr(self.engine, "namespace", None)
+        try:
+            if ns is None:
+                raise namespace.NamespaceError("not_supported", "this engine has no Python namespace")
+            if op == "push":
+                result = namespace.push(ns, args["name"], value=args.get("value"), dill_b64=args.get("dill"))
+            elif op == "pull":
+                result = namespace.pull(ns, args["name"], as_dill=bool(args.get("dill")))
+            elif op == "checkpoint":
+                result = namespace.checkpoint(ns, self.checkpoints, notebook_id)
+            elif op == "restore":
+                result = namespace.restore(ns, self.checkpoints, notebook_id)
+            else:
+                raise namespace.NamespaceError("bad_request", f"unknown operation {op!r}")
+        except namespace.NamespaceError as exc:
+            rpc.answer(self.redis, request, error=str(exc), code=exc.code)
+        except Exception as exc:
+            rpc.answer(self.redis, request, error=f"{type(exc).__name__}: {exc}", code="operation_failed")
+        else:
+            rpc.answer(self.redis, request, result=result)
+
+    def _restore_after_restart(self, notebook_id: str) -> None:
+        """A notebook restarted after a death asked for its last checkpoint: load it before its next cell."""
+        try:
+            result = namespace.restore(self.engine.namespace, self.checkpoints, notebook_id)
+            log.info("restored %d variables of notebook %s", len(result["restored"]), notebook_id)
+        except Exception as exc:
+            log.warning("restore of notebook %s failed: %r", notebook_id, exc)
 
     def _count_dropped(self, notebook_id: str) -> None:
         """Count deliveries dropped by the claim (redeliveries), for the notebook's record."""
@@ -198,7 +249,7 @@ class Runtime:
         if msg_type != "execute_input":
             self.capture.flush()  # what was printed before a result or display comes before it
         self._queue(msg_type, content)
-        if msg_type in LIVE_TYPES:
+        if msg_type in LIVE_TYPES or msg_type == "execute_input":  # watchers see a cell start at once
             self._flush_outbox()
 
     def _on_output(self, name: str, text: str) -> None:
@@ -230,7 +281,11 @@ class Runtime:
             return
         with self._publish_lock:
             pending, run.outbox = run.outbox, []
-            self.feed.publish(run.notebook_id, *pending)
+            try:
+                self.feed.publish(run.notebook_id, *pending)
+            except redis.RedisError:
+                run.outbox = pending + run.outbox  # published with the reply once Redis is back
+                raise
 
     def _complete(self, run: CellRun, reply: dict) -> None:
         """Write the finished cell and publish its last messages in one transaction."""
@@ -240,8 +295,7 @@ class Runtime:
             messages.make_message("execute_reply", reply, notebook_id=nb, cell_id=cid),
             messages.status("idle", notebook_id=nb, cell_id=cid),
         ]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.cell(cid), mapping=messages.cell_to_redis({
+        record = messages.cell_to_redis({
             "state": "done",
             "status": reply["status"],
             "execution_count": count,
@@ -250,8 +304,21 @@ class Runtime:
             "outputs": run.outputs,
             "error": run.error,
             "completed": messages.now_iso(),
-        }))
-        self._finish(keys=[keys.notebook(nb), keys.worker(self.worker_id)],
-                     args=[self.worker_id, time.time(), count or 0], client=pipe)
-        self.feed.publish(nb, *final, pipe=pipe)
-        pipe.execute()
+        })
+        deadline = time.monotonic() + FINAL_WRITE_RETRY_S
+        while True:
+            try:
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hset(keys.cell(cid), mapping=record)
+                metrics.record_cell(pipe, self.worker_id, reply["status"], time.time())  # reads cell_started: before _finish
+                self._finish(keys=[keys.notebook(nb), keys.worker(self.worker_id)],
+                             args=[self.worker_id, time.time(), count or 0], client=pipe)
+                self.feed.publish(nb, *final, pipe=pipe)
+                pipe.execute()
+                return
+            except redis.RedisError as exc:
+                # the cell ran: keep its result until Redis is back rather than lose it
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cell %s finished but Redis is unavailable (%r); retrying", cid, exc)
+                time.sleep(0.5)

@@ -25,6 +25,7 @@ import redis
 
 from taskkernel import keys
 from taskkernel.engines import registry
+from taskkernel.exceptions import TaskkernelError
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
 
@@ -32,6 +33,9 @@ log = logging.getLogger("taskkernel.supervisor")
 
 ENGINE_RESCAN_S = 2.0
 LIMIT_CHECK_S = 0.5
+CULL_CHECK_S = 2.0
+STARTUP_FAILURES = 3  # workers of one engine dying before ready, in a row, pause the engine
+STARTUP_PAUSE_S = 30.0
 
 
 @dataclass
@@ -62,6 +66,9 @@ class Supervisor:
         self._last_heartbeat = 0.0
         self._last_scan = 0.0
         self._last_limit_check = 0.0
+        self._last_cull = 0.0
+        self._startup_failures: dict[str, int] = {}
+        self._paused: dict[str, float] = {}  # engine -> monotonic time until which it is not forked
         self.app = None
         self.redis: redis.Redis | None = None
         self.store: NotebookStore | None = None
@@ -132,8 +139,11 @@ class Supervisor:
             self._heartbeat()
         if now - self._last_limit_check >= LIMIT_CHECK_S:
             self._enforce_cell_limits()
+            self._recover_dead_hosts()
             for notebook_id in self.store.orphans():
                 self.store.assign_orphan(notebook_id)
+        if self.settings.cull_idle_s > 0 and now - self._last_cull >= CULL_CHECK_S:
+            self._cull_idle()
 
     def _command(self, command: dict) -> None:
         if command.get("op") == "retire":
@@ -147,8 +157,20 @@ class Supervisor:
             log.warning("unknown command %r", command)
 
     def _scan_engines(self) -> None:
+        """Re-read engine files: added, changed and removed engines take effect within seconds."""
         self._last_scan = time.monotonic()
         specs, errors = registry.load_specs(self.settings.config_dir)
+        for name, spec in list(specs.items()):
+            try:
+                registry.engine_class(spec)  # imported here once, so forked workers inherit it
+            except Exception as exc:
+                errors[spec["source"]] = str(exc)
+                del specs[name]
+        for engine, until in list(self._paused.items()):
+            if time.monotonic() < until and engine in specs:
+                errors[specs[engine]["source"]] = (f"engine {engine!r} paused: its workers died at start-up "
+                                                   f"{STARTUP_FAILURES} times in a row")
+                del specs[engine]
         for source, message in errors.items():
             if self.spec_errors.get(source) != message:
                 log.error("engine file %s is broken: %s", source, message)
@@ -199,6 +221,10 @@ class Supervisor:
             "state": "starting", "notebook": "", "cell": "", "pid": "",
         })
         pipe.execute()
+        if spec.get("python"):
+            pid = self._spawn_interpreter(spec, worker_id, queue)
+            self.children[pid] = Child(worker_id, pid, spec["name"], slot, queue)
+            return
         gc.collect()
         gc.freeze()  # objects of the parent stay in shared pages after fork
         pid = os.fork()
@@ -214,6 +240,21 @@ class Supervisor:
                 os._exit(code)
         gc.unfreeze()
         self.children[pid] = Child(worker_id, pid, spec["name"], slot, queue)
+
+    def _spawn_interpreter(self, spec: dict, worker_id: str, queue: str) -> int:
+        """An engine with its own interpreter (`python = ...`, e.g. a virtualenv that has taskkernel
+        installed) cannot be forked from here: start it as `python -m taskkernel.workers.process`."""
+        import subprocess
+
+        from taskkernel.settings import settings_environ
+
+        env = {**os.environ, **settings_environ(self.settings)}
+        process = subprocess.Popen(
+            [os.path.expanduser(spec["python"]), "-m", "taskkernel.workers.process",
+             "--engine", spec["name"], "--worker-id", worker_id, "--queue", queue],
+            env=env, stdin=subprocess.DEVNULL)
+        process.returncode = 0  # reaped by waitpid in _reap, not by Popen
+        return process.pid
 
     def _free_slot(self) -> int:
         used = {c.slot for c in self.children.values()}
@@ -239,11 +280,27 @@ class Supervisor:
             if child is not None:
                 self._on_exit(child, status)
 
+    def _note_startup(self, child: Child, state: str | None) -> None:
+        """Stop forking an engine whose workers keep dying before they are ready (a crash loop)."""
+        if state != "starting":
+            self._startup_failures.pop(child.engine, None)
+            return
+        failures = self._startup_failures.get(child.engine, 0) + 1
+        self._startup_failures[child.engine] = failures
+        if failures >= STARTUP_FAILURES:
+            log.error("engine %s: %d workers died at start-up; pausing it for %g s",
+                      child.engine, failures, STARTUP_PAUSE_S)
+            self._paused[child.engine] = time.monotonic() + STARTUP_PAUSE_S
+            self._startup_failures.pop(child.engine, None)
+            self._scan_engines()
+
     def _on_exit(self, child: Child, status: int) -> None:
         """Clean up after a worker; if it was serving a notebook, fail its cell and re-home it."""
         description = _describe_exit(status)
         wkey = keys.worker(child.worker_id)
         info = {k.decode(): v.decode() for k, v in self.redis.hgetall(wkey).items()}
+        if child.kill_reason != "retired":
+            self._note_startup(child, info.get("state"))
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(keys.idle_workers(child.engine, self.host), child.worker_id)
         pipe.delete(wkey, keys.worker_rpc(child.worker_id), *keys.queue_keys(child.queue))
@@ -292,6 +349,47 @@ class Supervisor:
                 child.kill_reason = f"the cell exceeded its {limit:g} s wall time and ignored the interrupt"
                 _kill(child.pid, signal.SIGKILL)
 
+    # --- other hosts, idle notebooks ---------------------------------------------------------------
+
+    def _recover_dead_hosts(self) -> None:
+        """Re-home the notebooks of hosts whose heartbeat stopped: one live supervisor does it."""
+        for raw in self.redis.smembers(keys.HOSTS):
+            host = raw.decode()
+            if host == self.host or self.redis.exists(keys.host(host)):
+                continue
+            if not self.redis.set(keys.host_recovery_lock(host), self.host, nx=True, ex=60):
+                continue
+            log.warning("host %s stopped heartbeating: re-homing its notebooks", host)
+            reason = f"the host {host!r} running this notebook stopped responding"
+            for notebook_id in [n.decode() for n in self.redis.zrange(keys.NOTEBOOKS, 0, -1)]:
+                worker_host, worker_id = self.redis.hmget(keys.notebook(notebook_id), "host", "worker")
+                if worker_host is None or worker_host.decode() != host or not worker_id:
+                    continue
+                running = self.redis.hget(keys.worker(worker_id.decode()), "cell") or b""
+                self.store.restart(notebook_id, expected_worker=worker_id.decode(), reason=reason,
+                                   running_cell=running.decode(), cell_error={
+                                       "ename": "EngineDied", "evalue": f"{reason}; the namespace was lost",
+                                       "traceback": [f"EngineDied: {reason}"]})
+            for engine in self.specs:
+                self.redis.delete(keys.idle_workers(engine, host))
+            self.redis.srem(keys.HOSTS, host)
+
+    def _cull_idle(self) -> None:
+        """Shut down notebooks idle longer than cull_idle_s, as Jupyter's culler does."""
+        self._last_cull = time.monotonic()
+        cutoff = time.time() - self.settings.cull_idle_s
+        for notebook_id in [n.decode() for n in self.redis.zrange(keys.NOTEBOOKS, 0, -1)]:
+            state, last, pending = self.redis.hmget(keys.notebook(notebook_id), "state", "last_activity", "worker")
+            if state not in (b"idle", b"restarted") or not last or float(last) > cutoff:
+                continue
+            if self.redis.llen(keys.notebook_pending(notebook_id)):
+                continue
+            log.info("culling notebook %s, idle since %s", notebook_id, last.decode())
+            try:
+                self.store.delete(notebook_id, reason=f"idle for more than {self.settings.cull_idle_s:g} s")
+            except TaskkernelError:
+                pass
+
     # --- host record ----------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
@@ -309,6 +407,12 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Stop every worker; notebooks pinned here lose their namespaces and are re-homed."""
+        if self.redis is not None:
+            try:  # first leave the hosts, so no notebook is re-homed onto a worker about to stop
+                self.redis.delete(keys.host(self.host))
+                self.redis.srem(keys.HOSTS, self.host)
+            except redis.RedisError:
+                pass
         for child in list(self.children.values()):
             child.kill_reason = child.kill_reason or "the host's supervisor stopped"
             _kill(child.pid, signal.SIGKILL)

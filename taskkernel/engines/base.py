@@ -90,6 +90,10 @@ class Engine:
         """`error` content (ename, evalue, traceback lines) for an exception raised by user code."""
         return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": [f"{type(exc).__name__}: {exc}"]}
 
+    def format_result(self, value: Any) -> tuple[dict, dict]:
+        """The (data, metadata) mime bundle of a cell's value."""
+        return mime_bundle(value)
+
     def after_cell(self) -> None:
         """Called after every cell, while its outputs are still collected (e.g. to show figures)."""
 
@@ -122,7 +126,7 @@ class Engine:
         try:
             value = self.evaluate(code, f"<cell-{count}>")
             if value is not None:
-                data, metadata = mime_bundle(value)
+                data, metadata = self.format_result(value)
                 emit("execute_result", {"execution_count": count, "data": data, "metadata": metadata})
             self._after_cell_safely()
             return {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}

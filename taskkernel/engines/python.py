@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import codeop
 import importlib.util
 import linecache
 import os
@@ -154,23 +153,14 @@ class PythonEngine(Engine):
         return {"status": "ok", "found": True, "data": {"text/plain": "\n".join(parts)}, "metadata": {}}
 
     def is_complete(self, code: str) -> dict:
-        """complete / incomplete (with an indent hint) / invalid, as IPython's check_complete says."""
-        if not code.strip():
-            return {"status": "complete"}
-        try:
-            compiled = codeop.compile_command(code, "<input>", "exec")
-        except (SyntaxError, OverflowError, ValueError):
-            return {"status": "invalid"}
-        lines = code.rstrip("\n").split("\n")
-        last = lines[-1]
-        opens_block = last.rstrip().endswith(":")
-        in_block = last.startswith((" ", "\t")) and not code.endswith("\n\n")
-        if compiled is None or opens_block or (in_block and code.endswith("\n")):
-            indent = last[: len(last) - len(last.lstrip())]
-            if opens_block:
-                indent += "    "
-            return {"status": "incomplete", "indent": indent}
-        return {"status": "complete"}
+        """complete / incomplete (with an indent hint) / invalid, by IPython's rules, as ipykernel answers."""
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        status, indent = TransformerManager().check_complete(code)
+        reply = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
 
 
 class _PNG:

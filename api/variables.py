@@ -1,0 +1,74 @@
+"""Push/pull variables and checkpoint/restore a notebook's namespace (queued with its cells).
+
+Values travel as JSON, or as base64 dill that only the client and the notebook's worker ever
+load: this process passes dill payloads through untouched and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from flask import Blueprint, current_app, jsonify, request
+
+from taskkernel import keys, rpc
+from taskkernel.api.validation import json_body
+from taskkernel.exceptions import InvalidField
+from taskkernel.messages import new_id
+from taskkernel.workers.tasks import send_call
+
+blueprint = Blueprint("variables", __name__)
+
+
+def _call(notebook_id: str, op: str, args: dict, timeout_s: float | None = None):
+    svc = current_app.extensions["taskkernel"]
+    if timeout_s is not None and not 0 <= timeout_s <= svc.settings.max_wait_timeout_s:
+        raise InvalidField(f"field 'timeout' must be between 0 and {svc.settings.max_wait_timeout_s:g} s",
+                           field="timeout")
+    record = svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)
+    reply_key = keys.reply(new_id())
+    send_call(svc.celery, svc.redis.hget(keys.notebook(notebook_id), "queue").decode(), record["id"], op, args,
+              reply_key)
+    return rpc.wait_reply(svc.redis, reply_key, op, timeout_s or svc.settings.rpc_timeout_s)
+
+
+def _check_name(name: str) -> None:
+    if not name.isidentifier():
+        raise InvalidField(f"{name!r} is not a Python identifier", field="name")
+
+
+@blueprint.put("/notebooks/<hexid:notebook_id>/variables/<name>")
+def push_variable(notebook_id: str, name: str):
+    """Set a variable: {"value": <any JSON>} or {"dill": <base64 dill, from the Python client>}."""
+    _check_name(name)
+    body = json_body({"value": object, "dill": str})
+    if ("value" in body) == ("dill" in body):
+        raise InvalidField("send exactly one of 'value' and 'dill'", field="value")
+    if "dill" in body:
+        try:
+            base64.b64decode(body["dill"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidField("field 'dill' must be base64", field="dill") from None
+    return jsonify(_call(notebook_id, "push", {"name": name, **body}))
+
+
+@blueprint.get("/notebooks/<hexid:notebook_id>/variables/<name>")
+def pull_variable(notebook_id: str, name: str):
+    """A variable as JSON, or its repr when it is not JSON-serialisable; ?format=dill for the client."""
+    _check_name(name)
+    as_dill = request.args.get("format") == "dill"
+    return jsonify(_call(notebook_id, "pull", {"name": name, "dill": as_dill}))
+
+
+@blueprint.post("/notebooks/<hexid:notebook_id>/checkpoint")
+def checkpoint(notebook_id: str):
+    """Save the namespace (per variable); says what was saved and what could not be, and why."""
+    body = json_body({"timeout": float})
+    return jsonify(_call(notebook_id, "checkpoint", {}, body.get("timeout")))
+
+
+@blueprint.post("/notebooks/<hexid:notebook_id>/restore")
+def restore(notebook_id: str):
+    """Load the last checkpoint into the notebook's namespace."""
+    body = json_body({"timeout": float})
+    return jsonify(_call(notebook_id, "restore", {}, body.get("timeout")))

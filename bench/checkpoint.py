@@ -1,0 +1,68 @@
+"""What a checkpoint costs: the namespace of a 100 MB array, and of 1e6 small objects.
+
+Times `workers/namespace.checkpoint` and `restore` (what the worker runs for
+POST /checkpoint, /restore and checkpoint_every_cell) against a private redis-server and a
+directory. Run: `python -m bench.checkpoint [--repeat 3]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import redis
+
+from taskkernel.redis_server import RedisServer
+from taskkernel.workers import namespace
+
+
+def _namespaces() -> dict[str, dict]:
+    import numpy
+
+    return {
+        "100 MB numpy array": {"arr": numpy.ones(100 * 1024 * 1024 // 8)},
+        "1e6 small ints in a list": {"items": list(range(1_000_000))},
+        "1e6 small dicts": {"rows": [{"i": i} for i in range(1_000_000)]},
+        "a closure (dill)": {"f": (lambda k: (lambda x: x * k))(3)},
+    }
+
+
+def run(repeat: int = 3) -> list[dict]:
+    rows = []
+    with RedisServer() as server, tempfile.TemporaryDirectory() as directory:
+        client = redis.Redis.from_url(server.url)
+        stores = {"redis": namespace.CheckpointStore(client), "directory": namespace.CheckpointStore(client, directory)}
+        for label, ns in _namespaces().items():
+            for store_name, store in stores.items():
+                saves, loads, size = [], [], 0
+                for _ in range(repeat):
+                    started = time.perf_counter()
+                    report = namespace.checkpoint(ns, store, "bench")
+                    saves.append(time.perf_counter() - started)
+                    size = report["bytes"]
+                    started = time.perf_counter()
+                    namespace.restore({}, store, "bench")
+                    loads.append(time.perf_counter() - started)
+                rows.append({"namespace": label, "store": store_name, "MB": size / 1e6,
+                             "save_s": (min(saves), statistics.median(saves), max(saves)),
+                             "restore_s": (min(loads), statistics.median(loads), max(loads))})
+            client.delete("taskkernel:checkpoint:bench")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print(f"{'namespace':<26} {'store':<10} {'MB':>7}  {'save s min/med/max':<24} {'restore s min/med/max':<24}")
+    for row in run(args.repeat):
+        save = "/".join(f"{x:.3f}" for x in row["save_s"])
+        load = "/".join(f"{x:.3f}" for x in row["restore_s"])
+        print(f"{row['namespace']:<26} {row['store']:<10} {row['MB']:>7.1f}  {save:<24} {load:<24}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""The bridge kernel: a Jupyter kernel process whose every request is served by a taskkernel notebook.
+
+The Jupyter side is ipykernel's own machinery (`Kernel` subclass, `IPKernelApp`: the ZMQ sockets,
+message signing, busy/idle status, heartbeat, the control thread); the taskkernel side is the HTTP
+client. On start the kernel pins a notebook on the service; then
+
+- execute: the cell is queued on the notebook (`evaluate` without wait) and the notebook's feed is
+  followed over SSE from the last position this kernel has read, so nothing is missed however fast
+  the cell is; the cell's stream/display/result/error messages are re-published on IOPub as they
+  arrive, under the execute_request's parent header, until the cell's execute_reply;
+- complete / inspect / is_complete: the notebook's endpoints, which a worker answers from a side
+  thread, so this kernel answers them even while a cell runs (see `shell_main`);
+- interrupt (control channel, `interrupt_mode: message`; or SIGINT): the notebook's interrupt;
+- shutdown: the notebook is deleted; a restart restarts it (a fresh worker, same notebook id) and
+  the next kernel process, started on the same connection file, takes it over;
+- history: the code this kernel ran, kept in the kernel.
+
+The feed is followed per cell rather than by one long-lived stream, because an open SSE request
+holds one of the API's request threads: an idle Jupyter kernel costs the service nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import fnmatch
+import http.client
+import json
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ipykernel.kernelbase import Kernel
+from traitlets import Float, Unicode
+
+from taskkernel import __version__
+from taskkernel.client import ApiError, Client, Notebook
+
+# Feed messages that are outputs of a cell: re-published on IOPub as they are.
+OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error",
+                          "clear_output"})
+# Shell requests answered at once even while a cell runs (they never wait for the worker's main
+# thread: the worker answers introspection from its side thread, history is kept here).
+SIDE_REQUESTS = frozenset({"complete_request", "inspect_request", "is_complete_request",
+                           "kernel_info_request", "history_request"})
+HISTORY_SESSION = 1
+SIDECAR_SUFFIX = ".taskkernel.json"
+
+
+class TaskkernelKernel(Kernel):
+    """A Jupyter kernel that runs its cells on a taskkernel notebook over the HTTP API."""
+
+    implementation = "taskkernel"
+    implementation_version = __version__
+    language_info = {
+        "name": "python",
+        "version": platform.python_version(),
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+        "pygments_lexer": "ipython3",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "nbconvert_exporter": "python",
+    }
+
+    url = Unicode("http://127.0.0.1:8000", help="the taskkernel API").tag(config=True)
+    token = Unicode("", help="bearer token of the taskkernel API (empty: none)").tag(config=True)
+    engine = Unicode("python", help="engine of the notebook this kernel opens").tag(config=True)
+    retry_s = Float(30.0, help="how long a lost feed connection is retried before the cell is "
+                               "given up").tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.client = Client(self.url, token=self.token or None)
+        self.notebook: Notebook | None = None
+        self._position = "0-0"  # the feed position this kernel has read up to
+        self._history: list[tuple[int, int, str, str | None]] = []  # (session, line, code, output)
+        self._handed_over = False  # a restart left the notebook to the next kernel process
+        self._released = False
+        self.shutdown_requested = False
+        self._opening = threading.Lock()  # execute and introspection may both find no notebook yet
+
+    @property
+    def banner(self) -> str:
+        where = f"notebook {self.notebook.id}" if self.notebook else "no notebook yet"
+        return f"taskkernel {__version__}: {self.engine} cells run on {self.url} ({where})"
+
+    # --- the notebook's life ----------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        try:
+            self._open_notebook()
+        except Exception as exc:  # the service may be down: say so on the first cell instead
+            self.log.warning("taskkernel: could not open a notebook on %s: %r", self.url, exc)
+
+    def _sidecar(self) -> Path | None:
+        """Where a restarting kernel leaves its notebook for the next process on the same
+        connection file (jupyter_client relaunches a restarted kernel on the same file)."""
+        connection_file = getattr(self.parent, "abs_connection_file", None)
+        return Path(connection_file + SIDECAR_SUFFIX) if connection_file else None
+
+    def _open_notebook(self) -> Notebook:
+        """The kernel's notebook: taken over from a restarted predecessor, or newly opened."""
+        with self._opening:
+            if self.notebook is None:
+                self.notebook = self._take_over() or self.client.start(self.engine)
+            return self.notebook
+
+    def _take_over(self) -> Notebook | None:
+        sidecar = self._sidecar()
+        if sidecar is not None and sidecar.exists():
+            try:
+                left = json.loads(sidecar.read_text())
+                sidecar.unlink()
+                notebook = self.client.notebook(left["notebook_id"])
+                self._position = left.get("position", "0-0")
+                self.execution_count = 0  # a restarted notebook counts from 1 again
+                return notebook
+            except (OSError, ValueError, KeyError, ApiError) as exc:
+                self.log.info("taskkernel: not taking over the previous notebook: %r", exc)
+        return None
+
+    def release_notebook(self) -> None:
+        """Delete the notebook unless a restart handed it over; safe to call more than once."""
+        if self._released or self._handed_over or self.notebook is None:
+            return
+        self._released = True
+        try:
+            self.notebook.close()
+        except Exception as exc:
+            self.log.warning("taskkernel: could not delete notebook %s: %r", self.notebook.id, exc)
+
+    async def do_shutdown(self, restart: bool) -> dict:
+        self.shutdown_requested = True
+        if restart and self.notebook is not None:
+            sidecar = self._sidecar()
+            if sidecar is not None:
+                # written first: jupyter_client kills a kernel that takes too long to exit
+                sidecar.write_text(json.dumps({"notebook_id": self.notebook.id, "position": self._position}))
+                self._handed_over = True
+            try:
+                await asyncio.to_thread(self.notebook.restart)
+            except Exception as exc:
+                self.log.warning("taskkernel: restart of notebook %s failed: %r", self.notebook.id, exc)
+                if sidecar is not None:
+                    sidecar.unlink(missing_ok=True)
+                self._handed_over = False
+        if not self._handed_over:
+            await asyncio.to_thread(self.release_notebook)
+        return {"status": "ok", "restart": restart}
+
+    # --- execute ----------------------------------------------------------------------------
+
+    async def do_execute(self, code, silent, store_history=True, user_expressions=None, allow_stdin=False,
+                         *, cell_meta=None, cell_id=None):
+        # The wait for the worker runs on a thread that carries this request's context (and so its
+        # parent header, which send_response reads), leaving the event loop free for SIDE_REQUESTS.
+        reply, output = await asyncio.to_thread(self._run_cell, code, silent)
+        if isinstance(reply.get("execution_count"), int):
+            self.execution_count = reply["execution_count"]  # the worker's numbering wins
+        else:  # an aborted cell, or one whose worker died, has no number of its own
+            reply["execution_count"] = self.execution_count
+        if store_history and not silent:
+            self._history.append((HISTORY_SESSION, self.execution_count, code, output))
+        if user_expressions:
+            reply["user_expressions"] = {
+                name: {"status": "error", "ename": "NotImplementedError",
+                       "evalue": "taskkernel does not evaluate user_expressions", "traceback": []}
+                for name in user_expressions
+            }
+        return reply
+
+    def _run_cell(self, code: str, silent: bool) -> tuple[dict, str | None]:
+        """Queue the cell, re-publish its outputs live; return (execute_reply content, text result)."""
+        try:
+            notebook = self._open_notebook()
+            cell = notebook.evaluate(code, wait=False)
+        except Exception as exc:
+            return self._bridge_error(exc, silent), None
+        output = None
+        failing_since = None
+        while True:
+            feed = notebook.feed(after=self._position)
+            try:
+                for message in feed:
+                    failing_since = None
+                    self._position = message.get("position") or self._position
+                    msg_type = message["header"]["msg_type"]
+                    if msg_type == "status" and message["content"].get("execution_state") == "restarting":
+                        self.execution_count = 0  # the worker died or was restarted: counts restart
+                    if message["parent_header"].get("msg_id") != cell["id"]:
+                        continue
+                    content = message["content"]
+                    if msg_type == "execute_reply":
+                        return dict(content), output
+                    if msg_type == "execute_result":
+                        output = content.get("data", {}).get("text/plain")
+                    if msg_type in OUTPUT_TYPES and not silent:
+                        self.send_response(self.iopub_socket, msg_type, content, ident=self._topic(msg_type))
+                return self._bridge_error(ApiError(410, {"error": "notebook_gone",
+                                                         "message": "the notebook was deleted"}), silent), output
+            except ApiError as exc:
+                return self._bridge_error(exc, silent), output
+            except (OSError, http.client.HTTPException) as exc:  # the API went away: resume where we were
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self.retry_s:
+                    return self._bridge_error(exc, silent), output
+                time.sleep(0.5)
+            finally:
+                feed.close()
+
+    def _bridge_error(self, exc: Exception, silent: bool) -> dict:
+        """A cell the bridge could not run (service down, notebook gone) fails with the reason."""
+        ename = f"taskkernel.{getattr(exc, 'code', type(exc).__name__)}"
+        evalue = f"{getattr(exc, 'message', None) or exc} (taskkernel at {self.url})"
+        error = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        if not silent:
+            self.send_response(self.iopub_socket, "error", error, ident=self._topic("error"))
+        return {"status": "error", "execution_count": self.execution_count, **error}
+
+    # --- requests answered beside a running cell ------------------------------------------------
+
+    async def shell_main(self, subshell_id, msg):
+        """Answer SIDE_REQUESTS at once even while an execute_request holds the shell.
+
+        ipykernel runs shell requests one at a time under an asyncio lock; a running cell here only
+        waits on a thread, so introspection need not queue behind it (ipykernel does the same for
+        comm messages). Like those, they get no busy/idle status, which would misreport the cell.
+        """
+        lock = getattr(self, "_main_asyncio_lock", None)
+        if subshell_id is None and lock is not None and lock.locked() and self._msg_type(msg) in SIDE_REQUESTS:
+            parent = self.get_parent("shell")
+            ident = self._get_shell_context_var(self._shell_parent_ident)
+            try:
+                await asyncio.create_task(self.dispatch_shell(msg, subshell_id=None, concurrent=True),
+                                          context=contextvars.copy_context())
+            finally:
+                self.set_parent(ident, parent, channel="shell")
+            return
+        await super().shell_main(subshell_id, msg)
+
+    def _msg_type(self, msg) -> str | None:
+        try:
+            _, frames = self.session.feed_identities(msg, copy=False)
+            return self.session.deserialize(frames, content=False, copy=False)["header"]["msg_type"]
+        except Exception:
+            return None
+
+    async def do_complete(self, code, cursor_pos):
+        empty = {"status": "ok", "matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos, "metadata": {}}
+        reply = await self._ask("complete", {"code": code, "cursor_pos": cursor_pos}, empty)
+        return {**empty, **reply}
+
+    async def do_inspect(self, code, cursor_pos, detail_level=0, omit_sections=()):
+        empty = {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        body = {"code": code, "cursor_pos": cursor_pos, "detail_level": int(detail_level or 0)}
+        return {**empty, **await self._ask("inspect", body, empty)}
+
+    async def do_is_complete(self, code):
+        return await self._ask("is_complete", {"code": code}, {"status": "unknown"})
+
+    async def _ask(self, op: str, body: dict, fallback: dict) -> dict:
+        def call():
+            notebook = self._open_notebook()
+            return self.client.request("POST", f"/notebooks/{notebook.id}/{op}", body)[1]
+
+        try:
+            return await asyncio.to_thread(call)
+        except Exception as exc:  # a front end asks these all the time: answer, never fail
+            self.log.warning("taskkernel: %s failed: %r", op, exc)
+            return fallback
+
+    async def do_history(self, hist_access_type, output, raw, session=None, start=None, stop=None, n=None,
+                         pattern=None, unique=False, **kwargs):
+        """The code this kernel ran (IPython's semantics: range stop is exclusive, search globs)."""
+        entries = self._history
+        if hist_access_type == "tail":
+            entries = entries[-n:] if n else entries
+        elif hist_access_type == "range":
+            if session not in (None, 0, HISTORY_SESSION):
+                entries = []
+            entries = [e for e in entries if (start is None or e[1] >= start) and (stop is None or e[1] < stop)]
+        elif hist_access_type == "search":
+            entries = [e for e in entries if fnmatch.fnmatchcase(e[2], pattern or "*")]
+            if unique:
+                seen: set[str] = set()
+                kept = []
+                for entry in reversed(entries):
+                    if entry[2] not in seen:
+                        seen.add(entry[2])
+                        kept.append(entry)
+                entries = kept[::-1]
+            entries = entries[-n:] if n else entries
+        else:
+            entries = []
+        history = [(s, line, (code, out) if output else code) for s, line, code, out in entries]
+        return {"status": "ok", "history": history}
+
+    # --- interrupt --------------------------------------------------------------------------
+
+    async def interrupt_request(self, stream, ident, parent):
+        """interrupt_request on the control channel (kernelspec interrupt_mode "message")."""
+        content: dict = {"status": "ok"}
+        try:
+            await asyncio.to_thread(self._interrupt_notebook)
+        except Exception as exc:
+            content = {"status": "error", "ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
+        self.session.send(stream, "interrupt_reply", content, parent, ident=ident)
+
+    def _interrupt_notebook(self) -> None:
+        if self.notebook is not None:
+            self.notebook.interrupt()
+
+    def pre_handler_hook(self):
+        """A SIGINT (interrupt_mode "signal") interrupts the notebook's cell, not this process."""
+        def forward(signum, frame):
+            threading.Thread(target=self._interrupt_quietly, name="taskkernel-interrupt", daemon=True).start()
+
+        self.saved_sigint_handler = signal.signal(signal.SIGINT, forward)
+
+    def _interrupt_quietly(self) -> None:
+        try:
+            self._interrupt_notebook()
+        except Exception as exc:
+            self.log.warning("taskkernel: interrupt failed: %r", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the kernel process (what the kernelspec's argv starts); returns the exit status.
+
+    The connection to taskkernel comes from TASKKERNEL_URL, TASKKERNEL_TOKEN and TASKKERNEL_ENGINE.
+    They are read here, not through taskkernel.settings, because they are not the service's
+    configuration: they are the kernelspec's `env`, the one channel jupyter_client offers to configure
+    a kernel process without putting a secret on its command line.
+    """
+    from ipykernel.kernelapp import IPKernelApp
+    from traitlets.config import Config
+
+    environ = os.environ
+    config = Config()
+    for variable, trait in (("TASKKERNEL_URL", "url"), ("TASKKERNEL_TOKEN", "token"), ("TASKKERNEL_ENGINE", "engine")):
+        if environ.get(variable):
+            setattr(config.TaskkernelKernel, trait, environ[variable])
+
+    def on_sigterm(signum, frame):  # a kernel manager that gives up waiting: still delete the notebook
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        IPKernelApp.launch_instance(argv, kernel_class=TaskkernelKernel, config=config)
+    finally:
+        if IPKernelApp.initialized():
+            app = IPKernelApp.instance()
+            kernel = getattr(app, "kernel", None)
+            if isinstance(kernel, TaskkernelKernel):
+                kernel.release_notebook()
+                control = getattr(app, "control_thread", None)
+                if kernel.shutdown_requested and control is not None:
+                    # The control thread is still finishing the shutdown_request (it flushes
+                    # through the IOPub thread); ipykernel's exit hook stops IOPub first and would
+                    # leave it waiting until the kernel manager loses patience and kills us.
+                    control.join(timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Observing the service: the counters the runtime keeps in Redis, and one snapshot of everything.
+
+Runtimes count finished cells (by status) and their wall time (a histogram: a count per bucket
+bound) in two Redis hashes, inside the same transaction that finishes the cell, so the figures
+agree with the cell records and survive any API or worker restart. Everything else a dashboard
+wants (hosts, workers, notebooks by state, queue depth, feed messages) is read from the records
+that already exist at the moment someone asks: `snapshot()` is what `GET /metrics`,
+`GET /api/status` and `taskkernel status` all read, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from taskkernel import keys
+from taskkernel.notebooks import notebook_from_redis
+
+# Upper bounds (seconds) of the cell latency histogram's buckets; cells are interactive, so
+# the low end is fine-grained, but an hour-long training cell still lands in a real bucket.
+CELL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        300.0, 1800.0, 3600.0)
+INF = "+Inf"
+
+# KEYS: worker hash, cells-by-status hash, latency hash.  ARGV: status, now (epoch s), bucket bounds...
+# The cell's start is the worker's `cell_started` (written by the claim with the same clock).
+_RECORD_LUA = """
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local started = tonumber(redis.call('HGET', KEYS[1], 'cell_started'))
+if not started then return 0 end
+local seconds = tonumber(ARGV[2]) - started
+if seconds < 0 then seconds = 0 end
+local bucket = '+Inf'
+for i = 3, #ARGV do
+  if seconds <= tonumber(ARGV[i]) then bucket = ARGV[i]; break end
+end
+redis.call('HINCRBY', KEYS[3], bucket, 1)
+redis.call('HINCRBYFLOAT', KEYS[3], 'sum', seconds)
+return 1
+"""
+
+_BOUNDS = [f"{bound:g}" for bound in CELL_SECONDS_BUCKETS]
+
+
+def record_cell(pipe: redis.client.Pipeline, worker_id: str, status: str, now_s: float) -> None:
+    """Count a finished cell by `status` and its wall time into the latency histogram.
+
+    Queued on `pipe` (the runtime's finishing transaction); it must come before the finish
+    script, which clears the worker's `cell_started`. `now_s` is the worker's time.time().
+    """
+    pipe.eval(_RECORD_LUA, 3, keys.worker(worker_id), keys.METRICS_CELLS, keys.METRICS_CELL_SECONDS,
+              status, now_s, *_BOUNDS)
+
+
+@dataclass
+class Snapshot:
+    """What the service looks like at one moment, read from Redis in a few round trips."""
+
+    time: float
+    hosts: list[dict] = field(default_factory=list)
+    notebooks: list[dict] = field(default_factory=list)
+    cells: dict[str, int] = field(default_factory=dict)  # status -> cells run
+    cell_seconds_buckets: list[tuple[str, int]] = field(default_factory=list)  # (le, count in bucket)
+    cell_seconds_sum: float = 0.0
+
+    def workers_by_state(self) -> dict[tuple[str, str], int]:
+        """{(host, state): workers}: idle (warm, unpinned), busy (running a cell), pinned (serving a
+        notebook between cells) and other (starting or stopping: the host's processes minus the rest).
+        """
+        counts: dict[tuple[str, str], int] = {}
+        for host in self.hosts:
+            name = host["name"]
+            pinned = [nb for nb in self.notebooks if nb["worker"] and nb["worker"]["host"] == name]
+            busy = sum(1 for nb in pinned if nb["state"] == "busy")
+            idle = sum(host["idle"].values())
+            counts[(name, "idle")] = idle
+            counts[(name, "busy")] = busy
+            counts[(name, "pinned")] = len(pinned) - busy
+            counts[(name, "other")] = max(0, host["workers"] - idle - len(pinned))
+        return counts
+
+    def to_dict(self) -> dict:
+        """The JSON form `GET /api/status` answers with."""
+        return {
+            "time": self.time,
+            "hosts": self.hosts,
+            "notebooks": self.notebooks,
+            "cells": self.cells,
+            "queue_depth": sum(nb["pending"] for nb in self.notebooks),
+        }
+
+
+def snapshot(client: redis.Redis) -> Snapshot:
+    """Read hosts, notebooks (with queue depth and feed length) and the cell counters."""
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.smembers(keys.HOSTS)
+    pipe.zrange(keys.NOTEBOOKS, 0, -1)
+    pipe.hgetall(keys.METRICS_CELLS)
+    pipe.hgetall(keys.METRICS_CELL_SECONDS)
+    host_names, notebook_ids, cells_raw, seconds_raw = pipe.execute()
+    host_names = sorted(_s(h) for h in host_names)
+    notebook_ids = [_s(n) for n in notebook_ids]
+
+    pipe = client.pipeline(transaction=False)
+    for name in host_names:
+        pipe.hgetall(keys.host(name))
+    for notebook_id in notebook_ids:
+        pipe.hgetall(keys.notebook(notebook_id))
+        pipe.llen(keys.notebook_pending(notebook_id))
+        pipe.get(keys.feed_seq(notebook_id))
+    answers = pipe.execute()
+    host_records, rest = answers[:len(host_names)], answers[len(host_names):]
+
+    notebooks = []
+    for i in range(0, len(rest), 3):
+        raw, pending, seq = rest[i:i + 3]
+        if raw and b"engine" in raw:
+            notebooks.append({**notebook_from_redis(raw), "pending": int(pending), "feed_messages": int(seq or 0)})
+
+    hosts = []
+    for name, raw in zip(host_names, host_records):
+        data = {_s(k): _s(v) for k, v in raw.items()}
+        pools = json.loads(data.get("pools") or "{}")
+        heartbeat = float(data["heartbeat"]) if data.get("heartbeat") else None
+        hosts.append({
+            "name": name,
+            "alive": bool(data),  # the hash expires when the supervisor stops heartbeating
+            "pid": int(data["pid"]) if data.get("pid") else None,
+            "heartbeat_age_s": round(now - heartbeat, 3) if heartbeat else None,
+            "workers": int(data.get("workers") or 0),
+            "max_workers": int(data.get("max_workers") or 0),
+            "pools": pools,
+            "idle": {},
+            "notebooks": sum(1 for nb in notebooks if nb["worker"] and nb["worker"]["host"] == name),
+            "engine_errors": json.loads(data.get("engine_errors") or "{}"),
+        })
+    if hosts:
+        pipe = client.pipeline(transaction=False)
+        for host in hosts:
+            for engine in sorted(host["pools"]):
+                pipe.scard(keys.idle_workers(engine, host["name"]))
+        counts = iter(pipe.execute())
+        for host in hosts:
+            host["idle"] = {engine: next(counts) for engine in sorted(host["pools"])}
+
+    seconds = {_s(k): _s(v) for k, v in seconds_raw.items()}
+    buckets = [(bound, int(seconds.get(bound, 0))) for bound in _BOUNDS] + [(INF, int(seconds.get(INF, 0)))]
+    return Snapshot(
+        time=now,
+        hosts=hosts,
+        notebooks=notebooks,
+        cells={_s(k): int(v) for k, v in sorted(cells_raw.items())},
+        cell_seconds_buckets=buckets,
+        cell_seconds_sum=float(seconds.get("sum", 0.0)),
+    )
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value

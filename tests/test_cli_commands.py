@@ -1,0 +1,184 @@
+"""The client-side commands against a live service: status, run (a .py and an .ipynb), console."""
+
+import os
+import subprocess
+import sys
+import time
+
+import nbformat
+import nbformat.v4 as v4
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def taskkernel(*args, env=None, timeout=60):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TASKKERNEL_")}
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "taskkernel", *args], env=environ, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# --- status ------------------------------------------------------------------------------------
+
+def test_status_shows_the_host_and_the_notebooks_with_their_states(service, notebook):
+    notebook.evaluate("x = 1")
+    result = taskkernel("status", "--url", service.api_url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    host_row = next(line.split() for line in lines if line.startswith("main "))
+    assert host_row[1] == "up"
+    assert "python:" in result.stdout
+    notebook_row = next(line.split() for line in lines if line.startswith(notebook.id))
+    assert notebook_row[1:5] == ["python", "idle", "main", str(notebook.record["worker"]["pid"])]
+    assert notebook_row[5] == "1", "execution count"
+
+
+def test_status_reads_redis_directly_when_no_url_is_given(service, notebook):
+    result = taskkernel("status", "--json", env={"TASKKERNEL_REDIS_URL": service.redis_url})
+    assert result.returncode == 0, result.stderr
+    import json
+
+    status = json.loads(result.stdout)
+    assert "main" in [h["name"] for h in status["hosts"] if h["alive"]]
+    assert notebook.id in [nb["id"] for nb in status["notebooks"]]
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+def small_notebook():
+    return v4.new_notebook(cells=[
+        v4.new_markdown_cell("# A small notebook"),
+        v4.new_code_cell("import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second')"),
+        v4.new_code_cell("class Bold:\n    def _repr_html_(self):\n        return '<b>bold</b>'\n\ndisplay(Bold())\n6 * 7"),
+        v4.new_code_cell(""),
+        v4.new_code_cell("import sys\nprint('to stderr', file=sys.stderr)\nsum(range(10))"),
+    ])
+
+
+def test_run_executes_an_ipynb_cell_by_cell_and_writes_its_outputs(service, client, tmp_path):
+    source, executed = tmp_path / "small.ipynb", tmp_path / "executed.ipynb"
+    nbformat.write(small_notebook(), str(source))
+    before = {nb["id"] for nb in client.notebooks()}
+    process = subprocess.Popen([sys.executable, "-m", "taskkernel", "run", str(source), "--url", service.api_url,
+                                "--output", str(executed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        arrivals = {}
+        for line in process.stdout:
+            arrivals[line.strip()] = time.monotonic()
+        stderr = process.stderr.read()
+        assert process.wait(30) == 0, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert arrivals["second"] - arrivals["first"] > 1.0, "output is printed while the cell runs"
+    assert "Out[2]: 42" in arrivals and "Out[3]: 45" in arrivals
+    assert "[cell 1/3] import time" in stderr and "[cell 3/3] import sys" in stderr
+    assert "to stderr" in stderr
+
+    result = nbformat.read(str(executed), as_version=4)
+    nbformat.validate(result)
+    cells = result.cells
+    assert cells[0].cell_type == "markdown" and cells[0].source == "# A small notebook"
+    assert [c.execution_count for c in cells[1:]] == [1, 2, None, 3]
+    assert cells[1].outputs == [{"output_type": "stream", "name": "stdout", "text": "first\nsecond\n"}]
+    display, value = cells[2].outputs
+    assert display["output_type"] == "display_data" and display["data"]["text/html"] == "<b>bold</b>"
+    assert value["output_type"] == "execute_result" and value["data"]["text/plain"] == "42"
+    assert [o["output_type"] for o in cells[4].outputs] == ["stream", "execute_result"]
+    assert {nb["id"] for nb in client.notebooks()} == before, "the run's notebook is deleted at the end"
+
+
+SCRIPT = """\
+# %% [markdown]
+# Cells are separated by percent markers.
+# %%
+value = 10
+print('value is', value)
+# %%
+value / 0
+# %%
+print('after the error')
+"""
+
+
+def test_run_stops_at_a_failing_cell_and_exits_nonzero(service, tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    result = taskkernel("run", str(script), "--url", service.api_url, "--output", str(tmp_path / "out.ipynb"))
+    assert result.returncode == 1
+    assert "value is 10" in result.stdout and "after the error" not in result.stdout
+    assert "ZeroDivisionError" in result.stderr and "[cell 2/3] failed" in result.stderr
+    written = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+    assert [c.cell_type for c in written.cells] == ["markdown", "code", "code", "code"]
+    assert written.cells[2].outputs[0]["ename"] == "ZeroDivisionError"
+    assert written.cells[3].outputs == [] and written.cells[3].execution_count is None
+
+    allowed = taskkernel("run", str(script), "--url", service.api_url, "--allow-errors")
+    assert allowed.returncode == 0
+    assert "after the error" in allowed.stdout
+
+
+def test_run_interrupts_a_cell_past_its_timeout(service, tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ntime.sleep(60)")
+    started = time.monotonic()
+    result = taskkernel("run", str(script), "--url", service.api_url, "--timeout", "1")
+    assert result.returncode == 1
+    assert "KeyboardInterrupt" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+# --- console -----------------------------------------------------------------------------------
+
+def test_console_completes_runs_blocks_and_interrupts(service, client, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    env = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm"}
+    before = {nb["id"] for nb in client.notebooks()}
+    console = pexpect.spawn(sys.executable, ["-m", "taskkernel", "console", "--url", service.api_url], env=env,
+                            encoding="utf-8", timeout=20, dimensions=(40, 200))
+    try:
+        console.expect(r"In \[1\]: ")
+        console.sendline("import math")
+        console.expect(r"In \[2\]: ")
+        console.send("math.sq\t")  # Tab: the notebook's namespace completes it
+        console.expect("math.sqrt")
+        console.send("(16)\r")
+        console.expect(r"Out\[2\]: \S*4\.0")
+
+        console.expect(r"In \[3\]: ")
+        console.sendline("for i in range(2):")  # incomplete: a continuation line, indented
+        console.expect(r"\.\.\.: ")
+        console.sendline("print('line', i)")
+        console.expect(r"\.\.\.: ")
+        console.sendline("")
+        console.expect("line 0")
+        console.expect("line 1")
+
+        console.expect(r"In \[4\]: ")
+        console.sendline("import time; print('sleeping', flush=True); time.sleep(60)")
+        console.expect("sleeping")
+        time.sleep(0.3)
+        console.sendintr()  # Ctrl-C: an interrupt for the running cell
+        console.expect("KeyboardInterrupt")
+        console.expect(r"In \[5\]: ")
+        console.sendline("math.floor(2.5)")  # the namespace survived the interrupt
+        console.expect(r"Out\[5\]: \S*2")
+        console.expect(r"In \[6\]: ")
+        console.sendeof()
+        console.expect(pexpect.EOF)
+    finally:
+        console.close(force=True)
+    assert console.exitstatus == 0
+    history = (tmp_path / ".taskkernel_history").read_text()
+    assert "import math" in history and "math.sqrt(16)" in history
+    assert {nb["id"] for nb in client.notebooks()} == before, "leaving deletes the console's notebook"
+
+
+def test_every_command_has_help():
+    for command in ("status", "run", "console"):
+        result = taskkernel(command, "--help")
+        assert result.returncode == 0
+        assert "--url" in result.stdout
