@@ -67,7 +67,7 @@ def register(app: Flask, settings: Settings) -> None:
             raise Unauthorized("a valid token is required: send Authorization: Bearer <token>")
 
 
-PUBLIC_ENDPOINTS = {"static", "openapi.openapi"}
+PUBLIC_ENDPOINTS = {"static", "openapi.openapi", "console.index", "console.static"}  # no secrets in these
 
 
 def _presented_token() -> str:

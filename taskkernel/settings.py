@@ -50,6 +50,8 @@ class Settings:
     heartbeat_interval_s: float = 1.0
     host_ttl_s: float = 6.0
     log_level: str = "INFO"
+    log_json: int = 0  # 1: one JSON object per log line, with notebook_id / cell_id fields
+    task_events: int = 0  # 1: workers send Celery task events (for Flower); costs a publish per event
 
     def validate(self) -> "Settings":
         """Reject settings that cannot work; return self so it chains."""

@@ -136,3 +136,25 @@ def test_a_cell_typed_in_the_browser_runs_and_its_output_streams_in(service, cli
         raise
     finally:
         notebook.close()
+
+
+def test_the_console_works_with_a_token_given_in_the_url_fragment(private_service, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    private_service.start_supervisor(pool=1)
+    private_service.start_api(token="console-token")
+    wait = WebDriverWait(browser, 20, poll_frequency=0.05)
+    page = browser.find_element
+    browser.get(private_service.api_url + "/#token=console-token")
+    wait.until(lambda b: page(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    assert "token" not in browser.current_url, "the token is taken out of the address bar"
+    page(By.ID, "new-notebook").click()
+    wait.until(lambda b: page(By.ID, "state").get_attribute("data-state") == "idle")
+    code = page(By.ID, "code")
+    code.send_keys("print('behind a token')")
+    code.send_keys(Keys.SHIFT, Keys.ENTER)
+    wait.until(lambda b: "behind a token" in " ".join(e.text for e in b.find_elements(By.CSS_SELECTOR,
+                                                                                     ".cell .outputs")))
+    page(By.ID, "delete").click()

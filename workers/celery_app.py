@@ -34,7 +34,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_redirect_stdouts=False,
         worker_hijack_root_logger=False,
         worker_enable_remote_control=False,
-        worker_send_task_events=False,
+        worker_send_task_events=bool(settings.task_events),
+        task_send_sent_event=bool(settings.task_events),
         task_create_missing_queues=True,
         task_default_queue="taskkernel.default",
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import signal
@@ -12,6 +11,7 @@ import warnings
 import redis
 from celery import Celery, signals
 
+from taskkernel import logs
 from taskkernel.engines import registry
 from taskkernel.settings import Settings
 from taskkernel.workers.capture import OutputCapture
@@ -63,7 +63,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     sys.stdin = NoStdin()
     capture = OutputCapture()
     capture.start()
-    _log_to(capture, settings.log_level, worker_id)
+    _log_to(capture, settings, worker_id)
 
     _drop_privileges(settings.worker_user)
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
@@ -91,7 +91,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
         queues=[queue],
         without_gossip=True,
         without_mingle=True,
-        without_heartbeat=True,
+        without_heartbeat=not settings.task_events,  # Flower lists workers by their heartbeats
         quiet=True,
         loglevel=settings.log_level,
         optimization="fair",
@@ -135,32 +135,8 @@ def _limit_memory(memory_bytes) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (int(memory_bytes), int(memory_bytes)))
 
 
-def _log_to(capture: OutputCapture, level: str, worker_id: str) -> None:
-    handler = logging.StreamHandler(capture.log_stream())
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [{worker_id}] %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+def _log_to(capture: OutputCapture, settings: Settings, worker_id: str) -> None:
+    logs.configure(settings.log_level, bool(settings.log_json), capture.log_stream(), worker_id=worker_id,
+                   host=settings.host_name)
     # Celery would otherwise set up its own logging on the redirected stdout
     signals.setup_logging.connect(lambda **_: None, weak=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of a worker started with an engine's own interpreter (not forked)."""
-    import argparse
-
-    from taskkernel.settings import load_settings
-    from taskkernel.workers.celery_app import make_celery
-
-    parser = argparse.ArgumentParser(prog="python -m taskkernel.workers.process")
-    parser.add_argument("--engine", required=True)
-    parser.add_argument("--worker-id", required=True)
-    parser.add_argument("--queue", required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    spec = registry.get_spec(settings.config_dir, args.engine)
-    return run_worker(make_celery(settings), settings, spec, worker_id=args.worker_id, queue=args.queue)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -171,11 +171,14 @@ class Runtime:
             args=[cell_id, self.worker_id, now, messages.now_iso()],
         )
         if not claimed:
-            log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id)
+            log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id,
+                     extra={"notebook_id": notebook_id, "cell_id": cell_id})
             self._count_dropped(notebook_id)
             return "skipped"
         code = claimed[0].decode()
         stop_on_error = claimed[1] == b"1"
+        context = {"notebook_id": notebook_id, "cell_id": cell_id}
+        log.debug("cell started", extra=context)
         if claimed[2] == b"1":
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit)
@@ -187,6 +190,7 @@ class Runtime:
             self.capture.end()
             self._run = None
         self._complete(run, reply)
+        log.info("cell %s: %s", reply["status"], reply.get("ename", ""), extra=context)
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
         if claimed[3] == b"1":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from taskkernel import keys
+from taskkernel import keys, logs
 from taskkernel.engines import registry
 from taskkernel.exceptions import TaskkernelError
 from taskkernel.notebooks import NotebookStore
@@ -309,7 +309,8 @@ class Supervisor:
         if child.kill_reason == "retired" or info.get("state") == "retiring" or not notebook_id:
             log.info("worker %s (pid %d) stopped: %s", child.worker_id, child.pid, description)
             return
-        log.warning("worker %s of notebook %s died: %s", child.worker_id, notebook_id, description)
+        log.warning("worker %s of notebook %s died: %s", child.worker_id, notebook_id, description,
+                    extra={"notebook_id": notebook_id, "worker_id": child.worker_id, "cell_id": info.get("cell")})
         reason = child.kill_reason or f"the worker process died ({description})"
         error = {
             "ename": "EngineDied",
@@ -451,6 +452,5 @@ def _describe_exit(status: int) -> str:
 
 
 def main(settings: Settings, pool_sizes: dict[str, int] | None = None) -> None:
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, bool(settings.log_json), sys.stderr, host=settings.host_name)
     Supervisor(settings, pool_sizes).run()

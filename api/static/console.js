@@ -21,13 +21,32 @@ const POLL_MS = 500;
 
 // --- the API -------------------------------------------------------------------------------
 
-async function api(path, { method = "GET", body } = {}) {
+// With TASKKERNEL_TOKEN set, open the page as /#token=<token> (the service token or a notebook's
+// own token): the fragment never leaves the browser; the token is kept for this tab only.
+function token() {
+  const match = location.hash.match(/token=([^&]+)/);
+  if (match) {
+    sessionStorage.setItem("taskkernel-token", decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("taskkernel-token") || "";
+}
+
+async function api(path, { method = "GET", body } = {}, retried = false) {
   const options = { method, headers: { Accept: "application/json" } };
+  if (token()) options.headers.Authorization = `Bearer ${token()}`;
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
   const response = await fetch("/api" + path, options);
+  if (response.status === 401 && !retried) {
+    const given = window.prompt("This taskkernel needs a token:");
+    if (given) {
+      sessionStorage.setItem("taskkernel-token", given.trim());
+      return api(path, { method, body }, true);
+    }
+  }
   const data = response.status === 204 ? null : await response.json().catch(() => null);
   if (!response.ok) {
     throw new Error((data && data.message) || `${response.status} ${response.statusText}`);
@@ -102,7 +121,9 @@ async function openNotebook(id) {
 
 function follow(id) {
   // EventSource resumes by itself after a dropped connection, sending Last-Event-ID.
-  const source = new EventSource(`/api/notebooks/${id}/feed?after=0-0`);
+  // EventSource cannot send an Authorization header: the feed takes the token as ?token=
+  const auth = token() ? `&token=${encodeURIComponent(token())}` : "";
+  const source = new EventSource(`/api/notebooks/${id}/feed?after=0-0${auth}`);
   ui.source = source;
   source.addEventListener("message", (event) => {
     if (ui.source === source) onMessage(JSON.parse(event.data));

@@ -1,0 +1,59 @@
+"""Log set-up shared by the supervisor, the workers and the API: text or one JSON object a line.
+
+Records about a notebook or a cell carry `notebook_id` / `cell_id` (pass them with
+`extra={...}`), so a log pipeline can follow one notebook across processes and hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TextIO
+
+CONTEXT_FIELDS = ("notebook_id", "cell_id", "worker_id", "host")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: getattr(record, k) for k in CONTEXT_FIELDS if getattr(record, k, None)})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if getattr(record, k, None))
+        return f"{text} [{context}]" if context else text
+
+
+def configure(level: str, as_json: bool, stream: TextIO, **context) -> None:
+    """Send the root logger to `stream`; `context` (e.g. worker_id) is added to every record."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if as_json else
+                         TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if context:
+        handler.addFilter(_ContextFilter(context))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class _ContextFilter(logging.Filter):
+    def __init__(self, context: dict):
+        super().__init__()
+        self.context = context
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.context.items():
+            if not getattr(record, key, None):
+                setattr(record, key, value)
+        return True
