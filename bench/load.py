@@ -2,7 +2,8 @@
 
 Every cell's result is checked, and every subscriber checks that its notebook's feed arrived
 complete, in order, without duplicates. Run the full size against a running service with
-`python -m bench.load --url http://127.0.0.1:8000` (50 notebooks x 20 cells, 10 subscribers);
+`python -m bench.load` (it starts a private service; 50 notebooks x 20 cells, 10 subscribers), or
+`--url URL` against a running one;
 the test suite runs a reduced size through `run_load`.
 """
 
@@ -100,14 +101,26 @@ def run_load(url: str, notebooks: int = 50, cells: int = 20, subscribers: int = 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--url", help="a running service (default: start a private one for the run)")
     parser.add_argument("--token")
     parser.add_argument("--notebooks", type=int, default=50)
     parser.add_argument("--cells", type=int, default=20)
     parser.add_argument("--subscribers", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
-    result = run_load(args.url, args.notebooks, args.cells, args.subscribers, args.timeout, args.token)
+    if args.url:
+        result = run_load(args.url, args.notebooks, args.cells, args.subscribers, args.timeout, args.token)
+    else:
+        from bench.services import Processes, Stack
+
+        processes = Processes()
+        try:
+            stack = Stack(processes, pool=args.notebooks, api_threads=max(64, args.notebooks + args.subscribers + 8))
+            stack.start()
+            result = run_load(stack.url, args.notebooks, args.cells, args.subscribers, args.timeout)
+            stack.close()
+        finally:
+            processes.stop_all()
     print(f"{'notebooks':>10} {'cells':>6} {'subs':>5} {'cells/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lost':>5}")
     print(f"{result['notebooks']:>10} {result['cells']:>6} {result['subscribers']:>5} {result['cells_per_s']:>8.1f} "
           f"{result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f} {len(result['problems']):>5}")
