@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import redis
 
 from taskkernel import keys
+from taskkernel.messages import as_text
 
 # Blocking reads are cut into slices shorter than redis-py's socket timeout (5 s by default),
 # so a dead connection is still noticed while no blocking call is ever mistaken for one.
@@ -58,7 +59,7 @@ class FeedPublisher:
 def last_position(client: redis.Redis, notebook_id: str) -> str:
     """The stream id of the newest feed message, or "0-0" when there is none."""
     newest = client.xrevrange(keys.feed_stream(notebook_id), count=1)
-    return _s(newest[0][0]) if newest else "0-0"
+    return as_text(newest[0][0]) if newest else "0-0"
 
 
 def wait_for_reply(client: redis.Redis, notebook_id: str, cell_id: str, after: str, timeout_s: float) -> bool:
@@ -73,8 +74,8 @@ def wait_for_reply(client: redis.Redis, notebook_id: str, cell_id: str, after: s
         if not answer:
             continue
         for entry_id, fields in answer[0][1]:
-            after = _s(entry_id)
-            if _s(fields.get(b"t", b"")) == "execute_reply" and _s(fields.get(b"c", b"")) == cell_id:
+            after = as_text(entry_id)
+            if as_text(fields.get(b"t", b"")) == "execute_reply" and as_text(fields.get(b"c", b"")) == cell_id:
                 return True
 
 
@@ -84,7 +85,7 @@ def read_stream(client: redis.Redis, notebook_id: str, after: str = "0-0", block
     answer = client.xread({keys.feed_stream(notebook_id): after}, count=count, block=block_ms)
     if not answer:
         return []
-    return [(_s(entry_id), json.loads(fields[b"m"])) for entry_id, fields in answer[0][1]]
+    return [(as_text(entry_id), json.loads(fields[b"m"])) for entry_id, fields in answer[0][1]]
 
 
 def subscribe(client: redis.Redis, notebook_id: str, timeout_s: float | None = None) -> Iterator[dict]:
@@ -103,6 +104,3 @@ def subscribe(client: redis.Redis, notebook_id: str, timeout_s: float | None = N
     finally:
         pubsub.close()
 
-
-def _s(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -142,7 +142,7 @@ def cell_to_redis(cell: dict) -> dict[str, str]:
 
 def cell_from_redis(raw: dict) -> dict:
     """Decode a cell hash (bytes or str) into the API's cell object."""
-    data = {_s(k): _s(v) for k, v in raw.items()}
+    data = {as_text(k): as_text(v) for k, v in raw.items()}
     cell = {
         "id": data.get("id"),
         "notebook_id": data.get("notebook_id"),
@@ -164,5 +164,6 @@ def cell_from_redis(raw: dict) -> dict:
     return cell
 
 
-def _s(value) -> str:
+def as_text(value) -> str:
+    """Redis answers bytes; keys, ids and fields are text."""
     return value.decode() if isinstance(value, bytes) else value

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import redis
 
 from taskkernel import keys
+from taskkernel.messages import as_text
 from taskkernel.notebooks import notebook_from_redis
 
 # Upper bounds (seconds) of the cell latency histogram's buckets; cells are interactive, so
@@ -102,8 +103,8 @@ def snapshot(client: redis.Redis) -> Snapshot:
     pipe.hgetall(keys.METRICS_CELLS)
     pipe.hgetall(keys.METRICS_CELL_SECONDS)
     host_names, notebook_ids, cells_raw, seconds_raw = pipe.execute()
-    host_names = sorted(_s(h) for h in host_names)
-    notebook_ids = [_s(n) for n in notebook_ids]
+    host_names = sorted(as_text(h) for h in host_names)
+    notebook_ids = [as_text(n) for n in notebook_ids]
 
     pipe = client.pipeline(transaction=False)
     for name in host_names:
@@ -123,7 +124,7 @@ def snapshot(client: redis.Redis) -> Snapshot:
 
     hosts = []
     for name, raw in zip(host_names, host_records):
-        data = {_s(k): _s(v) for k, v in raw.items()}
+        data = {as_text(k): as_text(v) for k, v in raw.items()}
         pools = json.loads(data.get("pools") or "{}")
         heartbeat = float(data["heartbeat"]) if data.get("heartbeat") else None
         hosts.append({
@@ -147,17 +148,14 @@ def snapshot(client: redis.Redis) -> Snapshot:
         for host in hosts:
             host["idle"] = {engine: next(counts) for engine in sorted(host["pools"])}
 
-    seconds = {_s(k): _s(v) for k, v in seconds_raw.items()}
+    seconds = {as_text(k): as_text(v) for k, v in seconds_raw.items()}
     buckets = [(bound, int(seconds.get(bound, 0))) for bound in _BOUNDS] + [(INF, int(seconds.get(INF, 0)))]
     return Snapshot(
         time=now,
         hosts=hosts,
         notebooks=notebooks,
-        cells={_s(k): int(v) for k, v in sorted(cells_raw.items())},
+        cells={as_text(k): int(v) for k, v in sorted(cells_raw.items())},
         cell_seconds_buckets=buckets,
         cell_seconds_sum=float(seconds.get("sum", 0.0)),
     )
 
-
-def _s(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value

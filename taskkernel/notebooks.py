@@ -14,6 +14,7 @@ import time
 import redis
 
 from taskkernel import keys, messages
+from taskkernel.messages import as_text
 from taskkernel.exceptions import CellNotFound, NotebookGone, NotebookNotFound, NoWorkerAvailable, QuotaExceeded
 from taskkernel.feed import FeedPublisher
 
@@ -162,7 +163,7 @@ class NotebookStore:
                       keys.host(""), keys.worker(""), "1" if new else "0", quotas[0], quotas[1]],
             )
             if got:
-                return [_s(x) for x in got]
+                return [as_text(x) for x in got]
             if time.monotonic() >= deadline:
                 return None
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -178,7 +179,7 @@ class NotebookStore:
         return bool(self.redis.exists(keys.notebook(notebook_id)))
 
     def list(self) -> list[dict]:
-        ids = [_s(i) for i in self.redis.zrange(keys.NOTEBOOKS, 0, -1)]
+        ids = [as_text(i) for i in self.redis.zrange(keys.NOTEBOOKS, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for notebook_id in ids:
             pipe.hgetall(keys.notebook(notebook_id))
@@ -192,7 +193,7 @@ class NotebookStore:
         self.feed.publish(notebook_id, messages.status("dead", notebook_id=notebook_id))
         if record["worker"]:
             self.retire_worker(record["worker"]["id"], record["worker"]["host"])
-        cell_ids = [_s(c) for c in self.redis.lrange(keys.notebook_cells(notebook_id), 0, -1)]
+        cell_ids = [as_text(c) for c in self.redis.lrange(keys.notebook_cells(notebook_id), 0, -1)]
         pipe = self.redis.pipeline(transaction=True)
         for cell_id in cell_ids:
             pipe.delete(keys.cell(cell_id))
@@ -239,9 +240,9 @@ class NotebookStore:
         old = self._detach(keys=[keys.notebook(notebook_id)], args=[expected_worker, time.time()])
         if not old:
             return False
-        old_worker, old_host = _s(old[0]), _s(old[1])
+        old_worker, old_host = as_text(old[0]), as_text(old[1])
         running = running_cell if running_cell is not None else \
-            _s(self.redis.hget(keys.worker(old_worker), "cell") or b"")
+            as_text(self.redis.hget(keys.worker(old_worker), "cell") or b"")
         if running and cell_error is not None:
             self.fail_cell(notebook_id, running, cell_error)
         self.abort_pending(notebook_id, reason=reason)
@@ -272,7 +273,7 @@ class NotebookStore:
         return True
 
     def orphans(self) -> list[str]:
-        return [_s(n) for n in self.redis.zrange(keys.ORPHANS, 0, -1)]
+        return [as_text(n) for n in self.redis.zrange(keys.ORPHANS, 0, -1)]
 
     # --- cells ---------------------------------------------------------------------------------
 
@@ -306,7 +307,7 @@ class NotebookStore:
                 break
             self.wait_for_worker(notebook_id, worker_timeout_s)
         return messages.cell_from_redis({**messages.cell_to_redis(cell), "position": str(got[1])}), \
-            _s(got[0]), _s(got[2])
+            as_text(got[0]), as_text(got[2])
 
     def get_cell(self, cell_id: str, notebook_id: str | None = None) -> dict:
         raw = self.redis.hgetall(keys.cell(cell_id))
@@ -321,12 +322,12 @@ class NotebookStore:
         ids = self.redis.lrange(keys.notebook_cells(notebook_id), 0, -1)
         pipe = self.redis.pipeline(transaction=False)
         for cell_id in ids:
-            pipe.hgetall(keys.cell(_s(cell_id)))
+            pipe.hgetall(keys.cell(as_text(cell_id)))
         return [messages.cell_from_redis(raw) for raw in pipe.execute() if raw]
 
     def abort_pending(self, notebook_id: str, *, reason: str) -> list[str]:
         """Abort every queued cell of the notebook and say so on the feed; return their ids."""
-        aborted = [_s(c) for c in self._abort(keys=[keys.notebook_pending(notebook_id)],
+        aborted = [as_text(c) for c in self._abort(keys=[keys.notebook_pending(notebook_id)],
                                               args=[keys.cell(""), messages.now_iso()])]
         self.feed.publish(notebook_id, *[
             messages.make_message("execute_reply", {"status": "aborted", "execution_count": None,
@@ -339,7 +340,7 @@ class NotebookStore:
     def fail_cell(self, notebook_id: str, cell_id: str, error: dict) -> None:
         """End a running cell with an error that did not come from the engine (a dead worker)."""
         key = keys.cell(cell_id)
-        if _s(self.redis.hget(key, "state") or b"") != "running":
+        if as_text(self.redis.hget(key, "state") or b"") != "running":
             return
         output = {"output_type": "error", **error}
         self.redis.hset(key, mapping=messages.cell_to_redis({
@@ -357,7 +358,7 @@ class NotebookStore:
 
 
 def notebook_from_redis(raw: dict) -> dict:
-    data = {_s(k): _s(v) for k, v in raw.items()}
+    data = {as_text(k): as_text(v) for k, v in raw.items()}
     worker = None
     if data.get("worker"):
         worker = {"id": data["worker"], "host": data.get("host"), "pid": int(data["pid"] or 0)}
@@ -383,6 +384,3 @@ def _iso(epoch: str | None) -> str | None:
     import datetime as dt
     return dt.datetime.fromtimestamp(float(epoch), dt.timezone.utc).isoformat()
 
-
-def _s(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
