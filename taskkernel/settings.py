@@ -44,7 +44,8 @@ class Settings:
     interrupt_grace_s: float = 5.0  # after an unheeded interrupt, kill and restart
     max_output_bytes: int = 4 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
-    visibility_timeout_s: int = 30 * 24 * 3600  # far longer than any cell: no redelivery
+    ack_emulation: int = 0  # 1: kombu keeps delivered messages in an unacked hash and redelivers them
+    visibility_timeout_s: int = 30 * 24 * 3600  # with ack_emulation: far longer than any cell
     unacked_restore_interval_s: int = 60  # how often kombu sweeps for messages to redeliver
     feed_stream_maxlen: int = 10_000
     heartbeat_interval_s: float = 1.0

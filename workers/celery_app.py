@@ -11,9 +11,9 @@ def make_celery(settings: Settings) -> Celery:
     """A Celery app on the settings' Redis: JSON only, no result backend, one cell at a time.
 
     Results travel on taskkernel's own feed, not Celery's result backend (whose pub/sub leaks in
-    long-lived producers). acks_late with prefetch 1 keeps a queued cell in Redis until it ran;
-    the visibility timeout is far longer than any cell so kombu never redelivers a running one
-    (and a redelivered cell is dropped by the runtime's claim anyway).
+    long-lived producers). One consumer per queue with prefetch 1 runs cells in order; a cell
+    delivered twice (possible only with TASKKERNEL_ACK_EMULATION=1 and a visibility timeout
+    shorter than a cell) is dropped by the runtime's claim.
     """
     app = Celery("taskkernel", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
@@ -24,6 +24,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         broker_transport_options={
+            # Redelivery is never relied on: a cell is claimed once (Lua), and the supervisor fails
+            # the running cell and aborts the queue when a worker dies. Without ack emulation kombu
+            # skips two MULTI/EXEC per cell and keeps no unacked hash to sweep.
+            "ack_emulation": bool(settings.ack_emulation),
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
