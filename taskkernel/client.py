@@ -147,11 +147,16 @@ class Notebook:
         self.record = self.client.request("POST", f"/notebooks/{self.id}/restart", {})[1]
         return self.record
 
-    def feed(self, after: str = "0-0", timeout: float | None = None) -> Iterator[dict]:
-        """Feed messages over Server-Sent Events, from stream position `after` (default: the start).
+    def feed(self, after: str = "0-0", timeout: float | None = None, redis_url: str | None = None) -> Iterator[dict]:
+        """Feed messages from stream position `after` (default: the start), then live.
 
-        Each message gets its stream position as `position`. Stops after `timeout` s, if given.
+        Over Server-Sent Events from the API, or straight from Redis when `redis_url` is given
+        (for processes inside the deployment). Each message gets its stream position as
+        `position`. Stops after `timeout` s (over Redis: of silence), if given.
         """
+        if redis_url:
+            yield from self._feed_from_redis(redis_url, after, timeout)
+            return
         query = {"after": after}
         if timeout is not None:
             query["timeout"] = str(timeout)
@@ -234,6 +239,21 @@ class Notebook:
     def restore(self, timeout: float = 60.0) -> dict:
         return self.client.request("POST", f"/notebooks/{self.id}/restore", {"timeout": timeout},
                                    timeout_s=timeout + 30)[1]
+
+    def _feed_from_redis(self, redis_url: str, after: str, timeout: float | None) -> Iterator[dict]:
+        import redis
+
+        from taskkernel import feed
+
+        client = redis.Redis.from_url(redis_url)
+        quiet_since = time.monotonic()
+        try:
+            while timeout is None or time.monotonic() - quiet_since < timeout:
+                for position, message in feed.read_stream(client, self.id, after, block_ms=1000):
+                    after, quiet_since = position, time.monotonic()
+                    yield {**message, "position": position}
+        finally:
+            client.close()
 
     def close(self) -> None:
         """Delete the notebook; its worker stops."""

@@ -76,3 +76,11 @@ def test_feed_streams_beyond_the_limit_are_refused_and_other_calls_still_answer(
         finally:
             for conn in streams:
                 conn.close()
+
+
+def test_the_client_reads_the_same_feed_from_redis_or_over_http(service, notebook):
+    notebook.evaluate("print('both ways')")
+    over_http = list(notebook.feed(timeout=1))
+    from_redis = list(notebook.feed(timeout=1, redis_url=service.redis_url))
+    assert [m["header"]["msg_id"] for m in from_redis] == [m["header"]["msg_id"] for m in over_http]
+    assert [m["position"] for m in from_redis] == [m["position"] for m in over_http]

@@ -120,3 +120,31 @@ def test_an_engine_can_run_with_its_own_interpreter(private_service, tmp_path):
         supervisor = private_service.supervisors[host].pid
         assert nb.evaluate("os.getppid()")["outputs"][0]["data"]["text/plain"] == str(supervisor)
         assert nb.evaluate("1/0")["error"]["ename"] == "ZeroDivisionError"
+
+
+def test_an_installed_package_can_provide_an_engine_through_the_entry_point_group(private_service, tmp_path):
+    """A distribution on the path that declares `taskkernel.engines` shows up as an engine type."""
+    site = tmp_path / "site"
+    (site / "acme_engine").mkdir(parents=True)
+    (site / "acme_engine" / "__init__.py").write_text(
+        "from taskkernel.engines.python import PythonEngine\n\n"
+        "class AcmeEngine(PythonEngine):\n"
+        "    def start(self):\n"
+        "        super().start()\n"
+        "        self.namespace['vendor'] = 'acme'\n\n"
+        "def spec():\n"
+        "    return {'name': 'acme', 'display_name': 'ACME Python', 'class': 'acme_engine:AcmeEngine',\n"
+        "            'pool_size': 1}\n")
+    dist = site / "acme_engine-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-engine\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[taskkernel.engines]\nacme = acme_engine:spec\n")
+    private_service.env["PYTHONPATH"] = str(site)
+    host = private_service.start_supervisor(pool=1)
+    private_service.start_api()
+    engines = {e["name"]: e for e in private_service.client().engines()}
+    assert engines["acme"]["display_name"] == "ACME Python"
+    assert engines["acme"]["source"].startswith("entry point")
+    private_service.wait_idle(host, "acme", 1, timeout_s=30)
+    with private_service.client().start("acme") as nb:
+        assert nb.evaluate("vendor")["outputs"][0]["data"]["text/plain"] == "'acme'"
