@@ -124,7 +124,7 @@ class Runtime:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
         while True:
             try:
-                request = rpc.next_request(self.redis, self.worker_id, timeout_s=1.0)
+                request = rpc.next_request(self.redis, self.worker_id, timeout_s=rpc.MAX_BLOCK_S)
             except redis.RedisError as exc:
                 log.warning("side channel: %r", exc)
                 time.sleep(0.5)
