@@ -37,6 +37,7 @@ OURS_CLIENT = "taskkernel (Python client)"
 OURS = "taskkernel"
 PEER_A = "A: ipykernel (jupyter_client, ZMQ)"
 PEER_B = "B: kernel gateway (REST + websocket)"
+PEER_B_QUICKACK = "B': kernel gateway, client with TCP_QUICKACK"
 FLOOR_ECHO = "floor: Flask JSON echo (same gunicorn)"
 FLOOR_PING = "floor: Redis PING"
 FLOOR_PUBSUB = "floor: Redis PUBLISH -> subscriber"
@@ -82,7 +83,7 @@ class Plan:
 FULL = Plan(quick=False, reps=3, rt_runs=500, rt_warmup=30, batch_timeout_s=90, open_runs=4, cold_runs=2,
             throughput_notebooks=50, throughput_threads=8, throughput_cells=1000,
             stream_lines=(10_000, 100_000), memory_notebooks=50, scale_steps=(50, 100, 150, 200, 250),
-            scale_rate_per_s=10, scale_load_s=15, scale_open_timeout_s=120, scale_p99_ms=50,
+            scale_rate_per_s=10, scale_load_s=30, scale_open_timeout_s=120, scale_p99_ms=50,
             completion_runs=50)
 
 QUICK = Plan(quick=True, reps=2, rt_runs=20, rt_warmup=3, batch_timeout_s=20, open_runs=1, cold_runs=1,
@@ -117,6 +118,7 @@ class Bench:
         self.kernels: list[IPyKernel] = []
         self.kernel_a: IPyKernel | None = None
         self.kernel_b: GatewayKernel | None = None
+        self.kernel_b_quick: GatewayKernel | None = None
         self.facts: dict[str, str] = {}
         self.last_client_cpu = 0.0
         self.a_missing = peer_a_missing() if peers else "peers skipped (--no-peers)"
@@ -130,7 +132,8 @@ class Bench:
     def run(self) -> Results:
         try:
             max_workers = max(256, max(self.plan.scale_steps) + 32)
-            self.stack = Stack(self.processes, pool=self.plan.pool, max_workers=max_workers).start()
+            self.stack = Stack(self.processes, pool=self.plan.pool, max_workers=max_workers)
+            self.stack.start()  # assigned first, so a failed start is still closed in `finally`
             from taskkernel.redis_server import redis_server_binary
 
             self.facts = machine.describe(redis_server_binary())
@@ -156,7 +159,7 @@ class Bench:
                 except Exception:
                     pass
         self.kernels, self.kernel_a = [], None
-        for resource in (self.kernel_b, self.redis_floor, self.echo, self.gateway, self.stack):
+        for resource in (self.kernel_b, self.kernel_b_quick, self.redis_floor, self.echo, self.gateway, self.stack):
             if resource is not None:
                 try:
                     resource.close()
@@ -207,18 +210,32 @@ class Bench:
             self.notebooks.append(nb)
         return self.notebooks[:count]
 
-    def ensure_kernels(self, count: int) -> list[IPyKernel]:
-        """At least `count` ipykernels running, each having run one cell (started side by side)."""
-        fresh = [IPyKernel(self.processes.dir / "jupyter-runtime") for _ in range(count - len(self.kernels))]
-        self.kernels.extend(fresh)
+    def ensure_kernels(self, count: int, batch: int = 10, attempts: int = 3) -> list[IPyKernel]:
+        """At least `count` ipykernels running, each having run one cell; started `batch` at a time,
+        and a kernel that does not become ready within 60 s is replaced (at most `attempts` times)."""
         start = time.perf_counter()
-        for kernel in fresh:
-            kernel.start()
-        for kernel in fresh:
-            kernel.wait_ready(timeout_s=300)
-            kernel.execute("1+1")
-        if fresh:
-            self.log(f"{len(fresh)} ipykernels started side by side in {time.perf_counter() - start:.1f} s")
+        started = len(self.kernels)
+        failures = 0
+        while len(self.kernels) < count:
+            fresh = [IPyKernel(self.processes.dir / "jupyter-runtime")
+                     for _ in range(min(batch, count - len(self.kernels)))]
+            for kernel in fresh:
+                kernel.start()
+            for kernel in fresh:
+                try:
+                    kernel.wait_ready(timeout_s=60)
+                    kernel.execute("1+1", timeout_s=60)
+                except Exception as exc:
+                    kernel.close()
+                    failures += 1
+                    self.log(f"an ipykernel did not start ({exc!r}); replacing it")
+                    if failures > attempts:
+                        raise
+                    continue
+                self.kernels.append(kernel)
+        if len(self.kernels) > started:
+            self.log(f"{len(self.kernels) - started} ipykernels started, {batch} at a time, in "
+                     f"{time.perf_counter() - start:.1f} s ({failures} replaced)")
         return self.kernels[:count]
 
     # --- 1. round trip ---------------------------------------------------------------------------
@@ -246,6 +263,10 @@ class Bench:
         kernel_b = self.peer_b()
         if kernel_b is not None:
             systems.append((PEER_B, lambda: kernel_b.execute("1+1")))
+            self.kernel_b_quick = GatewayKernel(self.gateway.port, quickack=True).start()
+            kernel_bq = self.kernel_b_quick
+            kernel_bq.execute("1+1")
+            systems.append((PEER_B_QUICKACK, lambda: kernel_bq.execute("1+1")))
         self.echo = EchoServer(self.processes).start()
         echo = EchoClient(self.echo.port)
         self.redis_floor = RedisFloor(self.stack.redis_server.url)
@@ -284,6 +305,10 @@ class Bench:
                            "API records the cell; started: the worker claims it; completed: the worker begins "
                            "writing the result) against the client's clock: "
                            + "; ".join(f"{phase} = {what}" for phase, what in profiling.PHASES))
+        results.note(F_RT, "B' is the same gateway with the client acknowledging every TCP segment at once: "
+                           "the gateway writes each cell's messages as separate small websocket frames without "
+                           "TCP_NODELAY, so Nagle's algorithm holds them until the client's delayed ACK (40 ms "
+                           "on Linux); B is what a front end meets, B' shows the gateway without that wait")
         results.note(F_RT, f"each repetition: {plan.rt_warmup} warm-up calls, then {plan.rt_runs} timed calls "
                            "one after another on one keep-alive connection; a value is that batch's percentile")
 
@@ -677,6 +702,8 @@ class Bench:
             held = step
             held_memory = (pss_total, uss_total, drop, len(mems))
         results.add(F_SCALE, OURS, metric_held, "notebooks", [held])
+        if held and held == plan.scale_steps[-1]:
+            results.note(F_SCALE, f"every step held: {held} is the largest step tried, not a limit found")
         if held_memory is not None:
             pss_total, uss_total, drop, workers = held_memory
             results.add(F_SCALE, OURS, f"memory at {held}: PSS of supervisor + {workers} workers (MiB)", "MiB",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -125,8 +126,11 @@ class IPyKernel:
 class GatewayKernel:
     """Peer B: one kernel of a jupyter-kernel-gateway, over REST and its websocket channels."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, quickack: bool = False):
+        """`quickack`: the client acknowledges every TCP segment at once (Linux TCP_QUICKACK), which
+        shows how much of the gateway's latency is Nagle's algorithm waiting for a delayed ACK."""
         self.port = port
+        self.quickack = quickack and hasattr(socket, "TCP_QUICKACK")
         self.kernel_id = ""
         self.ws = None
 
@@ -162,6 +166,12 @@ class GatewayKernel:
         }))
         return msg_id
 
+    def _recv(self) -> dict:
+        msg = json.loads(self.ws.recv())
+        if self.quickack:
+            self.ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return msg
+
     def execute(self, code: str, timeout_s: float = 60.0, want_lines: int = 0, keep_text: bool = False) -> _Outcome:
         msg_id = self._send("execute_request", {"code": code, "silent": False, "store_history": True,
                                                 "user_expressions": {}, "allow_stdin": False,
@@ -169,7 +179,7 @@ class GatewayKernel:
         outcome = _Outcome()
         self.ws.settimeout(timeout_s)
         while not (outcome.idle and outcome.reply is not None):
-            msg = json.loads(self.ws.recv())
+            msg = self._recv()
             if msg["parent_header"].get("msg_id") == msg_id:
                 outcome.take(msg["msg_type"], msg["content"], want_lines, keep_text)
         return outcome
@@ -178,7 +188,7 @@ class GatewayKernel:
         msg_id = self._send("complete_request", {"code": code, "cursor_pos": len(code)})
         self.ws.settimeout(timeout_s)
         while True:
-            msg = json.loads(self.ws.recv())
+            msg = self._recv()
             if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "complete_reply":
                 return msg["content"]
 

@@ -52,7 +52,7 @@ def record(pid: int, seconds: float, out: Path, subprocesses: bool = False) -> s
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarize(path: Path, top: int = 25) -> list[tuple[float, float, str]]:
+def summarize(path: Path, top: int = 40) -> list[tuple[float, float, str]]:
     """(inclusive %, self %, function (file)) of the most-sampled functions in a collapsed-stack file."""
     inclusive: collections.Counter = collections.Counter()
     own: collections.Counter = collections.Counter()

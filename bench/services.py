@@ -186,6 +186,7 @@ class Stack:
         return self.supervisor.pid
 
     def close(self) -> None:
+        """Stop the API, the supervisor (its workers die with it) and Redis; safe after a failed start."""
         if self.redis is not None:
             self.redis.close()
         for process in (self.api, self.supervisor):
