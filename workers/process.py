@@ -140,3 +140,24 @@ def _log_to(capture: OutputCapture, settings: Settings, worker_id: str) -> None:
                    host=settings.host_name)
     # Celery would otherwise set up its own logging on the redirected stdout
     signals.setup_logging.connect(lambda **_: None, weak=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker started with an engine's own interpreter (not forked)."""
+    import argparse
+
+    from taskkernel.settings import load_settings
+    from taskkernel.workers.celery_app import make_celery
+
+    parser = argparse.ArgumentParser(prog="python -m taskkernel.workers.process")
+    parser.add_argument("--engine", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--queue", required=True)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    spec = registry.get_spec(settings.config_dir, args.engine)
+    return run_worker(make_celery(settings), settings, spec, worker_id=args.worker_id, queue=args.queue)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
