@@ -22,7 +22,7 @@ from bench.stats import percentile
 from bench.taskkernel_side import HttpEvaluator, result_text, stream_lines
 from taskkernel.client import ApiError, Notebook
 
-FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale")
+FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge")
 
 F_RT = "1. round trip of `1+1`"
 F_OPEN = "2. notebook open"
@@ -31,6 +31,8 @@ F_STREAM = "4. streaming"
 F_MEM = "5. memory"
 F_SCALE = "6. scale"
 F_COMPLETE = "7. completion"
+F_BRIDGE = "8. Jupyter bridge"
+BRIDGE = "taskkernel kernel (Jupyter bridge, jupyter_client)"
 
 OURS_HTTP = "taskkernel (HTTP evaluate, wait)"
 OURS_CLIENT = "taskkernel (Python client)"
@@ -43,7 +45,7 @@ FLOOR_PING = "floor: Redis PING"
 FLOOR_PUBSUB = "floor: Redis PUBLISH -> subscriber"
 
 TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_STREAM, "memory": F_MEM,
-          "scale": F_SCALE, "completion": F_COMPLETE}
+          "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE}
 
 COMPLETION_CODE = "import math; math.sq"
 
@@ -351,6 +353,37 @@ class Bench:
                 self.log(f"completion rep {rep + 1} {name}: p50 {percentile(samples, 50):.2f} ms")
         results.note(F_COMPLETE, f"`{COMPLETION_CODE}` completed at its end, after 3 warm-up calls; "
                                  f"{plan.completion_runs} calls per repetition")
+
+    # --- 8. the Jupyter bridge --------------------------------------------------------------------
+
+    def figure_bridge(self) -> None:
+        """`1+1` through the taskkernel Jupyter kernel and through ipykernel, the same jupyter_client
+        way (execute_request, reply and IOPub idle), so the price of the bridge is known."""
+        import os
+        import tempfile
+
+        plan, results = self.plan, self.results
+        if self.a_missing:
+            for system in (BRIDGE, PEER_A):
+                results.missing(F_BRIDGE, system, "p50 (ms)", "ms", self.a_missing)
+            return
+        from taskkernel.jupyter.cost import bridge_round_trip
+        from taskkernel.jupyter.kernelspec import install
+
+        prefix = tempfile.mkdtemp(prefix="bench-kernelspec-", dir=self.processes.dir)
+        install(self.stack.url, name="taskkernel-bench", prefix=prefix)
+        # jupyter_client finds kernelspecs through JUPYTER_PATH, read when a kernel is looked up
+        os.environ["JUPYTER_PATH"] = os.path.join(prefix, "share", "jupyter")
+        runs = max(20, plan.rt_runs // 2)
+        for rep in range(plan.reps):
+            for name, kernel in ((BRIDGE, "taskkernel-bench"), (PEER_A, "python3")):
+                samples = [x * 1000 for x in bridge_round_trip(runs, kernel_name=kernel)]
+                results.add(F_BRIDGE, name, "p50 (ms)", "ms", [percentile(samples, 50)])
+                results.add(F_BRIDGE, name, "p99 (ms)", "ms", [percentile(samples, 99)])
+                self.log(f"bridge rep {rep + 1} {name}: p50 {percentile(samples, 50):.2f} ms")
+        results.note(F_BRIDGE, f"taskkernel.jupyter.cost.bridge_round_trip: a fresh kernel per repetition, "
+                               f"5 warm-up cells, then {runs} round trips of `1+1`, each done when its "
+                               "execute_reply and IOPub idle are in")
 
     # --- 4. streaming ----------------------------------------------------------------------------
 

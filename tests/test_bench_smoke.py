@@ -35,6 +35,7 @@ OUR_ROWS = [
     ("6. scale", "taskkernel", "open notebooks held with p99 < 50 ms at 10 cells/s"),
     ("7. completion", "taskkernel", "p50 (ms)"),
 ]
+BRIDGE_ROW = ("8. Jupyter bridge", "taskkernel kernel (Jupyter bridge, jupyter_client)", "p50 (ms)")
 PEER_ROWS = [
     ("1. round trip of `1+1`", "A: ipykernel (jupyter_client, ZMQ)", "p50 (ms)"),
     ("1. round trip of `1+1`", "B: kernel gateway (REST + websocket)", "p50 (ms)"),
@@ -110,3 +111,11 @@ def test_peer_rows_hold_numbers_or_say_they_are_missing(quick_run, figure, syste
     else:
         line = next(li for li in stdout.splitlines() if system in li and metric in li)
         assert "peer not installed" in line
+
+
+def test_the_bridge_row_holds_a_number_when_ipykernel_is_there(quick_run):
+    _, stdout, _, _ = quick_run
+    if peer_installed("A:"):
+        assert table_row(*BRIDGE_ROW).search(stdout), f"no bridge row in:\n{stdout}"
+    else:
+        assert "peer not installed" in next(li for li in stdout.splitlines() if BRIDGE_ROW[1] in li)
