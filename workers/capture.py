@@ -103,7 +103,8 @@ class OutputCapture:
         fds = list(self._pipes.values())
         while not self._stopped.is_set():
             try:
-                ready, _, _ = select.select(fds, [], [], self.interval_s)
+                # with nothing waiting to be sent, sleep until output arrives (idle workers stay idle)
+                ready, _, _ = select.select(fds, [], [], self.interval_s if self._pending else None)
                 with self._lock:
                     if ready:
                         self._read_available()

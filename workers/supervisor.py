@@ -45,6 +45,9 @@ WORKER_MODULES = (
     "celery.concurrency.solo", "celery.app.trace", "celery.events", "celery.events.dispatcher",
     "kombu.asynchronous", "kombu.asynchronous.hub", "kombu.asynchronous.timer", "billiard", "billiard.pool",
     "ctypes", "psutil", "resource", "pwd", "dill", "pickle", "codecs", "select",
+    "celery.app.amqp", "celery.app.control", "celery.app.events", "celery.app.log", "celery.app.routes",
+    "celery.backends", "celery.backends.base", "celery.worker.consumer.delayed_delivery", "kombu.matcher",
+    "kombu.pidbox", "encodings.idna", "stringprep", "unicodedata",
 )
 
 
@@ -97,7 +100,7 @@ class Supervisor:
         self._scan_engines()
         for spec in self.specs.values():
             try:
-                registry.engine_class(spec)
+                registry.engine_class(spec).preimport()
             except Exception as exc:
                 self.spec_errors[spec["source"]] = str(exc)
         try:

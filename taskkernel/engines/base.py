@@ -79,6 +79,11 @@ class Engine:
 
     # --- hooks an engine implements --------------------------------------------------------
 
+    @classmethod
+    def preimport(cls) -> None:
+        """Import heavy modules in the supervisor, so forked workers share them instead of each
+        importing its own copy after the fork."""
+
     def start(self) -> None:
         """Prepare the namespace (start-up code, display hooks); runs once in the worker."""
 

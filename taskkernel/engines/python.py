@@ -37,6 +37,11 @@ class PythonEngine(Engine):
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.running_user_code = False
 
+    @classmethod
+    def preimport(cls) -> None:
+        import jedi  # noqa: F401
+        from IPython.core.inputtransformer2 import TransformerManager  # noqa: F401  (is_complete)
+
     def start(self) -> None:
         self.namespace["display"] = self.display
         startup = self.spec.get("startup_code", "")
