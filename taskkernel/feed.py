@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import redis
 
@@ -86,21 +85,3 @@ def read_stream(client: redis.Redis, notebook_id: str, after: str = "0-0", block
     if not answer:
         return []
     return [(as_text(entry_id), json.loads(fields[b"m"])) for entry_id, fields in answer[0][1]]
-
-
-def subscribe(client: redis.Redis, notebook_id: str, timeout_s: float | None = None) -> Iterator[dict]:
-    """Yield live messages from the notebook's pub/sub channel; stops after `timeout_s` of silence."""
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.feed_channel(notebook_id))
-    quiet_since = time.monotonic()
-    try:
-        while True:
-            item = pubsub.get_message(timeout=1.0)
-            if item is not None:
-                quiet_since = time.monotonic()
-                yield json.loads(item["data"])
-            elif timeout_s is not None and time.monotonic() - quiet_since > timeout_s:
-                return
-    finally:
-        pubsub.close()
-

@@ -48,7 +48,8 @@ return 1
 """
 
 TRUNCATED = "\n[taskkernel: output truncated, the cell exceeded {limit} bytes of output]\n"
-LIVE_TYPES = ("stream", "display_data")  # published at once; the rest go out with the reply
+# published at once (watchers see a cell start and its output live); the rest go out with the reply
+LIVE_TYPES = ("execute_input", "stream", "display_data")
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
 
 
@@ -253,7 +254,7 @@ class Runtime:
         if msg_type != "execute_input":
             self.capture.flush()  # what was printed before a result or display comes before it
         self._queue(msg_type, content)
-        if msg_type in LIVE_TYPES or msg_type == "execute_input":  # watchers see a cell start at once
+        if msg_type in LIVE_TYPES:
             self._flush_outbox()
 
     def _on_output(self, name: str, text: str) -> None:
