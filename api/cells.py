@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import Blueprint, current_app, jsonify
 
-from taskkernel import feed
+from taskkernel import feed, messages
 from taskkernel.api.validation import json_body
 from taskkernel.exceptions import InvalidField
-from taskkernel.workers.tasks import send_evaluate
+from taskkernel.workers.tasks import evaluate_message
 
 blueprint = Blueprint("cells", __name__)
 
@@ -20,12 +22,14 @@ def evaluate(notebook_id: str):
     timeout_s = body.get("timeout", svc.settings.wait_timeout_s)
     if not 0 <= timeout_s <= svc.settings.max_wait_timeout_s:
         raise InvalidField(f"field 'timeout' must be between 0 and {svc.settings.max_wait_timeout_s:g} s", field="timeout")
-    cell, queue, position = svc.store.submit(notebook_id, body["code"], stop_on_error=body.get("stop_on_error", False),
-                                             worker_timeout_s=svc.settings.assign_timeout_s)
-    send_evaluate(svc.celery, queue, cell["id"], notebook_id)
+    task_message = functools.partial(evaluate_message, svc.celery, notebook_id=notebook_id)
+    cell, _queue, position = svc.store.submit(notebook_id, body["code"], task_message,
+                                              stop_on_error=body.get("stop_on_error", False),
+                                              worker_timeout_s=svc.settings.assign_timeout_s)
     if body.get("wait"):
-        feed.wait_for_reply(svc.redis, notebook_id, cell["id"], position, timeout_s)
-        cell = svc.store.get_cell(cell["id"])
+        reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], position, timeout_s)
+        record = feed.cell_record_from_reply(reply) if reply else None
+        cell = messages.cell_from_redis(record) if record else svc.store.get_cell(cell["id"])
     status = 200 if cell["state"] == "done" else 202
     response = jsonify(cell)
     response.status_code = status

@@ -26,34 +26,27 @@ CELL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                         300.0, 1800.0, 3600.0)
 INF = "+Inf"
 
-# KEYS: worker hash, cells-by-status hash, latency hash.  ARGV: status, now (epoch s), bucket bounds...
-# The cell's start is the worker's `cell_started` (written by the claim with the same clock).
-_RECORD_LUA = """
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-local started = tonumber(redis.call('HGET', KEYS[1], 'cell_started'))
-if not started then return 0 end
-local seconds = tonumber(ARGV[2]) - started
-if seconds < 0 then seconds = 0 end
-local bucket = '+Inf'
-for i = 3, #ARGV do
-  if seconds <= tonumber(ARGV[i]) then bucket = ARGV[i]; break end
+# A Lua function for the runtime's script that finishes a cell (workers/runtime.py), so the
+# counters move in the same atomic step as the cell record: count the cell by status, and its wall
+# time into its histogram bucket (chosen by `latency_bucket`) and the running sum.
+RECORD_CELL_LUA_FUNCTION = """
+local function record_cell(cells_key, seconds_key, status, bucket, seconds)
+  redis.call('HINCRBY', cells_key, status, 1)
+  redis.call('HINCRBY', seconds_key, bucket, 1)
+  redis.call('HINCRBYFLOAT', seconds_key, 'sum', seconds)
 end
-redis.call('HINCRBY', KEYS[3], bucket, 1)
-redis.call('HINCRBYFLOAT', KEYS[3], 'sum', seconds)
-return 1
 """
 
+
+def latency_bucket(seconds: float) -> str:
+    """The histogram field a cell of this wall time is counted in: its bucket's upper bound."""
+    for bound in CELL_SECONDS_BUCKETS:
+        if seconds <= bound:
+            return f"{bound:g}"
+    return INF
+
+
 _BOUNDS = [f"{bound:g}" for bound in CELL_SECONDS_BUCKETS]
-
-
-def record_cell(pipe: redis.client.Pipeline, worker_id: str, status: str, now_s: float) -> None:
-    """Count a finished cell by `status` and its wall time into the latency histogram.
-
-    Queued on `pipe` (the runtime's finishing transaction); it must come before the finish
-    script, which clears the worker's `cell_started`. `now_s` is the worker's time.time().
-    """
-    pipe.eval(_RECORD_LUA, 3, keys.worker(worker_id), keys.METRICS_CELLS, keys.METRICS_CELL_SECONDS,
-              status, now_s, *_BOUNDS)
 
 
 @dataclass

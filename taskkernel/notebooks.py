@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -65,19 +66,23 @@ redis.call('HSET', KEYS[2], 'worker', w, 'host', info[1], 'queue', info[2], 'pid
 return {w, info[1], 'ok'}
 """
 
-# Record a cell and queue it behind the notebook's others.  KEYS: notebook, cell, cells, pending,
-# feed stream.  ARGV: cell id, then the cell hash as field/value pairs.  Returns false (no such
-# notebook), {''} (it has no worker right now), or {queue, position, newest feed stream id}: the
-# stream id lets a waiting caller read the cell's reply without a race and without another call.
+# Record a cell, queue it behind the notebook's others and push its Celery task onto the queue of
+# the notebook's worker, all at once.  KEYS: notebook, cell, cells, pending, feed stream.  ARGV:
+# cell id, the task message's two halves (joined around the JSON-quoted queue name, as kombu's Redis
+# transport stores a message: workers.tasks.task_message), then the cell hash as field/value pairs.
+# Returns false (no such notebook), {''} (it has no worker right now), or {queue, position, newest
+# feed stream id}: the stream id lets a waiting caller read the cell's reply without a race and
+# without another call.
 _SUBMIT_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'deleting' then return false end
 local queue = redis.call('HGET', KEYS[1], 'queue')
 if not queue or queue == '' then return {''} end
 local position = redis.call('HINCRBY', KEYS[1], 'cells', 1)
-redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 2))
+redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 4))
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('RPUSH', KEYS[4], ARGV[1])
+redis.call('LPUSH', queue, ARGV[2] .. cjson.encode(queue) .. ARGV[3])
 local newest = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
 return {queue, position, newest[1] and newest[1][1] or '0-0'}
 """
@@ -277,9 +282,10 @@ class NotebookStore:
 
     # --- cells ---------------------------------------------------------------------------------
 
-    def submit(self, notebook_id: str, code: str, *, stop_on_error: bool = False,
-               worker_timeout_s: float = 10.0) -> tuple[dict, str, str]:
-        """Record a queued cell; return it, the Celery queue of the notebook's worker, and the feed
+    def submit(self, notebook_id: str, code: str, task_message: Callable[[str], tuple[str, str]], *,
+               stop_on_error: bool = False, worker_timeout_s: float = 10.0) -> tuple[dict, str, str]:
+        """Record a queued cell and enqueue the Celery task that runs it (`task_message(cell_id)`
+        gives its two halves); return the cell, the queue of the notebook's worker, and the feed
         stream position just before it. Waits up to `worker_timeout_s` for a restarting notebook."""
         cell = {
             "id": messages.new_id(),
@@ -293,11 +299,12 @@ class NotebookStore:
         flat = []
         for k, v in messages.cell_to_redis(cell).items():
             flat += [k, v]
+        message = task_message(cell["id"])
         while True:
             got = self._submit(
                 keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
                       keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id)],
-                args=[cell["id"], *flat],
+                args=[cell["id"], *message, *flat],
             )
             if not got:
                 if self.exists(notebook_id):

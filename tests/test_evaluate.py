@@ -109,3 +109,13 @@ def test_cells_sent_while_one_runs_queue_behind_it(notebook):
     fast = notebook.evaluate("done", wait=False)
     assert text_result(notebook.wait(fast["id"], timeout=20)) == "'slow'"
     assert notebook.cell(slow["id"])["completed"] <= notebook.cell(fast["id"])["started"]
+
+
+@pytest.mark.parametrize("size", [10, 100_000])
+def test_a_waiting_caller_gets_the_cell_exactly_as_it_is_stored(notebook, size):
+    """Small records ride on the execute_reply stream entry, large ones are read back: same answer."""
+    cell = notebook.evaluate(f"print('x' * {size})\n'done'")
+    assert cell["state"] == "done" and cell["status"] == "ok"
+    assert cell["stdout"] == "x" * size + "\n"
+    assert text_result(cell) == "'done'"
+    assert cell == notebook.cell(cell["id"])

@@ -15,7 +15,7 @@ import time
 
 import redis
 
-from taskkernel import keys, messages, metrics, rpc
+from taskkernel import feed, keys, messages, metrics, rpc
 from taskkernel.engines.base import Engine
 from taskkernel.notebooks import NotebookStore
 from taskkernel.workers import namespace
@@ -38,15 +38,30 @@ redis.call('HDEL', KEYS[2], 'restore_pending')
 return {cell[1], cell[2], nb[1] or '', nb[2] or ''}
 """
 
-# KEYS: notebook, worker.  ARGV: worker id, now, execution count.
-_FINISH_LUA = """
-redis.call('HSET', KEYS[2], 'cell', '', 'cell_started', '')
-if redis.call('HGET', KEYS[1], 'worker') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'state', 'idle', 'last_activity', ARGV[2], 'execution_count', ARGV[3])
+# Finish a cell in one atomic step: write its record, count it, free the worker, publish its last
+# messages, and attach the record to the execute_reply entry when it is small (a caller waiting on
+# the stream then needs no second read).  KEYS: cell, notebook, worker, cells-by-status, latency
+# histogram, feed seq, feed stream.  ARGV: worker id, now, execution count, status, latency bucket,
+# seconds, feed channel, stream maxlen, largest record to attach (bytes), n, n field/value pairs of
+# the record, then the messages (feed.message_argv).
+_COMPLETE_LUA = feed.PUBLISH_LUA_FUNCTION + metrics.RECORD_CELL_LUA_FUNCTION + """
+local n = tonumber(ARGV[10])
+redis.call('HSET', KEYS[1], unpack(ARGV, 11, 10 + 2 * n))
+record_cell(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[3], 'cell', '', 'cell_started', '')
+if redis.call('HGET', KEYS[2], 'worker') == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'state', 'idle', 'last_activity', ARGV[2], 'execution_count', ARGV[3])
 end
-return 1
+local record = redis.call('HGETALL', KEYS[1])
+local size = 0
+for _, v in ipairs(record) do size = size + #v end
+local cell = nil
+if size <= tonumber(ARGV[9]) then cell = cjson.encode(record) end
+return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 11 + 2 * n, cell)
 """
 
+# a finished cell record up to this size rides on its execute_reply stream entry
+ATTACH_RECORD_BYTES = 16 * 1024
 TRUNCATED = "\n[taskkernel: output truncated, the cell exceeded {limit} bytes of output]\n"
 # published at once (watchers see a cell start and its output live); the rest go out with the reply
 LIVE_TYPES = ("execute_input", "stream", "display_data")
@@ -56,8 +71,9 @@ FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come 
 class CellRun:
     """What one running cell has produced so far."""
 
-    def __init__(self, notebook_id: str, cell_id: str, output_limit: int):
+    def __init__(self, notebook_id: str, cell_id: str, output_limit: int, started_s: float):
         self.notebook_id, self.cell_id = notebook_id, cell_id
+        self.started_s = started_s
         self.output_limit = output_limit
         self.output_bytes = 0
         self.truncated = False
@@ -92,8 +108,9 @@ class Runtime:
         self.store = NotebookStore(client, stream_maxlen=stream_maxlen)
         self.checkpoints = namespace.CheckpointStore(client, checkpoint_dir)
         self.feed = self.store.feed
+        self.stream_maxlen = stream_maxlen
         self._claim = client.register_script(_CLAIM_LUA)
-        self._finish = client.register_script(_FINISH_LUA)
+        self._complete_script = client.register_script(_COMPLETE_LUA)
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
         self._main_thread = threading.main_thread().ident
@@ -182,7 +199,7 @@ class Runtime:
         log.debug("cell started", extra=context)
         if claimed[2] == b"1":
             self._restore_after_restart(notebook_id)
-        run = self._run = CellRun(notebook_id, cell_id, self.output_limit)
+        run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now)
         self._queue("status", {"execution_state": "busy"})
         self.capture.begin(self._on_output)
         try:
@@ -293,7 +310,7 @@ class Runtime:
                 raise
 
     def _complete(self, run: CellRun, reply: dict) -> None:
-        """Write the finished cell and publish its last messages in one transaction."""
+        """Write the finished cell and publish its last messages in one script (one round trip)."""
         count = reply.get("execution_count")
         nb, cid = run.notebook_id, run.cell_id
         final = run.outbox + [
@@ -310,16 +327,20 @@ class Runtime:
             "error": run.error,
             "completed": messages.now_iso(),
         })
+        flat: list[str] = []
+        for field, value in record.items():
+            flat += [field, value]
+        finished = time.time()
+        seconds = max(0.0, finished - run.started_s)
+        args = [self.worker_id, finished, count or 0, reply["status"], metrics.latency_bucket(seconds), seconds,
+                keys.feed_channel(nb), self.stream_maxlen, ATTACH_RECORD_BYTES, len(record), *flat,
+                *feed.message_argv(final)]
+        script_keys = [keys.cell(cid), keys.notebook(nb), keys.worker(self.worker_id), keys.METRICS_CELLS,
+                       keys.METRICS_CELL_SECONDS, keys.feed_seq(nb), keys.feed_stream(nb)]
         deadline = time.monotonic() + FINAL_WRITE_RETRY_S
         while True:
             try:
-                pipe = self.redis.pipeline(transaction=True)
-                pipe.hset(keys.cell(cid), mapping=record)
-                metrics.record_cell(pipe, self.worker_id, reply["status"], time.time())  # reads cell_started: before _finish
-                self._finish(keys=[keys.notebook(nb), keys.worker(self.worker_id)],
-                             args=[self.worker_id, time.time(), count or 0], client=pipe)
-                self.feed.publish(nb, *final, pipe=pipe)
-                pipe.execute()
+                self._complete_script(keys=script_keys, args=args)
                 return
             except redis.RedisError as exc:
                 # the cell ran: keep its result until Redis is back rather than lose it

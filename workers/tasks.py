@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
+import uuid
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu import Exchange, Queue, serialization
 
 EVALUATE = "taskkernel.evaluate"
 CALL = "taskkernel.call"
@@ -29,9 +32,45 @@ def register_tasks(app: Celery) -> None:
         runtime.run_call(notebook_id, op, args, reply_key)
 
 
-def send_evaluate(app: Celery, queue: str, cell_id: str, notebook_id: str) -> None:
-    """Queue a cell on its notebook's worker queue."""
-    app.send_task(EVALUATE, args=[cell_id, notebook_id], ignore_result=True, **_direct(queue))
+_QUEUE_MARK = "\x00queue\x00"
+
+
+def evaluate_message(app: Celery, cell_id: str, notebook_id: str) -> tuple[str, str]:
+    """The Celery message that runs a cell, for the API's submit script to push (see task_message)."""
+    return task_message(app, EVALUATE, [cell_id, notebook_id])
+
+
+def task_message(app: Celery, name: str, args: list) -> tuple[str, str]:
+    """A Celery task message as kombu's Redis transport keeps it on a queue's list, split in two
+    where the JSON-quoted queue name goes (`delivery_info.routing_key`).
+
+    The API's submit script joins the halves around the queue of the notebook's worker and LPUSHes
+    the result, as kombu would: recording a cell and enqueueing its Celery task are then one atomic
+    step (no queued cell without its task, none sent to a worker the notebook just left) and one
+    Redis call instead of `send_task`'s producer machinery plus a second round trip. The headers and
+    body come from Celery's own protocol-2 builder; tests compare the whole with what `send_task`
+    writes. No task-sent event is emitted for such messages (the worker's events are).
+    """
+    task_id = str(uuid.uuid4())
+    headers, properties, body, _ = app.amqp.as_task_v2(task_id, name, args=args, ignore_result=True)
+    content_type, encoding, data = serialization.dumps(body, serializer="json")
+    raw = data if isinstance(data, bytes) else data.encode(encoding)
+    envelope = {
+        "body": base64.b64encode(raw).decode("ascii"),
+        "content-encoding": encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": {
+            **properties,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": _QUEUE_MARK},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    before, after = json.dumps(envelope).split(json.dumps(_QUEUE_MARK))
+    return before, after
 
 
 def send_call(app: Celery, queue: str, notebook_id: str, op: str, args: dict, reply_key: str) -> None:
