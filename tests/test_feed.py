@@ -54,6 +54,27 @@ def test_a_cells_story_on_the_feed_busy_first_idle_last(service, notebook):
     assert all(m["parent_header"]["msg_id"] == cell["id"] for m in feed)
 
 
+def test_a_long_cell_is_seen_starting_while_it_runs(service, notebook):
+    """A quick cell's messages may all go out with its reply; a long one's start is published at once."""
+    pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.feed_channel(notebook.id))
+    try:
+        pubsub.get_message(timeout=1)
+        cell = notebook.evaluate("import time\ntime.sleep(3)\n'slept'", wait=False)
+        seen = []
+        while len(seen) < 2:
+            item = pubsub.get_message(timeout=2)
+            assert item is not None, f"the cell's start was not published within 2 s (saw {seen})"
+            seen.append(json.loads(item["data"]))
+        assert [m["header"]["msg_type"] for m in seen] == ["status", "execute_input"]
+        assert seen[0]["content"] == {"execution_state": "busy"}
+        assert seen[1]["content"]["code"] == "import time\ntime.sleep(3)\n'slept'"
+        assert notebook.cell(cell["id"])["state"] == "running"
+    finally:
+        pubsub.close()
+    assert notebook.wait(cell["id"])["status"] == "ok"
+
+
 def test_every_message_conforms_to_the_wire_format(service, notebook):
     _, feed = watch(service, notebook, "import sys\nprint('a')\nprint('b', file=sys.stderr)\ndisplay(1)\n1/0")
     assert {m["header"]["msg_type"] for m in feed} >= {"status", "execute_input", "stream", "display_data",

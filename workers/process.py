@@ -78,6 +78,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     def on_ready(**_):
         runtime.install_interrupt_handler()
         runtime.serve_side_channel()
+        runtime.announce_starts()
         runtime.announce_idle(spec["name"], settings.host_name, os.getpid())
 
     signals.worker_ready.connect(on_ready, weak=False)

@@ -9,6 +9,7 @@ the engine runs, and writes the finished cell and its execute_reply in one trans
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -63,8 +64,12 @@ return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 11 + 2 * n, ce
 # a finished cell record up to this size rides on its execute_reply stream entry
 ATTACH_RECORD_BYTES = 16 * 1024
 TRUNCATED = "\n[taskkernel: output truncated, the cell exceeded {limit} bytes of output]\n"
-# published at once (watchers see a cell start and its output live); the rest go out with the reply
-LIVE_TYPES = ("execute_input", "stream", "display_data")
+# published at once (watchers see output live); the rest go out with the reply or a live flush
+LIVE_TYPES = ("stream", "display_data")
+# A cell's start (busy, execute_input) is published when it has run this long, or with its first
+# live output or its reply if that comes sooner: watchers see a long cell start at once, while a
+# quick cell's whole story goes out in the one script that finishes it (one round trip fewer).
+ANNOUNCE_AFTER_S = 0.002
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
 
 
@@ -82,6 +87,9 @@ class CellRun:
         self.outputs: list[dict] = []
         self.outbox: list[dict] = []
         self.error: dict | None = None
+        self.closing = False  # the cell has returned: its last output waits for the reply
+        self.finished = False  # set under the runtime's publish lock: nothing is flushed after it
+        self.ended = threading.Event()
 
     def add_output(self, msg: dict) -> None:
         output = messages.output_from_message(msg)
@@ -113,6 +121,7 @@ class Runtime:
         self._complete_script = client.register_script(_COMPLETE_LUA)
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
+        self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
         self._main_thread = threading.main_thread().ident
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -137,6 +146,23 @@ class Runtime:
         thread = threading.Thread(target=self._side_channel_loop, name="taskkernel-rpc", daemon=True)
         thread.start()
         return thread
+
+    def announce_starts(self) -> threading.Thread:
+        """Start the thread that publishes a cell's start once it has run ANNOUNCE_AFTER_S."""
+        thread = threading.Thread(target=self._announce_loop, name="taskkernel-announce", daemon=True)
+        thread.start()
+        return thread
+
+    def _announce_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        while True:
+            run = self._started_runs.get()
+            if run.ended.wait(ANNOUNCE_AFTER_S):
+                continue
+            try:
+                self._flush_outbox(run)
+            except redis.RedisError as exc:  # the messages stay queued and go out with the reply
+                log.warning("publishing the start of cell %s: %r", run.cell_id, exc)
 
     def _side_channel_loop(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
@@ -201,12 +227,15 @@ class Runtime:
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now)
         self._queue("status", {"execution_state": "busy"})
+        self._started_runs.put(run)
         self.capture.begin(self._on_output)
         try:
             reply = self.engine.execute(code, self._on_message)
         finally:
+            run.closing = True  # what the drain below finds goes out with the reply
             self.capture.end()
             self._run = None
+            run.ended.set()
         self._complete(run, reply)
         log.info("cell %s: %s", reply["status"], reply.get("ename", ""), extra=context)
         if reply["status"] == "error" and stop_on_error:
@@ -272,7 +301,7 @@ class Runtime:
             self.capture.flush()  # what was printed before a result or display comes before it
         self._queue(msg_type, content)
         if msg_type in LIVE_TYPES:
-            self._flush_outbox()
+            self._flush_outbox(run)
 
     def _on_output(self, name: str, text: str) -> None:
         """Captured text (from the pump thread or a drain): keep it, within the limit, and stream it."""
@@ -288,7 +317,8 @@ class Runtime:
         run.output_bytes += size
         (run.stdout if name == "stdout" else run.stderr).append(text)
         self._queue("stream", {"name": name, "text": text})
-        self._flush_outbox()
+        if not run.closing:
+            self._flush_outbox(run)
 
     def _queue(self, msg_type: str, content: dict) -> None:
         run = self._run
@@ -297,11 +327,11 @@ class Runtime:
             run.add_output(msg)
             run.outbox.append(msg)
 
-    def _flush_outbox(self) -> None:
-        run = self._run
-        if run is None:
-            return
+    def _flush_outbox(self, run: CellRun) -> None:
+        """Publish what the cell has queued so far (from any thread), unless it has finished."""
         with self._publish_lock:
+            if run.finished or not run.outbox:
+                return
             pending, run.outbox = run.outbox, []
             try:
                 self.feed.publish(run.notebook_id, *pending)
@@ -313,7 +343,10 @@ class Runtime:
         """Write the finished cell and publish its last messages in one script (one round trip)."""
         count = reply.get("execution_count")
         nb, cid = run.notebook_id, run.cell_id
-        final = run.outbox + [
+        with self._publish_lock:  # a flush under way finishes first: the feed keeps its order
+            run.finished = True
+            outbox, run.outbox = run.outbox, []
+        final = outbox + [
             messages.make_message("execute_reply", reply, notebook_id=nb, cell_id=cid),
             messages.status("idle", notebook_id=nb, cell_id=cid),
         ]
