@@ -3,7 +3,7 @@
 The runtime knows Redis (records and the feed) and the engine, but not Celery: the task layer
 hands it a cell id. It claims the cell atomically (a cell already started or aborted is dropped,
 so a redelivered Celery message never runs a cell twice), captures output at the fd level while
-the engine runs, and writes the finished cell and its execute_reply in one transaction.
+the engine runs, and writes the finished cell and its execute_reply in one Lua script.
 """
 
 from __future__ import annotations
