@@ -111,11 +111,11 @@ def test_cells_sent_while_one_runs_queue_behind_it(notebook):
     assert notebook.cell(slow["id"])["completed"] <= notebook.cell(fast["id"])["started"]
 
 
-@pytest.mark.parametrize("size", [10, 100_000])
-def test_a_waiting_caller_gets_the_cell_exactly_as_it_is_stored(notebook, size):
+@pytest.mark.parametrize("text", ["x" * 10, "x" * 100_000, "h\u00e9llo \u2713 \U0001F600", "\x1b[31mred\x00\x7f\\\"/"])
+def test_a_waiting_caller_gets_the_cell_exactly_as_it_is_stored(notebook, text):
     """Small records ride on the execute_reply stream entry, large ones are read back: same answer."""
-    cell = notebook.evaluate(f"print('x' * {size})\n'done'")
+    cell = notebook.evaluate(f"print({text!r})\n'done'")
     assert cell["state"] == "done" and cell["status"] == "ok"
-    assert cell["stdout"] == "x" * size + "\n"
+    assert cell["stdout"] == text + "\n"
     assert text_result(cell) == "'done'"
     assert cell == notebook.cell(cell["id"])
