@@ -17,7 +17,7 @@
     taskkernel:idle:<engine>:<host>      set    idle warm workers of an engine on a host
     taskkernel:hosts                     set    supervisor host names
     taskkernel:host:<host>               hash   a host's pools and counts; expires unless heartbeated
-    taskkernel:host:<host>:commands      list   commands for that host's supervisor (retire, scale)
+    taskkernel:host:<host>:commands      list   commands for that host's supervisor (retire, scale, refill)
     taskkernel:host:<host>:recovery      string lock: the supervisor re-homing a dead host's notebooks
     taskkernel:metrics:cells             hash   cells run, by status (ok/error), counted by the runtime
     taskkernel:metrics:cell_seconds      hash   cell wall time: a count per histogram bucket bound, and "sum"

@@ -24,7 +24,8 @@ from taskkernel.feed import FeedPublisher
 # per-engine notebook counts.  ARGV: engine, notebook id, now, idle prefix, host prefix, worker
 # prefix, is_new ("1"/"0"), max notebooks in total (0: no limit), max of this engine (0: none).
 # Quotas are checked in the same script that adds the notebook, so concurrent creates cannot
-# overshoot them.
+# overshoot them. Taking a worker nudges its host's supervisor (a "refill" on its command list,
+# keys.host_commands) so the warm pool is topped up at once, not at the supervisor's next tick.
 _ASSIGN_LUA = """
 if ARGV[7] == '1' then
   if tonumber(ARGV[8]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then
@@ -43,6 +44,7 @@ for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 if not best then return false end
 local w = redis.call('SPOP', ARGV[4] .. ARGV[1] .. ':' .. best)
+redis.call('RPUSH', ARGV[5] .. best .. ':commands', '{"op": "refill"}')
 local wk = ARGV[6] .. w
 redis.call('HSET', wk, 'state', 'assigned', 'notebook', ARGV[2])
 local info = redis.call('HMGET', wk, 'host', 'queue', 'pid')
@@ -159,8 +161,9 @@ class NotebookStore:
         return self.get(notebook_id)
 
     def _try_assign(self, engine: str, notebook_id: str, *, new: bool, timeout_s: float, quotas=(0, 0)):
+        # an empty pool is refilled in ~0.1 s: retry soon, but never more than 50 times a second
         deadline = time.monotonic() + timeout_s
-        delay = 0.005
+        delay = 0.002
         while True:
             got = self._assign(
                 keys=[keys.HOSTS, keys.notebook(notebook_id), keys.NOTEBOOKS, keys.ENGINE_COUNTS],
@@ -172,7 +175,7 @@ class NotebookStore:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, 0.02)
 
     def get(self, notebook_id: str) -> dict:
         raw = self.redis.hgetall(keys.notebook(notebook_id))

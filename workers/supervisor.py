@@ -176,6 +176,8 @@ class Supervisor:
                 _kill(child.pid, signal.SIGKILL)
         elif command.get("op") == "scale":
             self.pool_overrides[command["engine"]] = int(command["size"])
+        elif command.get("op") == "refill":
+            pass  # an API took an idle worker: this tick's _refill replaces it
         else:
             log.warning("unknown command %r", command)
 
