@@ -15,7 +15,7 @@ from taskkernel import keys, rpc
 from taskkernel.api.validation import json_body
 from taskkernel.exceptions import InvalidField
 from taskkernel.messages import new_id
-from taskkernel.workers.tasks import send_call
+from taskkernel.workers.tasks import call_message
 
 blueprint = Blueprint("variables", __name__)
 
@@ -25,10 +25,9 @@ def _call(notebook_id: str, op: str, args: dict, timeout_s: float | None = None)
     if timeout_s is not None and not 0 <= timeout_s <= svc.settings.max_wait_timeout_s:
         raise InvalidField(f"field 'timeout' must be between 0 and {svc.settings.max_wait_timeout_s:g} s",
                            field="timeout")
-    record = svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)
     reply_key = keys.reply(new_id())
-    send_call(svc.celery, svc.redis.hget(keys.notebook(notebook_id), "queue").decode(), record["id"], op, args,
-              reply_key)
+    svc.store.enqueue(notebook_id, call_message(svc.celery, notebook_id, op, args, reply_key),
+                      worker_timeout_s=svc.settings.assign_timeout_s)
     return rpc.wait_reply(svc.redis, reply_key, op, timeout_s or svc.settings.rpc_timeout_s)
 
 

@@ -89,6 +89,18 @@ local newest = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
 return {queue, position, newest[1] and newest[1][1] or '0-0'}
 """
 
+# Push a Celery task message onto the queue of the notebook's worker, behind its queued cells.
+# KEYS: notebook.  ARGV: the message's two halves (workers.tasks.task_message).  Returns false (no
+# such notebook), '' (it has no worker right now) or the queue.
+_ENQUEUE_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'deleting' then return false end
+local queue = redis.call('HGET', KEYS[1], 'queue')
+if not queue or queue == '' then return '' end
+redis.call('LPUSH', queue, ARGV[1] .. cjson.encode(queue) .. ARGV[2])
+return queue
+"""
+
 # Abort every queued cell of a notebook.  KEYS: pending list.  ARGV: cell key prefix, now.
 # Returns the aborted cell ids; cells already running are left to finish or fail.
 _ABORT_LUA = """
@@ -130,6 +142,7 @@ class NotebookStore:
         self.feed = FeedPublisher(client, stream_maxlen)
         self._assign = client.register_script(_ASSIGN_LUA)
         self._submit = client.register_script(_SUBMIT_LUA)
+        self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._abort = client.register_script(_ABORT_LUA)
         self._detach = client.register_script(_DETACH_LUA)
 
@@ -318,6 +331,20 @@ class NotebookStore:
             self.wait_for_worker(notebook_id, worker_timeout_s)
         return messages.cell_from_redis({**messages.cell_to_redis(cell), "position": str(got[1])}), \
             as_text(got[0]), as_text(got[2])
+
+    def enqueue(self, notebook_id: str, message: tuple[str, str], *, worker_timeout_s: float = 10.0) -> str:
+        """Push a task message onto the notebook's worker queue, behind its cells, in one script (so
+        it never lands on the queue of a worker the notebook just left); returns the queue. Waits
+        up to `worker_timeout_s` for a restarting notebook."""
+        while True:
+            got = self._enqueue(keys=[keys.notebook(notebook_id)], args=list(message))
+            if got is None:
+                if self.exists(notebook_id):
+                    raise NotebookGone(f"notebook {notebook_id} is being deleted", notebook_id=notebook_id)
+                raise NotebookNotFound(notebook_id)
+            if got:
+                return as_text(got)
+            self.wait_for_worker(notebook_id, worker_timeout_s)
 
     def get_cell(self, cell_id: str, notebook_id: str | None = None) -> dict:
         raw = self.redis.hgetall(keys.cell(cell_id))

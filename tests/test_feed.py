@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -10,13 +11,16 @@ from taskkernel import keys, messages
 pytestmark = pytest.mark.timeout(60)
 
 
-def collect(service, notebook_id, until_idle_of, into, ready):
+def collect(service, notebook_id, until_idle_of, into, ready, seconds=20.0):
+    """Subscribe, then gather messages until the idle of a cell in `until_idle_of` (at most `seconds`,
+    so the thread never outlives its test)."""
     pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.feed_channel(notebook_id))
     ready.set()
+    deadline = time.monotonic() + seconds
     try:
-        for _ in range(2000):
-            item = pubsub.get_message(timeout=10)
+        while time.monotonic() < deadline:
+            item = pubsub.get_message(timeout=0.5)
             if item is None:
                 continue
             msg = json.loads(item["data"])
@@ -37,7 +41,8 @@ def watch(service, notebook, code):
     ready.wait(5)
     cell = notebook.evaluate(code, wait=False)
     wanted.add(cell["id"])
-    thread.join(20)
+    thread.join(25)
+    assert not thread.is_alive(), "the subscriber did not see the cell's idle within 20 s"
     return notebook.wait(cell["id"]), [m for m in got if m["parent_header"].get("msg_id") == cell["id"]]
 
 

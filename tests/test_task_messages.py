@@ -6,10 +6,11 @@ import json
 
 import pytest
 import redis
+from kombu import Exchange, Queue
 
 from taskkernel.settings import Settings
 from taskkernel.workers.celery_app import make_celery
-from taskkernel.workers.tasks import EVALUATE, _direct, evaluate_message
+from taskkernel.workers.tasks import EVALUATE, evaluate_message
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,7 +36,8 @@ def test_the_pushed_evaluate_message_is_what_send_task_writes(redis_server):
     queue = "taskkernel.test-host.7"
     try:
         app = make_celery(Settings(redis_url=url))
-        app.send_task(EVALUATE, args=["c" * 32, "n" * 32], ignore_result=True, **_direct(queue))
+        direct = Queue(queue, Exchange(""), routing_key=queue, no_declare=True)  # straight onto the list
+        app.send_task(EVALUATE, args=["c" * 32, "n" * 32], ignore_result=True, queue=direct)
         theirs = json.loads(client.rpop(queue))
         before, after = evaluate_message(app, "c" * 32, notebook_id="n" * 32)
         ours = json.loads(before + json.dumps(queue) + after)

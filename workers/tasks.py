@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 import uuid
 
 from celery import Celery
 from celery.worker.strategy import default as default_strategy
-from kombu import Exchange, Queue, serialization
+from kombu import serialization
 
 log = logging.getLogger("taskkernel.worker")
 
@@ -43,6 +42,11 @@ _QUEUE_MARK = "\x00queue\x00"
 def evaluate_message(app: Celery, cell_id: str, notebook_id: str) -> tuple[str, str]:
     """The Celery message that runs a cell, for the API's submit script to push (see task_message)."""
     return task_message(app, EVALUATE, [cell_id, notebook_id])
+
+
+def call_message(app: Celery, notebook_id: str, op: str, args: dict, reply_key: str) -> tuple[str, str]:
+    """The Celery message of a namespace operation (push, pull, checkpoint, restore)."""
+    return task_message(app, CALL, [notebook_id, op, args, reply_key])
 
 
 def task_message(app: Celery, name: str, args: list) -> tuple[str, str]:
@@ -105,20 +109,3 @@ def run_in_consumer(task, app: Celery, consumer, **kwargs):
             ack(log, connection_errors)  # as celery.worker.request.Request.acknowledge does
 
     return on_message
-
-
-def send_call(app: Celery, queue: str, notebook_id: str, op: str, args: dict, reply_key: str) -> None:
-    """Queue a namespace operation behind the notebook's queued cells."""
-    app.send_task(CALL, args=[notebook_id, op, args, reply_key], ignore_result=True, **_direct(queue))
-
-
-@functools.lru_cache(maxsize=4096)
-def _direct_queue(queue: str) -> Queue:
-    return Queue(queue, Exchange(""), routing_key=queue, no_declare=True)
-
-
-def _direct(queue: str) -> dict:
-    """Publish through the anonymous exchange straight onto the queue's list (one LPUSH): through
-    a named exchange, kombu's Redis transport reads the exchange's bindings on every publish. The
-    worker declared its queue when it started; the bounded set of slot names keeps the cache small."""
-    return {"queue": _direct_queue(queue)}
