@@ -97,6 +97,9 @@ class Supervisor:
 
         self.app = make_celery(self.settings)
         self.app.loader.import_default_modules()
+        self.app.finalize(auto=True)
+        for attribute in ("Worker", "WorkController", "amqp", "log", "events", "control", "conf"):
+            getattr(self.app, attribute)  # lazy parts each worker would build after its fork
         self._scan_engines()
         for spec in self.specs.values():
             try:
