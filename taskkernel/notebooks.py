@@ -101,8 +101,9 @@ redis.call('LPUSH', queue, ARGV[1] .. cjson.encode(queue) .. ARGV[2])
 return queue
 """
 
-# Abort every queued cell of a notebook.  KEYS: pending list.  ARGV: cell key prefix, now.
-# Returns the aborted cell ids; cells already running are left to finish or fail.
+# Abort every queued cell of a notebook.  KEYS: pending list, cells-by-status counter.  ARGV: cell
+# key prefix, now.  Returns the aborted cell ids (counted as "aborted"); cells already running are
+# left to finish or fail.
 _ABORT_LUA = """
 local aborted = {}
 for _, c in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
@@ -113,7 +114,18 @@ for _, c in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   end
 end
 redis.call('DEL', KEYS[1])
+if #aborted > 0 then redis.call('HINCRBY', KEYS[2], 'aborted', #aborted) end
 return aborted
+"""
+
+# End a running cell that its worker cannot finish (it died).  KEYS: cell, cells-by-status counter.
+# ARGV: the finished cell's fields as pairs.  Returns 1, or 0 when the cell was no longer running
+# (so a cell is failed, and counted, once).
+_FAIL_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HINCRBY', KEYS[2], 'error', 1)
+return 1
 """
 
 # Detach a notebook from its worker before a restart.  KEYS: notebook.  ARGV: expected worker
@@ -144,6 +156,7 @@ class NotebookStore:
         self._submit = client.register_script(_SUBMIT_LUA)
         self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._abort = client.register_script(_ABORT_LUA)
+        self._fail = client.register_script(_FAIL_LUA)
         self._detach = client.register_script(_DETACH_LUA)
 
     # --- notebooks ---------------------------------------------------------------------------
@@ -364,7 +377,7 @@ class NotebookStore:
 
     def abort_pending(self, notebook_id: str, *, reason: str) -> list[str]:
         """Abort every queued cell of the notebook and say so on the feed; return their ids."""
-        aborted = [as_text(c) for c in self._abort(keys=[keys.notebook_pending(notebook_id)],
+        aborted = [as_text(c) for c in self._abort(keys=[keys.notebook_pending(notebook_id), keys.METRICS_CELLS],
                                               args=[keys.cell(""), messages.now_iso()])]
         self.feed.publish(notebook_id, *[
             messages.make_message("execute_reply", {"status": "aborted", "execution_count": None,
@@ -377,14 +390,19 @@ class NotebookStore:
     def fail_cell(self, notebook_id: str, cell_id: str, error: dict) -> None:
         """End a running cell with an error that did not come from the engine (a dead worker)."""
         key = keys.cell(cell_id)
-        if as_text(self.redis.hget(key, "state") or b"") != "running":
+        state, outputs = self.redis.hmget(key, "state", "outputs")
+        if as_text(state or b"") != "running":
             return
         output = {"output_type": "error", **error}
-        self.redis.hset(key, mapping=messages.cell_to_redis({
+        flat = []
+        for field, value in messages.cell_to_redis({
             "state": "done", "status": "error", "error": error,
-            "outputs": json.loads(self.redis.hget(key, "outputs") or b"[]") + [output],
+            "outputs": json.loads(outputs or b"[]") + [output],
             "completed": messages.now_iso(),
-        }))
+        }).items():
+            flat += [field, value]
+        if not self._fail(keys=[key, keys.METRICS_CELLS], args=flat):
+            return  # someone else ended it meanwhile
         self.feed.publish(
             notebook_id,
             messages.make_message("error", error, notebook_id=notebook_id, cell_id=cell_id),

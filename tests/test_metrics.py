@@ -46,6 +46,22 @@ def test_cells_are_counted_by_status_with_their_latency(service, notebook):
     assert value(after, "taskkernel_feed_messages") >= 14, "busy, input, (outputs,) reply and idle per cell"
 
 
+def test_aborted_cells_and_cells_of_a_dead_worker_are_counted_too(service, notebook):
+    before = scrape(service.api_url)
+    failing = notebook.evaluate("import time\ntime.sleep(0.5)\n1 / 0", wait=False, stop_on_error=True)
+    queued = [notebook.evaluate("1", wait=False) for _ in range(2)]
+    assert notebook.wait(failing["id"])["status"] == "error"
+    assert [notebook.wait(c["id"])["status"] for c in queued] == ["aborted", "aborted"]
+    dying = notebook.evaluate("import os\nos._exit(1)")
+    assert dying["status"] == "error" and dying["error"]["ename"] == "EngineDied"
+    after = scrape(service.api_url)
+
+    assert value(after, "taskkernel_cells_total", status="aborted") - \
+        value(before, "taskkernel_cells_total", status="aborted") == 2
+    assert value(after, "taskkernel_cells_total", status="error") - \
+        value(before, "taskkernel_cells_total", status="error") == 2, "the failing cell and the dead worker's"
+
+
 def test_notebooks_workers_and_queue_depth_are_shown_as_they_are(service, notebook):
     running = notebook.evaluate("import time\ntime.sleep(30)", wait=False)
     notebook.evaluate("1", wait=False)
