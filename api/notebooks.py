@@ -1,4 +1,4 @@
-"""Notebooks: create (pin to an idle worker), list, show, delete, restart, interrupt."""
+"""Notebooks: create (pin to an idle worker), list, show, delete, renew a lease, restart, interrupt."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from taskkernel.api.auth import token_digest
 from taskkernel.api.validation import json_body
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField
+from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S
 
 blueprint = Blueprint("notebooks", __name__)
 
@@ -21,15 +22,19 @@ def services():
 
 @blueprint.post("/notebooks")
 def create_notebook():
-    body = json_body({"engine": str, "restore_on_restart": bool, "checkpoint_every_cell": bool})
+    body = json_body({"engine": str, "restore_on_restart": bool, "checkpoint_every_cell": bool, "lease_s": float})
     engine = body.get("engine", "python")
+    lease_s = body.get("lease_s", 0.0)
+    if "lease_s" in body and not MIN_LEASE_S <= lease_s <= MAX_LEASE_S:
+        raise InvalidField(f"field 'lease_s' must be between {MIN_LEASE_S:g} and {MAX_LEASE_S:g} s", field="lease_s")
     svc = services()
     spec = registry.get_spec(svc.settings.config_dir, engine)  # UnknownEngine -> 400
     token = secrets.token_urlsafe(32)
     options = {k: body[k] for k in ("restore_on_restart", "checkpoint_every_cell") if k in body}
     notebook = svc.store.create(engine, timeout_s=svc.settings.assign_timeout_s, token_sha256=token_digest(token),
                                 max_total=svc.settings.max_notebooks,
-                                max_of_engine=int(spec.get("max_notebooks", 0)), options=options)
+                                max_of_engine=int(spec.get("max_notebooks", 0)), options=options,
+                                lease_s=lease_s)
     response = jsonify({**notebook, "token": token})
     response.status_code = 201
     response.headers["Location"] = f"/api/notebooks/{notebook['id']}"
@@ -50,6 +55,13 @@ def get_notebook(notebook_id: str):
 def delete_notebook(notebook_id: str):
     services().store.delete(notebook_id)
     return "", 204
+
+
+@blueprint.post("/notebooks/<hexid:notebook_id>/lease")
+def renew_lease(notebook_id: str):
+    """Keep a notebook opened with lease_s for another lease_s (its client is still there)."""
+    json_body({})
+    return jsonify(services().store.renew_lease(notebook_id))
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/restart")

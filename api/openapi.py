@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 import taskkernel
+from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -76,6 +77,7 @@ SCHEMAS = {
             "execution_count": {"type": "integer"}, "cells": {"type": "integer"},
             "restarts": {"type": "integer"}, "dropped_deliveries": {"type": "integer"},
             "created": NULLABLE_STR, "last_activity": NULLABLE_STR,
+            "lease_s": {"type": ["number", "null"]}, "lease_until": NULLABLE_STR,
             "token": {"type": "string", "description": "only in the create response"},
             "worker": {"oneOf": [{"type": "null"}, {
                 "type": "object", "required": ["id", "host", "pid"],
@@ -130,7 +132,10 @@ def document() -> dict:
                 "post": _op("create a notebook on an idle worker",
                             {"201": ok("the new notebook, with its token", _ref("Notebook")),
                              "429": _error("a notebook quota is reached")},
-                            body=_body({"engine": {"type": "string"}})),
+                            body=_body({"engine": {"type": "string"}, "restore_on_restart": {"type": "boolean"},
+                                        "checkpoint_every_cell": {"type": "boolean"},
+                                        "lease_s": {"type": "number", "minimum": MIN_LEASE_S,
+                                                    "maximum": MAX_LEASE_S}})),
             },
             "/api/notebooks/{notebook_id}": {
                 "get": _op("show a notebook", {"200": ok("the notebook", _ref("Notebook"))}, params=[NOTEBOOK_ID]),
@@ -170,6 +175,11 @@ def document() -> dict:
                 "KeyboardInterrupt in the running cell",
                 {"200": ok("which cell was interrupted", {"type": "object", "required": ["interrupted"]}),
                  "504": _error("the worker did not answer")},
+                body=_body({}), params=[NOTEBOOK_ID])},
+            "/api/notebooks/{notebook_id}/lease": {"post": _op(
+                "renew the lease of a notebook opened with lease_s",
+                {"200": ok("the notebook, with its new lease_until", _ref("Notebook")),
+                 "409": _error("the notebook has no lease (no_lease) or is being deleted")},
                 body=_body({}), params=[NOTEBOOK_ID])},
             "/api/notebooks/{notebook_id}/restart": {"post": _op(
                 "a fresh namespace on a fresh worker", {"200": ok("the notebook", _ref("Notebook"))},

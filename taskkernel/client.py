@@ -73,9 +73,13 @@ class Client:
     def notebooks(self) -> list[dict]:
         return self.request("GET", "/notebooks")[1]["notebooks"]
 
-    def start(self, engine: str = "python") -> "Notebook":
-        """Open a notebook on a fresh worker of `engine`."""
-        _, record = self.request("POST", "/notebooks", {"engine": engine})
+    def start(self, engine: str = "python", lease_s: float | None = None) -> "Notebook":
+        """Open a notebook on a fresh worker of `engine`. With `lease_s`, the service deletes it
+        unless `Notebook.renew_lease()` is called within every `lease_s` seconds."""
+        body: dict = {"engine": engine}
+        if lease_s is not None:
+            body["lease_s"] = lease_s
+        _, record = self.request("POST", "/notebooks", body)
         return Notebook(self, record)
 
     def notebook(self, notebook_id: str) -> "Notebook":
@@ -108,6 +112,11 @@ class Notebook:
 
     def refresh(self) -> dict:
         self.record = self.client.request("GET", f"/notebooks/{self.id}")[1]
+        return self.record
+
+    def renew_lease(self) -> dict:
+        """Keep a notebook opened with a lease for another lease_s seconds."""
+        self.record = self.client.request("POST", f"/notebooks/{self.id}/lease", {})[1]
         return self.record
 
     def evaluate(self, code: str, wait: bool = True, timeout: float = 60.0, stop_on_error: bool = False) -> dict:

@@ -147,3 +147,10 @@ class NotebookGone(TaskkernelError):
 
     code = "notebook_gone"
     status = 409
+
+
+class NoLease(TaskkernelError):
+    """The notebook was not opened with a lease, so there is none to renew."""
+
+    code = "no_lease"
+    status = 409

@@ -3,6 +3,7 @@
     taskkernel:notebooks                 zset   notebook ids by creation time
     taskkernel:orphans                   zset   notebooks waiting for a fresh worker, by time
     taskkernel:engine_counts             hash   engine -> open notebooks (for quotas)
+    taskkernel:leases                    zset   notebooks opened with a lease, by when it runs out
     taskkernel:nb:<nb>                   hash   the notebook record (engine, worker, state, counts)
     taskkernel:nb:<nb>:cells             list   cell ids in submission order
     taskkernel:nb:<nb>:pending           list   cell ids queued and not yet started
@@ -32,6 +33,7 @@ NOTEBOOKS = f"{PREFIX}:notebooks"
 HOSTS = f"{PREFIX}:hosts"
 ORPHANS = f"{PREFIX}:orphans"
 ENGINE_COUNTS = f"{PREFIX}:engine_counts"
+LEASES = f"{PREFIX}:leases"
 METRICS_CELLS = f"{PREFIX}:metrics:cells"
 METRICS_CELL_SECONDS = f"{PREFIX}:metrics:cell_seconds"
 

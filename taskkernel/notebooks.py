@@ -16,7 +16,8 @@ import redis
 
 from taskkernel import keys, messages
 from taskkernel.messages import as_text
-from taskkernel.exceptions import CellNotFound, NotebookGone, NotebookNotFound, NoWorkerAvailable, QuotaExceeded
+from taskkernel.exceptions import (CellNotFound, NoLease, NotebookGone, NotebookNotFound, NoWorkerAvailable,
+                                   QuotaExceeded)
 from taskkernel.feed import FeedPublisher
 
 # Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
@@ -101,6 +102,21 @@ redis.call('LPUSH', queue, ARGV[1] .. cjson.encode(queue) .. ARGV[2])
 return queue
 """
 
+# Renew a notebook's lease.  KEYS: notebook, leases zset.  ARGV: now, notebook id.  Returns the new expiry,
+# false (no such notebook) or '' (it has no lease).
+_RENEW_LUA = """
+local lease = redis.call('HGET', KEYS[1], 'lease_s')
+if not lease then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+  return ''
+end
+if redis.call('HGET', KEYS[1], 'state') == 'deleting' then return false end
+local until_s = tonumber(ARGV[1]) + tonumber(lease)
+redis.call('HSET', KEYS[1], 'lease_until', tostring(until_s))
+redis.call('ZADD', KEYS[2], until_s, ARGV[2])
+return tostring(until_s)
+"""
+
 # Abort every queued cell of a notebook.  KEYS: pending list, cells-by-status counter.  ARGV: cell
 # key prefix, now.  Returns the aborted cell ids (counted as "aborted"); cells already running are
 # left to finish or fail.
@@ -141,6 +157,9 @@ return {w, h}
 
 
 
+MIN_LEASE_S, MAX_LEASE_S = 0.1, 7 * 24 * 3600.0
+
+
 def new_notebook_id() -> str:
     """128 random bits: notebook ids are unguessable."""
     return secrets.token_hex(16)
@@ -157,15 +176,18 @@ class NotebookStore:
         self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._abort = client.register_script(_ABORT_LUA)
         self._fail = client.register_script(_FAIL_LUA)
+        self._renew = client.register_script(_RENEW_LUA)
         self._detach = client.register_script(_DETACH_LUA)
 
     # --- notebooks ---------------------------------------------------------------------------
 
     def create(self, engine: str, timeout_s: float, token_sha256: str = "", *, max_total: int = 0,
-               max_of_engine: int = 0, options: dict | None = None) -> dict:
+               max_of_engine: int = 0, options: dict | None = None, lease_s: float = 0.0) -> dict:
         """Pin a new notebook to an idle worker of `engine`, waiting up to `timeout_s` for one.
 
-        `options` (restore_on_restart, checkpoint_every_cell) are stored in the record.
+        `options` (restore_on_restart, checkpoint_every_cell) are stored in the record. With
+        `lease_s`, the notebook is deleted unless its lease is renewed within every `lease_s`
+        (a client that vanishes without deleting its notebook does not keep a worker forever).
         Raises NoWorkerAvailable when none became idle in time, QuotaExceeded when a quota is full.
         """
         notebook_id = new_notebook_id()
@@ -182,9 +204,30 @@ class NotebookStore:
         extra = {k: ("1" if v else "0") for k, v in (options or {}).items()}
         if token_sha256:
             extra["token_sha256"] = token_sha256
+        if lease_s:
+            until = time.time() + lease_s
+            extra.update(lease_s=repr(float(lease_s)), lease_until=repr(until))
+            self.redis.zadd(keys.LEASES, {notebook_id: until})
         if extra:
             self.redis.hset(keys.notebook(notebook_id), mapping=extra)
         return self.get(notebook_id)
+
+    def renew_lease(self, notebook_id: str) -> dict:
+        """Extend the notebook's lease by its length from now; NoLease if it was opened without one."""
+        got = self._renew(keys=[keys.notebook(notebook_id), keys.LEASES], args=[time.time(), notebook_id])
+        if got is None:
+            raise NotebookNotFound(notebook_id)
+        if not got:
+            raise NoLease(f"notebook {notebook_id} was opened without a lease", notebook_id=notebook_id)
+        return self.get(notebook_id)
+
+    def take_expired_lease(self, now: float) -> str | None:
+        """One notebook whose lease ran out, removed from the lease set (so exactly one caller gets
+        it, however many supervisors look), or None."""
+        for member in self.redis.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=10):
+            if self.redis.zrem(keys.LEASES, member):
+                return as_text(member)
+        return None
 
     def _try_assign(self, engine: str, notebook_id: str, *, new: bool, timeout_s: float, quotas=(0, 0)):
         # an empty pool is refilled in ~0.1 s: retry soon, but never more than 50 times a second
@@ -236,6 +279,7 @@ class NotebookStore:
                     keys.feed_stream(notebook_id), keys.checkpoint(notebook_id))
         pipe.zrem(keys.NOTEBOOKS, notebook_id)
         pipe.zrem(keys.ORPHANS, notebook_id)
+        pipe.zrem(keys.LEASES, notebook_id)
         pipe.hincrby(keys.ENGINE_COUNTS, record["engine"], -1)
         pipe.execute()
 
@@ -429,6 +473,8 @@ def notebook_from_redis(raw: dict) -> dict:
         "checkpoint_every_cell": data.get("checkpoint_every_cell") == "1",
         "created": _iso(data.get("created")),
         "last_activity": _iso(data.get("last_activity")),
+        "lease_s": float(data["lease_s"]) if data.get("lease_s") else None,
+        "lease_until": _iso(data.get("lease_until")),
         "worker": worker,
     }
 

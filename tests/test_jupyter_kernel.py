@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from jupyter_client.manager import start_new_kernel  # noqa: E402
 
 from taskkernel.client import ApiError  # noqa: E402
 from taskkernel.jupyter.cost import run_cell  # noqa: E402
+from tests.conftest import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -249,6 +251,35 @@ def test_restart_gives_a_fresh_namespace_on_the_same_notebook_and_shutdown_delet
     with pytest.raises(ApiError) as gone:
         client.notebook(notebook_id)
     assert gone.value.status == 404
+
+
+def test_a_killed_kernel_leaves_no_notebook_behind(jupyter_kernels, client):
+    """The kernel renews its notebook's lease; SIGKILL stops the renewals and the service deletes it."""
+    manager = jupyter_client.KernelManager(kernel_name=KERNEL_NAME)
+    manager.start_kernel(extra_arguments=["--TaskkernelKernel.lease_s=2"])
+    kc = manager.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        notebook_id = notebook_id_of(kc)
+        assert client.notebook(notebook_id).record["lease_s"] == 2
+        time.sleep(5)  # more than two leases: the kernel's renewals keep it
+        assert run_cell(kc, "1 + 1")["status"] == "ok"
+        os.kill(manager.provisioner.process.pid, signal.SIGKILL)  # no shutdown request, no delete
+        manager.provisioner.process.wait(timeout=10)
+    finally:
+        kc.stop_channels()
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+    wait_for(lambda: _gone(client, notebook_id), 15, "the killed kernel's notebook to be deleted")
+
+
+def _gone(client, notebook_id: str) -> bool:
+    try:
+        client.notebook(notebook_id)
+    except ApiError as exc:
+        return exc.status == 404
+    return False
 
 
 def test_a_kernel_whose_service_is_down_fails_its_cells_and_stays_up(jupyter_kernels):

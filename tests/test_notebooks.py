@@ -1,6 +1,7 @@
 """Notebooks are pinned to dedicated worker processes, listed, shown and deleted over HTTP."""
 
 import re
+import time
 
 import pytest
 
@@ -64,3 +65,38 @@ def test_engines_lists_the_engine_files(client):
     engines = {e["name"]: e for e in client.engines()}
     assert "python" in engines
     assert engines["python"]["source"].endswith("engines/python.toml")
+
+
+def test_a_notebook_whose_lease_is_not_renewed_is_deleted_and_its_worker_stopped(client):
+    """A client that vanishes without deleting its notebook does not keep a worker forever."""
+    kept, dropped = client.start("python", lease_s=2), client.start("python", lease_s=2)
+    try:
+        assert dropped.record["lease_s"] == 2 and dropped.record["lease_until"]
+        dropped_pid = dropped.record["worker"]["pid"]
+        kept.evaluate("x = 1")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # renewed every 0.5 s for 5 s: more than two leases
+            renewed = kept.renew_lease()
+            time.sleep(0.5)
+        assert renewed["lease_until"] > kept.record["created"]
+        assert kept.evaluate("x + 1")["outputs"][0]["data"]["text/plain"] == "2", "a renewed notebook lives on"
+        with pytest.raises(ApiError) as gone:
+            dropped.refresh()
+        assert gone.value.status == 404
+        wait_for(lambda: not pid_alive(dropped_pid), 10, "the expired notebook's worker to stop")
+        with pytest.raises(ApiError) as late:
+            dropped.renew_lease()
+        assert late.value.status == 404
+    finally:
+        kept.close()
+
+
+def test_leases_are_optional_and_checked(client, notebook):
+    assert notebook.record["lease_s"] is None and notebook.record["lease_until"] is None
+    with pytest.raises(ApiError) as none:
+        notebook.renew_lease()
+    assert none.value.status == 409 and none.value.code == "no_lease"
+    for bad in (0, -1, 10 ** 9, "60"):
+        with pytest.raises(ApiError) as refused:
+            client.request("POST", "/notebooks", {"engine": "python", "lease_s": bad})
+        assert refused.value.status == 400 and refused.value.code == "invalid_field"

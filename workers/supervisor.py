@@ -165,6 +165,7 @@ class Supervisor:
             self._heartbeat()
         if now - self._last_limit_check >= LIMIT_CHECK_S:
             self._enforce_cell_limits()
+            self._expire_leases()
             self._recover_dead_hosts()
             for notebook_id in self.store.orphans():
                 self.store.assign_orphan(notebook_id)
@@ -399,6 +400,15 @@ class Supervisor:
             for engine in self.specs:
                 self.redis.delete(keys.idle_workers(engine, host))
             self.redis.srem(keys.HOSTS, host)
+
+    def _expire_leases(self) -> None:
+        """Delete notebooks whose client stopped renewing their lease (each taken by one supervisor)."""
+        while (notebook_id := self.store.take_expired_lease(time.time())) is not None:
+            log.info("deleting notebook %s: its lease ran out", notebook_id, extra={"notebook_id": notebook_id})
+            try:
+                self.store.delete(notebook_id, reason="its lease ran out (the client stopped renewing it)")
+            except TaskkernelError:
+                pass
 
     def _cull_idle(self) -> None:
         """Shut down notebooks idle longer than cull_idle_s, as Jupyter's culler does."""

@@ -71,6 +71,9 @@ class TaskkernelKernel(Kernel):
     engine = Unicode("python", help="engine of the notebook this kernel opens").tag(config=True)
     retry_s = Float(30.0, help="how long a lost feed connection is retried before the cell is "
                                "given up").tag(config=True)
+    lease_s = Float(60.0, help="the notebook is opened with this lease and the kernel renews it every "
+                               "third of it, so a killed kernel leaves no notebook behind (0: no lease)"
+                    ).tag(config=True)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -96,6 +99,24 @@ class TaskkernelKernel(Kernel):
             self._open_notebook()
         except Exception as exc:  # the service may be down: say so on the first cell instead
             self.log.warning("taskkernel: could not open a notebook on %s: %r", self.url, exc)
+        if self.lease_s > 0:
+            threading.Thread(target=self._renew_lease_loop, name="taskkernel-lease", daemon=True).start()
+
+    def _renew_lease_loop(self) -> None:
+        """Renew the notebook's lease every third of it while this process lives."""
+        while not self._released:
+            time.sleep(self.lease_s / 3)
+            notebook = self.notebook
+            if notebook is None or self._released or self._handed_over:
+                continue
+            try:
+                notebook.renew_lease()
+            except ApiError as exc:
+                if exc.code == "no_lease":  # a notebook taken over from a kernel without leases
+                    return
+                self.log.warning("taskkernel: renewing the lease of %s: %r", notebook.id, exc)
+            except Exception as exc:  # the service may be down for a while: keep trying
+                self.log.warning("taskkernel: renewing the lease of %s: %r", notebook.id, exc)
 
     def _sidecar(self) -> Path | None:
         """Where a restarting kernel leaves its notebook for the next process on the same
@@ -107,7 +128,7 @@ class TaskkernelKernel(Kernel):
         """The kernel's notebook: taken over from a restarted predecessor, or newly opened."""
         with self._opening:
             if self.notebook is None:
-                self.notebook = self._take_over() or self.client.start(self.engine)
+                self.notebook = self._take_over() or self.client.start(self.engine, lease_s=self.lease_s or None)
             return self.notebook
 
     def _take_over(self) -> Notebook | None:
