@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from taskkernel.client import Client
+from taskkernel.client import Client, Notebook
 from taskkernel.settings import load_settings
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -40,6 +40,27 @@ def default_url() -> str:
 def client_from(args: argparse.Namespace) -> Client:
     token = args.token if args.token is not None else (load_settings().token or None)
     return Client(args.url or default_url(), token=token)
+
+
+def add_notebook_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--notebook, --engine, --keep and --lease, as `run` and `console` take them."""
+    parser.add_argument("--notebook", metavar="ID", help=f"{verb} this existing notebook instead of a new one")
+    parser.add_argument("--engine", default="python", help="engine of a new notebook (default: python)")
+    parser.add_argument("--keep", action="store_true", help="do not delete the new notebook at the end")
+    parser.add_argument("--lease", type=float, default=60.0, metavar="S",
+                        help="a new notebook (without --keep) is opened with this lease and renewed while "
+                             "the command runs, so a killed command leaves nothing behind (default: 60)")
+
+
+def open_notebook(client: Client, args: argparse.Namespace) -> tuple[Notebook, bool]:
+    """The notebook a command works on, and whether the command owns it (started it)."""
+    if args.notebook is not None:
+        return client.notebook(args.notebook), False
+    if args.keep:
+        return client.start(args.engine), True
+    notebook = client.start(args.engine, lease_s=args.lease)
+    notebook.keep_alive()
+    return notebook, True
 
 
 def unreachable_is_an_error(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from taskkernel.cli_common import OutputPrinter, add_server_arguments, client_from, unreachable_is_an_error
+from taskkernel.cli_common import (OutputPrinter, add_notebook_arguments, add_server_arguments, client_from,
+                                   open_notebook, unreachable_is_an_error)
 from taskkernel.client import ApiError, Client, Notebook
 
 HISTORY_FILE = Path("~/.taskkernel_history")
@@ -29,17 +30,14 @@ def register(subparsers) -> None:
                     "'name?' shows help, Ctrl-C interrupts a running cell, Ctrl-D leaves. Without "
                     "--notebook a new notebook is started and deleted on leaving (unless --keep).")
     add_server_arguments(parser)
-    parser.add_argument("--notebook", metavar="ID", help="attach to this notebook instead of starting one")
-    parser.add_argument("--engine", default="python", help="engine of a new notebook (default: python)")
-    parser.add_argument("--keep", action="store_true", help="keep the new notebook when leaving")
+    add_notebook_arguments(parser, "attach to")
     parser.set_defaults(handler=cmd_console)
 
 
 @unreachable_is_an_error
 def cmd_console(args: argparse.Namespace) -> int:
     client = client_from(args)
-    owned = args.notebook is None
-    notebook = client.start(args.engine) if owned else client.notebook(args.notebook)
+    notebook, owned = open_notebook(client, args)
     console = RemoteConsole(client, notebook)
     try:
         console.banner(owned and not args.keep)

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from taskkernel.cli_common import (OutputPrinter, add_server_arguments, client_from, one_line,
-                                   unreachable_is_an_error)
+from taskkernel.cli_common import (OutputPrinter, add_notebook_arguments, add_server_arguments, client_from,
+                                   one_line, open_notebook, unreachable_is_an_error)
 
 CELL_MARKER = re.compile(r"^# ?%%(.*)$")  # the "percent" format of Jupytext, VS Code and Spyder
 INTERRUPT_GRACE_S = 15.0  # after --timeout, how long the interrupted cell may take to answer
@@ -30,14 +30,12 @@ def register(subparsers) -> None:
                     "streams; progress ('[cell 2/5]') goes to stderr. Exits 1 if a cell failed.")
     parser.add_argument("file", metavar="FILE", help="a .py or .ipynb file")
     add_server_arguments(parser)
-    parser.add_argument("--engine", default="python", help="engine of the new notebook (default: python)")
-    parser.add_argument("--notebook", metavar="ID", help="run on this existing notebook instead of a new one")
+    add_notebook_arguments(parser, "run on")
     parser.add_argument("--output", "-o", metavar="OUT.ipynb", help="write the executed notebook, with outputs")
     parser.add_argument("--timeout", type=float, default=0, metavar="S",
                         help="seconds one cell may run before it is interrupted and counted failed (default: none)")
     parser.add_argument("--allow-errors", action="store_true",
                         help="run every cell even after one fails, and exit 0")
-    parser.add_argument("--keep", action="store_true", help="do not delete the new notebook at the end")
     parser.add_argument("--quiet", "-q", action="store_true", help="print no cell output, only progress")
     parser.set_defaults(handler=cmd_run)
 
@@ -94,8 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.strip()]
     client = client_from(args)
-    owned = args.notebook is None
-    nb = client.start(args.engine) if owned else client.notebook(args.notebook)
+    nb, owned = open_notebook(client, args)
     progress = sys.stderr
     printer = OutputPrinter(enabled=not args.quiet)
     failed: list[tuple[int, str]] = []

@@ -103,6 +103,7 @@ class Notebook:
         self.client = client
         self.id = record["id"]
         self.record = record
+        self._stop_renewing: threading.Event | None = None
 
     def __enter__(self) -> "Notebook":
         return self
@@ -118,6 +119,26 @@ class Notebook:
         """Keep a notebook opened with a lease for another lease_s seconds."""
         self.record = self.client.request("POST", f"/notebooks/{self.id}/lease", {})[1]
         return self.record
+
+    def keep_alive(self) -> None:
+        """Renew the notebook's lease from a daemon thread, every third of it, until close() or the
+        process dies (then the service deletes the notebook when the lease runs out)."""
+        lease_s = self.record.get("lease_s")
+        if not lease_s or self._stop_renewing is not None:
+            return
+        stop = self._stop_renewing = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(lease_s / 3):
+                try:
+                    self.client.request("POST", f"/notebooks/{self.id}/lease", {})
+                except ApiError as exc:
+                    if exc.status in (404, 409):  # deleted, or no lease to renew
+                        return
+                except (OSError, http.client.HTTPException):
+                    pass  # the service may be back before the lease runs out
+
+        threading.Thread(target=renew, name="taskkernel-lease", daemon=True).start()
 
     def evaluate(self, code: str, wait: bool = True, timeout: float = 60.0, stop_on_error: bool = False) -> dict:
         """Run a cell; with `wait`, return the finished cell (or the running one after `timeout` s)."""
@@ -266,6 +287,8 @@ class Notebook:
 
     def close(self) -> None:
         """Delete the notebook; its worker stops."""
+        if self._stop_renewing is not None:
+            self._stop_renewing.set()
         try:
             self.client.request("DELETE", f"/notebooks/{self.id}")
         except ApiError as exc:

@@ -9,6 +9,8 @@ import nbformat
 import nbformat.v4 as v4
 import pytest
 
+from tests.conftest import wait_for
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -129,6 +131,37 @@ def test_run_interrupts_a_cell_past_its_timeout(service, tmp_path):
     assert result.returncode == 1
     assert "KeyboardInterrupt" in result.stderr
     assert time.monotonic() - started < 30
+
+
+def test_a_killed_run_leaves_no_notebook_behind_and_keep_keeps_one(service, client, tmp_path):
+    """The run's notebook has a lease the command renews; SIGKILL stops the renewals."""
+    script = tmp_path / "long.py"
+    script.write_text("import time\ntime.sleep(60)")
+    before = {nb["id"] for nb in client.notebooks()}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TASKKERNEL_")}
+    process = subprocess.Popen([sys.executable, "-m", "taskkernel", "run", str(script), "--url", service.api_url,
+                                "--lease", "2"], env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: {nb["id"] for nb in client.notebooks()} - before, 30, "the run's notebook")
+        (notebook_id,) = {nb["id"] for nb in client.notebooks()} - before
+        time.sleep(4)  # two leases: the command's renewals keep the notebook
+        assert client.notebook(notebook_id).record["lease_s"] == 2
+        process.kill()
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    wait_for(lambda: notebook_id not in {nb["id"] for nb in client.notebooks()}, 15,
+             "the killed run's notebook to be deleted")
+
+    quick = tmp_path / "quick.py"
+    quick.write_text("1")
+    kept = taskkernel("run", str(quick), "--url", service.api_url, "--keep")
+    assert kept.returncode == 0, kept.stderr
+    (kept_id,) = {nb["id"] for nb in client.notebooks()} - before
+    assert client.notebook(kept_id).record["lease_s"] is None, "a kept notebook has no lease to run out"
+    client.notebook(kept_id).close()
 
 
 # --- console -----------------------------------------------------------------------------------
