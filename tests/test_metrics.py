@@ -64,8 +64,7 @@ def test_aborted_cells_and_cells_of_a_dead_worker_are_counted_too(service, noteb
 
 def test_notebooks_workers_and_queue_depth_are_shown_as_they_are(service, notebook):
     running = notebook.evaluate("import time\ntime.sleep(30)", wait=False)
-    notebook.evaluate("1", wait=False)
-    notebook.evaluate("2", wait=False)
+    queued = [notebook.evaluate("1", wait=False), notebook.evaluate("2", wait=False)]
     wait_for(lambda: notebook.cell(running["id"])["state"] == "running", 10, "the cell to start")
     try:
         samples = scrape(service.api_url)
@@ -83,5 +82,7 @@ def test_notebooks_workers_and_queue_depth_are_shown_as_they_are(service, notebo
         assert main["alive"] and "python" in main["idle"] and main["notebooks"] >= 1
     finally:
         notebook.interrupt()
-    wait_for(lambda: notebook.refresh()["state"] == "idle", 20, "the queue to drain")
+    # the notebook is idle for a moment between its cells: wait for the last one, not for "idle"
+    assert [notebook.wait(cell["id"], timeout=20)["state"] for cell in queued] == ["done", "done"]
+    assert notebook.refresh()["state"] == "idle"
     assert value(scrape(service.api_url), "taskkernel_notebooks", engine="python", state="busy") == 0
