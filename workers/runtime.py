@@ -236,8 +236,10 @@ class Runtime:
             self.capture.end()
             self._run = None
             run.ended.set()
-        self._complete(run, reply)
+        # logged before the reply goes out: whoever sees the reply (and deletes the notebook, say)
+        # can count on the log line being written
         log.info("cell %s: %s", reply["status"], reply.get("ename", ""), extra=context)
+        self._complete(run, reply)
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
         if claimed[3] == b"1":
