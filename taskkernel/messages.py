@@ -140,6 +140,11 @@ def cell_to_redis(cell: dict) -> dict[str, str]:
     return out
 
 
+def hash_pairs(mapping: dict) -> list:
+    """field1, value1, field2, value2, ...: a hash as a Lua script's ARGV takes it (HSET unpack)."""
+    return [item for pair in mapping.items() for item in pair]
+
+
 def cell_from_redis(raw: dict) -> dict:
     """Decode a cell hash (bytes or str) into the API's cell object."""
     data = {as_text(k): as_text(v) for k, v in raw.items()}

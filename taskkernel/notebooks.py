@@ -369,15 +369,13 @@ class NotebookStore:
             "stop_on_error": stop_on_error,
             "submitted": messages.now_iso(),
         }
-        flat = []
-        for k, v in messages.cell_to_redis(cell).items():
-            flat += [k, v]
+        record = messages.cell_to_redis(cell)
         message = task_message(cell["id"])
         while True:
             got = self._submit(
                 keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
                       keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id)],
-                args=[cell["id"], *message, *flat],
+                args=[cell["id"], *message, *messages.hash_pairs(record)],
             )
             if not got:
                 if self.exists(notebook_id):
@@ -386,7 +384,7 @@ class NotebookStore:
             if got[0]:
                 break
             self.wait_for_worker(notebook_id, worker_timeout_s)
-        return messages.cell_from_redis({**messages.cell_to_redis(cell), "position": str(got[1])}), \
+        return messages.cell_from_redis({**record, "position": str(got[1])}), \
             as_text(got[0]), as_text(got[2])
 
     def enqueue(self, notebook_id: str, message: tuple[str, str], *, worker_timeout_s: float = 10.0) -> str:
@@ -438,14 +436,12 @@ class NotebookStore:
         if as_text(state or b"") != "running":
             return
         output = {"output_type": "error", **error}
-        flat = []
-        for field, value in messages.cell_to_redis({
+        finished = messages.cell_to_redis({
             "state": "done", "status": "error", "error": error,
             "outputs": json.loads(outputs or b"[]") + [output],
             "completed": messages.now_iso(),
-        }).items():
-            flat += [field, value]
-        if not self._fail(keys=[key, keys.METRICS_CELLS], args=flat):
+        })
+        if not self._fail(keys=[key, keys.METRICS_CELLS], args=messages.hash_pairs(finished)):
             return  # someone else ended it meanwhile
         self.feed.publish(
             notebook_id,
