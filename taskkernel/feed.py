@@ -64,14 +64,14 @@ class FeedPublisher:
 
     def __init__(self, client: redis.Redis, stream_maxlen: int = 10_000):
         self._redis = client
-        self._maxlen = stream_maxlen
+        self.maxlen = stream_maxlen
         self._script = client.register_script(_PUBLISH_LUA)
 
     def publish(self, notebook_id: str, *messages: dict) -> None:
         """Publish messages in order, in one script call."""
         if not messages:
             return
-        argv = [keys.feed_channel(notebook_id), self._maxlen, *message_argv(messages)]
+        argv = [keys.feed_channel(notebook_id), self.maxlen, *message_argv(messages)]
         self._script(keys=[keys.feed_seq(notebook_id), keys.feed_stream(notebook_id)], args=argv)
 
 

@@ -87,8 +87,8 @@ class CellRun:
         self.outputs: list[dict] = []
         self.outbox: list[dict] = []
         self.error: dict | None = None
-        self.closing = False  # the cell has returned: its last output waits for the reply
-        self.finished = False  # set under the runtime's publish lock: nothing is flushed after it
+        # the cell has returned: what it still queues (the drained output) and whatever was not
+        # flushed yet goes out with the reply, and no thread flushes it any more
         self.ended = threading.Event()
 
     def add_output(self, msg: dict) -> None:
@@ -116,7 +116,6 @@ class Runtime:
         self.store = NotebookStore(client, stream_maxlen=stream_maxlen)
         self.checkpoints = namespace.CheckpointStore(client, checkpoint_dir)
         self.feed = self.store.feed
-        self.stream_maxlen = stream_maxlen
         self._claim = client.register_script(_CLAIM_LUA)
         self._complete_script = client.register_script(_COMPLETE_LUA)
         self._run: CellRun | None = None
@@ -232,10 +231,9 @@ class Runtime:
         try:
             reply = self.engine.execute(code, self._on_message)
         finally:
-            run.closing = True  # what the drain below finds goes out with the reply
+            run.ended.set()
             self.capture.end()
             self._run = None
-            run.ended.set()
         # logged before the reply goes out: whoever sees the reply (and deletes the notebook, say)
         # can count on the log line being written
         log.info("cell %s: %s", reply["status"], reply.get("ename", ""), extra=context)
@@ -319,8 +317,7 @@ class Runtime:
         run.output_bytes += size
         (run.stdout if name == "stdout" else run.stderr).append(text)
         self._queue("stream", {"name": name, "text": text})
-        if not run.closing:
-            self._flush_outbox(run)
+        self._flush_outbox(run)
 
     def _queue(self, msg_type: str, content: dict) -> None:
         run = self._run
@@ -330,9 +327,9 @@ class Runtime:
             run.outbox.append(msg)
 
     def _flush_outbox(self, run: CellRun) -> None:
-        """Publish what the cell has queued so far (from any thread), unless it has finished."""
+        """Publish what the cell has queued so far (from any thread), unless it has returned."""
         with self._publish_lock:
-            if run.finished or not run.outbox:
+            if run.ended.is_set() or not run.outbox:
                 return
             pending, run.outbox = run.outbox, []
             try:
@@ -346,7 +343,6 @@ class Runtime:
         count = reply.get("execution_count")
         nb, cid = run.notebook_id, run.cell_id
         with self._publish_lock:  # a flush under way finishes first: the feed keeps its order
-            run.finished = True
             outbox, run.outbox = run.outbox, []
         final = outbox + [
             messages.make_message("execute_reply", reply, notebook_id=nb, cell_id=cid),
@@ -362,14 +358,11 @@ class Runtime:
             "error": run.error,
             "completed": messages.now_iso(),
         })
-        flat: list[str] = []
-        for field, value in record.items():
-            flat += [field, value]
         finished = time.time()
         seconds = max(0.0, finished - run.started_s)
         args = [self.worker_id, finished, count or 0, reply["status"], metrics.latency_bucket(seconds), seconds,
-                keys.feed_channel(nb), self.stream_maxlen, ATTACH_RECORD_BYTES, len(record), *flat,
-                *feed.message_argv(final)]
+                keys.feed_channel(nb), self.feed.maxlen, ATTACH_RECORD_BYTES, len(record),
+                *messages.hash_pairs(record), *feed.message_argv(final)]
         script_keys = [keys.cell(cid), keys.notebook(nb), keys.worker(self.worker_id), keys.METRICS_CELLS,
                        keys.METRICS_CELL_SECONDS, keys.feed_seq(nb), keys.feed_stream(nb)]
         deadline = time.monotonic() + FINAL_WRITE_RETRY_S
