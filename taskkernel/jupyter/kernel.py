@@ -99,24 +99,6 @@ class TaskkernelKernel(Kernel):
             self._open_notebook()
         except Exception as exc:  # the service may be down: say so on the first cell instead
             self.log.warning("taskkernel: could not open a notebook on %s: %r", self.url, exc)
-        if self.lease_s > 0:
-            threading.Thread(target=self._renew_lease_loop, name="taskkernel-lease", daemon=True).start()
-
-    def _renew_lease_loop(self) -> None:
-        """Renew the notebook's lease every third of it while this process lives."""
-        while not self._released:
-            time.sleep(self.lease_s / 3)
-            notebook = self.notebook
-            if notebook is None or self._released or self._handed_over:
-                continue
-            try:
-                notebook.renew_lease()
-            except ApiError as exc:
-                if exc.code == "no_lease":  # a notebook taken over from a kernel without leases
-                    return
-                self.log.warning("taskkernel: renewing the lease of %s: %r", notebook.id, exc)
-            except Exception as exc:  # the service may be down for a while: keep trying
-                self.log.warning("taskkernel: renewing the lease of %s: %r", notebook.id, exc)
 
     def _sidecar(self) -> Path | None:
         """Where a restarting kernel leaves its notebook for the next process on the same
@@ -129,6 +111,7 @@ class TaskkernelKernel(Kernel):
         with self._opening:
             if self.notebook is None:
                 self.notebook = self._take_over() or self.client.start(self.engine, lease_s=self.lease_s or None)
+                self.notebook.keep_alive()  # renews a lease, if the notebook has one, until close()
             return self.notebook
 
     def _take_over(self) -> Notebook | None:
