@@ -157,14 +157,19 @@ def test_outputs_arrive_live_under_the_cells_parent_header(kernel):
     assert arrivals["second"] - arrivals["first"] > 1.0  # 'first' was shown while the cell slept
 
 
-def interrupt_a_sleeping_cell(manager, client) -> dict:
-    """Start `time.sleep(100)` on the worker, interrupt it through the kernel manager; the reply."""
-    msg_id = client.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(100)")
+def start_a_sleeping_cell(client, seconds: float) -> str:
+    """Execute `time.sleep(seconds)` and return once the cell is seen running (it printed); its msg_id."""
+    msg_id = client.execute(f"import time\nprint('sleeping', flush=True)\ntime.sleep({seconds})")
     deadline = time.monotonic() + 30
     while True:
         msg = client.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
         if msg["msg_type"] == "stream" and "sleeping" in msg["content"]["text"]:
-            break
+            return msg_id
+
+
+def interrupt_a_sleeping_cell(manager, client) -> dict:
+    """Start `time.sleep(100)` on the worker, interrupt it through the kernel manager; the reply."""
+    msg_id = start_a_sleeping_cell(client, 100)
     started = time.monotonic()
     manager.interrupt_kernel()
     reply = shell_reply(client, msg_id, timeout_s=20)
@@ -199,12 +204,8 @@ def test_sigint_to_the_kernel_process_interrupts_the_cell_on_the_worker(jupyter_
 def test_introspection_answers_while_a_cell_runs(kernel):
     """ipykernel would queue these behind the cell; the worker answers them from its side thread."""
     _, client = kernel
-    msg_id = client.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(4)")
+    msg_id = start_a_sleeping_cell(client, 4)
     deadline = time.monotonic() + 30
-    while True:
-        msg = client.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
-        if msg["msg_type"] == "stream" and "sleeping" in msg["content"]["text"]:
-            break
     asked = {client.complete("import ti", 9): "complete", client.inspect("len", 3): "inspect", msg_id: "execute"}
     replies = {}
     while len(replies) < 3:
