@@ -101,6 +101,12 @@ def process_memory(pid: int) -> Memory:
                   uss=(fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)) / mib)
 
 
+def total_memory(pids: list[int]) -> Memory:
+    """The summed memory of several processes (one notebook's worker and engine processes)."""
+    parts = [process_memory(pid) for pid in pids]
+    return Memory(rss=sum(m.rss for m in parts), pss=sum(m.pss for m in parts), uss=sum(m.uss for m in parts))
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time consumed so far by the live processes `pids` (from /proc/<pid>/stat)."""
     total = 0

@@ -142,6 +142,23 @@ class EngineUnavailable(TaskkernelError):
     status = 504
 
 
+class EngineDied(EngineUnavailable):
+    """The notebook's engine process exited (a crash, a kill, memory); its namespace is lost."""
+
+    code = "engine_died"
+    status = 503
+
+
+class EngineRefused(TaskkernelError):
+    """The engine process answered a namespace request with an error; `code` is set per instance."""
+
+    status = 400
+
+    def __init__(self, message: str, code: str = "operation_failed"):
+        super().__init__(message)
+        self.code = code
+
+
 class NotebookGone(TaskkernelError):
     """The notebook is being deleted or its worker is gone."""
 

@@ -314,21 +314,34 @@ class NotebookStore:
         supervisor that has cleaned up the dead worker's record). Returns False when the notebook
         had already moved on from `expected_worker`.
         """
-        engine = self.get(notebook_id)["engine"]
-        old = self._detach(keys=[keys.notebook(notebook_id)], args=[expected_worker, time.time()])
-        if not old:
+        old = self.detach(notebook_id, expected_worker)
+        if old is None:
             return False
-        old_worker, old_host = as_text(old[0]), as_text(old[1])
+        self.finish_restart(notebook_id, old, reason=reason, cell_error=cell_error, running_cell=running_cell)
+        return True
+
+    def detach(self, notebook_id: str, expected_worker: str = "") -> tuple[str, str] | None:
+        """Unpin the notebook from its worker (new cells then wait for the next one); returns the old
+        (worker, host), or None when the notebook had moved on from `expected_worker`."""
+        old = self._detach(keys=[keys.notebook(notebook_id)], args=[expected_worker, time.time()])
+        return (as_text(old[0]), as_text(old[1])) if old else None
+
+    def finish_restart(self, notebook_id: str, old: tuple[str, str], *, reason: str,
+                       cell_error: dict | None = None, running_cell: str | None = None) -> None:
+        """The rest of a restart, once `detach` has returned `old`."""
+        old_worker, old_host = old
         running = running_cell if running_cell is not None else \
             as_text(self.redis.hget(keys.worker(old_worker), "cell") or b"")
         if running and cell_error is not None:
             self.fail_cell(notebook_id, running, cell_error)
         self.abort_pending(notebook_id, reason=reason)
         self.feed.publish(notebook_id, messages.status("restarting", notebook_id=notebook_id))
-        self.retire_worker(old_worker, old_host)
         self.redis.zadd(keys.ORPHANS, {notebook_id: time.time()})
-        self.assign_orphan(notebook_id, engine)
-        return True
+        try:
+            self.assign_orphan(notebook_id, self.get(notebook_id)["engine"])
+        finally:
+            # last: a worker restarting its own notebook (its engine died) is killed by this
+            self.retire_worker(old_worker, old_host)
 
     def assign_orphan(self, notebook_id: str, engine: str | None = None) -> bool:
         """Try once to pin a fresh worker to a notebook that lost its own; True on success."""

@@ -28,7 +28,9 @@ class Settings:
     deny_networks: str = ""  # comma-separated CIDRs refused (403), checked before allow
     cors_origins: str = ""  # comma-separated origins allowed by CORS ("*" for any)
     max_feed_subscribers: int = 0  # SSE streams one API process serves at once (0: api_threads - 8)
-    worker_user: str = ""  # run engine processes as this unprivileged user (supervisor must be root)
+    sandbox: str = "bubblewrap"  # how engines are isolated: "bubblewrap", or "none" (explicitly unisolated)
+    sandbox_uid_base: int = 200_000  # as root, worker slot n's engine runs as uid sandbox_uid_base + n
+    sandbox_dir: str = ""  # where each worker's private directory goes; empty: a fresh temporary one
     config_dir: str = str(SOURCE_CONFIG_DIR)
     host_name: str = dataclasses.field(default_factory=lambda: _safe_name(socket.gethostname()))
     pool_size: int = 2  # idle workers kept warm per engine on this host
@@ -58,6 +60,10 @@ class Settings:
         """Reject settings that cannot work; return self so it chains."""
         if self.pool_size < 0 or self.max_workers < 1:
             raise ConfigurationError("pool_size must be >= 0 and max_workers >= 1")
+        if self.sandbox not in ("bubblewrap", "none"):
+            raise ConfigurationError(f"{PREFIX}SANDBOX={self.sandbox!r}: use 'bubblewrap' or 'none'")
+        if not 0 < self.sandbox_uid_base < 2**31 - 100_000:
+            raise ConfigurationError(f"{PREFIX}SANDBOX_UID_BASE={self.sandbox_uid_base} is not a usable uid")
         if not 0 < self.api_port < 65536:
             raise ConfigurationError(f"api_port {self.api_port} is not a TCP port")
         if not self.token and not is_loopback(self.api_host):

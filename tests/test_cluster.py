@@ -15,10 +15,10 @@ def test_a_cell_fans_out_to_five_notebooks_and_one_failure_stays_its_own(client)
         for index, nb in enumerate(cluster.notebooks):
             nb.evaluate(f"index = {index}")
 
-        pids = cluster.evaluate("import os\nos.getpid()")
-        assert list(pids) == cluster.ids, "results come back in the cluster's order"
-        assert all(r.ok for r in pids.values())
-        assert len({r.value for r in pids.values()}) == 5, "five separate processes"
+        indexes = cluster.evaluate("index")
+        assert list(indexes) == cluster.ids, "results come back in the cluster's order"
+        assert [r.value for r in indexes.values()] == [str(i) for i in range(5)], "five separate namespaces"
+        assert len({nb.refresh()["worker"]["pid"] for nb in cluster.notebooks}) == 5, "five separate workers"
 
         results = cluster.evaluate("print('index', index)\n10 / (index - 3)")
         failed = [r for r in results.values() if not r.ok]

@@ -1,5 +1,6 @@
 """Scaling out: several supervisors (hosts) share notebooks; a dead host's notebooks move on."""
 
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -106,19 +107,30 @@ def test_idle_notebooks_are_culled(private_service):
 
 
 def test_an_engine_can_run_with_its_own_interpreter(private_service, tmp_path):
+    """`python = ...` in an engine file: the engine process runs that interpreter (a virtualenv
+    that can import taskkernel), the worker stays the supervisor's fork."""
+    import subprocess
     import sys as _sys
+    import sysconfig
 
+    import taskkernel
+
+    own = tmp_path / "own-venv"
+    subprocess.run([_sys._base_executable, "-m", "venv", "--without-pip", str(own)], check=True, timeout=60)
+    site = own / Path(sysconfig.get_path("purelib")).relative_to(sysconfig.get_path("data"))
+    (site / "taskkernel-here.pth").write_text(str(Path(taskkernel.__file__).parent.parent) + "\n")
+    python = own / "bin" / "python"
     (private_service.config_dir / "engines" / "own.toml").write_text(
-        f'name = "own"\nclass = "taskkernel.engines.python:PythonEngine"\npython = "{_sys.executable}"\n'
+        f'name = "own"\nclass = "taskkernel.engines.python:PythonEngine"\npython = "{python}"\n'
         'pool_size = 1\n[env]\nOWN_ENGINE = "yes"\n')
     host = private_service.start_supervisor(pool=1)
     private_service.start_api()
     private_service.wait_idle(host, "own", 1, timeout_s=60)
     with private_service.client().start("own") as nb:
-        cell = nb.evaluate("import os, sys\n(sys.executable, os.environ['OWN_ENGINE'])")
-        assert cell["outputs"][0]["data"]["text/plain"] == repr((_sys.executable, "yes"))
+        cell = nb.evaluate("import os, sys\n(sys.executable, sys.prefix, os.environ['OWN_ENGINE'])")
+        assert cell["outputs"][0]["data"]["text/plain"] == repr((str(python), str(own), "yes"))
         supervisor = private_service.supervisors[host].pid
-        assert nb.evaluate("os.getppid()")["outputs"][0]["data"]["text/plain"] == str(supervisor)
+        assert nb.record["worker"]["pid"] != supervisor
         assert nb.evaluate("1/0")["error"]["ename"] == "ZeroDivisionError"
 
 

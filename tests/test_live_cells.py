@@ -133,7 +133,10 @@ def test_a_worker_that_dies_fails_the_cell_and_the_notebook_gets_a_fresh_worker(
     cell = notebook.wait(fatal_cell["id"], timeout=15)
     assert time.monotonic() - started < 5
     assert cell["status"] == "error" and cell["error"]["ename"] == "EngineDied"
-    assert notebook.wait(behind["id"])["status"] == "aborted"
+    # the cell sent behind it was either queued before the death was known (aborted with the queue) or
+    # arrived after it and waited for the fresh worker (its namespace has no x): never the dead engine
+    behind_cell = notebook.wait(behind["id"])
+    assert behind_cell["status"] == "aborted" or behind_cell["error"]["ename"] == "NameError", behind_cell
     wait_for(lambda: notebook.refresh()["worker"], 15, "a fresh worker (the pool may be refilling)")
     record = notebook.record
     assert record["worker"]["pid"] != old_pid and record["restarts"] == 1

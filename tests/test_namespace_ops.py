@@ -100,4 +100,4 @@ def test_checkpoints_can_go_to_a_directory(private_service, tmp_path):
         nb.evaluate("kept = 'on disk'")
         report = nb.checkpoint()
         assert report["store"].startswith(str(tmp_path))
-        assert (tmp_path / "checkpoints" / nb.id / "kept.bin").exists()
+        assert "kept" in (tmp_path / "checkpoints" / nb.id / "meta.json").read_text()

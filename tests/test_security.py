@@ -1,4 +1,4 @@
-"""Who may reach the service: tokens, notebook tokens, networks, CORS, bad bodies, unprivileged engines."""
+"""Who may reach the service: tokens, notebook tokens, networks, CORS, bad bodies."""
 
 import http.client
 import json
@@ -116,15 +116,3 @@ def test_a_pickle_sent_to_the_api_is_never_loaded(secured, tmp_path):
                             {**auth, "Content-Type": content_type})
         assert status in (400, 415)
     assert not marker.exists()
-
-
-def test_engines_can_run_as_an_unprivileged_user(private_service):
-    private_service.start_supervisor(pool=1, worker_user="nobody")
-    private_service.start_api()
-    with private_service.client().start() as nb:
-        cell = nb.evaluate("import os, pwd\n(pwd.getpwuid(os.getuid()).pw_name, "
-                           "sorted(k for k in os.environ if k.startswith('TASKKERNEL')))")
-        assert cell["outputs"][0]["data"]["text/plain"] == "('nobody', [])"
-        supervisor_pid = next(iter(private_service.supervisors.values())).pid
-        denied = nb.evaluate(f"open('/proc/{supervisor_pid}/environ').read()")
-        assert denied["error"]["ename"] == "PermissionError"

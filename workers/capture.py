@@ -1,20 +1,18 @@
-"""stdout/stderr capture at the file-descriptor level, batched by time and size.
+"""The engine's stdout/stderr, read by its worker from pipes and batched by time and size.
 
-fds 1 and 2 of the worker are pipes read by a pump thread, so output from print, threads,
-subprocesses (`os.system`) and C extensions is all caught. The pump hands text to the current
-sink in batches (every `interval_s` or `batch_bytes`); between cells, output goes to the worker's
-log (the original stderr). `end()` drains what is still in the pipes, so a cell's output is
-complete when its reply is published.
+fds 1 and 2 of the engine process are pipes whose read ends the worker holds, so output from
+print, threads, subprocesses (`os.system`) and C extensions is all caught, and nothing in the
+engine can bypass it. A pump thread in the worker hands text to the current sink in batches
+(every `interval_s` or `batch_bytes`); between cells, output goes to the worker's log. `flush()`
+drains what is in the pipes, so a cell's output is complete when its reply is published.
 """
 
 from __future__ import annotations
 
 import codecs
-import io
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,15 +32,17 @@ PIPE_BYTES = 64 * 1024  # Linux's default pipe capacity: a read this large means
 
 
 class OutputCapture:
-    """Owns fds 1 and 2 of the process for its whole life."""
+    """Reads an engine's stdout and stderr pipes for the engine's whole life."""
 
-    def __init__(self, interval_s: float = INTERVAL_S, batch_bytes: int = BATCH_BYTES,
-                 read_delay_s: float = READ_DELAY_S):
+    def __init__(self, pipes: dict[str, int], interval_s: float = INTERVAL_S, batch_bytes: int = BATCH_BYTES,
+                 read_delay_s: float = READ_DELAY_S, log_fd: int = 2):
         self.interval_s = interval_s
         self.batch_bytes = batch_bytes
         self.read_delay_s = read_delay_s
-        self.log_fd = -1  # the original stderr, for the worker's own logging
-        self._pipes: dict[str, int] = {}
+        self.log_fd = log_fd  # output between cells goes to the worker's own log
+        self._pipes = dict(pipes)
+        for fd in self._pipes.values():
+            os.set_blocking(fd, False)
         self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
         self._lock = threading.Lock()  # guards reads from the pipes and the pending batch
         self._pending: list[tuple[str, str]] = []
@@ -53,32 +53,12 @@ class OutputCapture:
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        """Swap fds 1 and 2 for pipes and start the pump; call once, in the worker process."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.log_fd = os.dup(2)
-        for name, fd in (("stdout", 1), ("stderr", 2)):
-            read_end, write_end = os.pipe()
-            os.dup2(write_end, fd)
-            os.close(write_end)
-            os.set_blocking(read_end, False)
-            self._pipes[name] = read_end
-        # unbuffered text streams: a print reaches the pipe at once, so it can stream live
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True, encoding="utf-8",
-                                      errors="backslashreplace")
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True, encoding="utf-8",
-                                      errors="backslashreplace")
+        """Start the pump; call once."""
         self._thread = threading.Thread(target=self._pump, name="taskkernel-capture", daemon=True)
         self._thread.start()
 
-    def log_stream(self) -> io.TextIOWrapper:
-        """A text stream onto the original stderr, for logging that must not enter any cell."""
-        return io.TextIOWrapper(io.FileIO(self.log_fd, "w", closefd=False), write_through=True,
-                                encoding="utf-8", errors="backslashreplace")
-
     def begin(self, sink: Sink) -> None:
         """Send output to `sink` from now on (a cell starts)."""
-        self._flush_std()
         with self._lock:
             self._read_available()
             self._deliver_locked()
@@ -86,14 +66,12 @@ class OutputCapture:
 
     def flush(self) -> None:
         """Deliver everything written so far to the current sink (before a display_data, say)."""
-        self._flush_std()
         with self._lock:
             self._read_available()
             self._deliver_locked()
 
     def end(self) -> None:
         """Drain everything written so far into the current sink, then detach it (a cell ends)."""
-        self._flush_std()
         with self._lock:
             self._read_available()
             self._deliver_locked()
@@ -110,9 +88,9 @@ class OutputCapture:
 
     def _pump(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
-        fds = list(self._pipes.values())
         got = 0
-        while not self._stopped.is_set():
+        while not self._stopped.is_set() and self._pipes:
+            fds = list(self._pipes.values())
             try:
                 # with nothing waiting to be sent, sleep until output arrives (idle workers stay idle)
                 ready, _, _ = select.select(fds, [], [], self.interval_s if self._pending else None)
@@ -132,13 +110,15 @@ class OutputCapture:
     def _read_available(self) -> int:
         """Read what the pipes hold into the pending batch; returns the bytes read."""
         total = 0
-        for name, fd in self._pipes.items():
+        for name, fd in list(self._pipes.items()):
             while True:
                 try:
                     chunk = os.read(fd, 1 << 16)
                 except BlockingIOError:
                     break
-                if not chunk:
+                if not chunk:  # the engine (and whatever it started) closed it: it is gone
+                    del self._pipes[name]
+                    os.close(fd)
                     break
                 total += len(chunk)
                 text = self._decoders[name].decode(chunk)
@@ -174,12 +154,4 @@ class OutputCapture:
             try:
                 os.write(self.log_fd, text.encode("utf-8", "backslashreplace"))
             except OSError:
-                pass
-
-    @staticmethod
-    def _flush_std() -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
                 pass

@@ -1,14 +1,20 @@
-"""One notebook's namespace in one worker process: runs a cell and publishes what it produces.
+"""The trusted side of one notebook: runs a cell in the worker's engine process, publishes its outputs.
 
-The runtime knows Redis (records and the feed) and the engine, but not Celery: the task layer
-hands it a cell id. It claims the cell atomically (a cell already started or aborted is dropped,
-so a redelivered Celery message never runs a cell twice), captures output at the fd level while
-the engine runs, and writes the finished cell and its execute_reply in one Lua script.
+The runtime knows Redis (records and the feed) and its engine process, but not Celery: the task
+layer hands it a cell id. It claims the cell atomically (a cell already started or aborted is
+dropped, so a redelivered Celery message never runs a cell twice), sends the code to the engine,
+keeps what comes back within the cell's output limit (streams, displays, results and errors
+alike: the cap is enforced here, outside the engine), and writes the finished cell and its
+execute_reply in one Lua script. When the engine dies the cell is answered at once (EngineDied)
+and the worker exits, so its supervisor restarts the notebook on a fresh worker.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -17,10 +23,11 @@ import time
 import redis
 
 from taskkernel import feed, keys, messages, metrics, rpc
-from taskkernel.engines.base import Engine
+from taskkernel.exceptions import EngineDied, EngineRefused
 from taskkernel.notebooks import NotebookStore
-from taskkernel.workers import namespace
 from taskkernel.workers.capture import OutputCapture
+from taskkernel.workers.checkpoints import CheckpointStore
+from taskkernel.workers.engine import EngineProcess
 
 log = logging.getLogger("taskkernel.worker")
 
@@ -66,11 +73,16 @@ ATTACH_RECORD_BYTES = 16 * 1024
 TRUNCATED = "\n[taskkernel: output truncated, the cell exceeded {limit} bytes of output]\n"
 # published at once (watchers see output live); the rest go out with the reply or a live flush
 LIVE_TYPES = ("stream", "display_data")
+# what an engine may send during a cell; the rich ones count against the cell's output limit
+ENGINE_EVENTS = ("execute_input", "execute_result", "display_data", "update_display_data", "clear_output",
+                 "error")
+CAPPED_TYPES = ("execute_result", "display_data", "update_display_data", "error")
 # A cell's start (busy, execute_input) is published when it has run this long, or with its first
 # live output or its reply if that comes sooner: watchers see a long cell start at once, while a
 # quick cell's whole story goes out in the one script that finishes it (one round trip fewer).
 ANNOUNCE_AFTER_S = 0.002
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
+EXIT_ENGINE_DIED = 70  # the worker's exit code when its engine died; the reason is on its record
 
 
 class CellRun:
@@ -106,32 +118,33 @@ class CellRun:
 class Runtime:
     """Owns the engine of one worker process and the cell running in it."""
 
-    def __init__(self, client: redis.Redis, engine: Engine, capture: OutputCapture, *, worker_id: str,
-                 output_limit: int, stream_maxlen: int = 10_000, checkpoint_dir: str = ""):
+    def __init__(self, client: redis.Redis, engine: EngineProcess, capture: OutputCapture, *, worker_id: str,
+                 output_limit: int, rpc_timeout_s: float = 10.0, stream_maxlen: int = 10_000,
+                 checkpoints: CheckpointStore):
         self.redis = client
         self.engine = engine
         self.capture = capture
         self.worker_id = worker_id
         self.output_limit = output_limit
+        self.rpc_timeout_s = rpc_timeout_s
         self.store = NotebookStore(client, stream_maxlen=stream_maxlen)
-        self.checkpoints = namespace.CheckpointStore(client, checkpoint_dir)
+        self.checkpoints = checkpoints
+        engine.on_output_flush = capture.flush
+        engine.on_death = self._on_engine_death
+        self._gone = threading.Lock()
+        self._budget_lock = threading.Lock()  # the running cell's output budget: pump and engine reader
         self.feed = self.store.feed
         self._claim = client.register_script(_CLAIM_LUA)
         self._complete_script = client.register_script(_COMPLETE_LUA)
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
         self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
-        self._main_thread = threading.main_thread().ident
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def install_interrupt_handler(self) -> None:
-        """SIGUSR2 raises KeyboardInterrupt in the cell, and only while user code runs."""
-        signal.signal(signal.SIGUSR2, self._on_interrupt)
-
-    def _on_interrupt(self, signum, frame):
-        if getattr(self.engine, "running_user_code", False):
-            raise KeyboardInterrupt("interrupted by taskkernel")
+        """SIGUSR2 to the worker (its supervisor's wall-time limit) interrupts the running cell."""
+        signal.signal(signal.SIGUSR2, lambda signum, frame: self.interrupt())
 
     def announce_idle(self, engine_name: str, host_name: str, pid: int) -> None:
         """Join the warm pool: from now on an API may pin a notebook to this worker."""
@@ -180,12 +193,13 @@ class Runtime:
         try:
             if op == "interrupt":
                 result = self.interrupt()
-            elif op == "complete":
-                result = self.engine.complete(args["code"], int(args["cursor_pos"]))
-            elif op == "inspect":
-                result = self.engine.inspect(args["code"], int(args["cursor_pos"]), int(args.get("detail_level", 0)))
-            elif op == "is_complete":
-                result = self.engine.is_complete(args["code"])
+            elif op in ("complete", "inspect", "is_complete"):
+                fields = {"code": str(args["code"])}
+                if op != "is_complete":
+                    fields["cursor_pos"] = int(args["cursor_pos"])
+                if op == "inspect":
+                    fields["detail_level"] = int(args.get("detail_level", 0))
+                result = self.engine.request(op, timeout_s=self.rpc_timeout_s, **fields)[0]
             elif op == "ping":
                 result = {"worker": self.worker_id, "running": self._run.cell_id if self._run else None}
             else:
@@ -200,7 +214,7 @@ class Runtime:
         run = self._run
         if run is None:
             return {"interrupted": None}
-        signal.pthread_kill(self._main_thread, signal.SIGUSR2)
+        self.engine.interrupt()
         return {"interrupted": run.cell_id}
 
     # --- one cell ------------------------------------------------------------------------------
@@ -228,8 +242,12 @@ class Runtime:
         self._queue("status", {"execution_state": "busy"})
         self._started_runs.put(run)
         self.capture.begin(self._on_output)
+        death = ""
         try:
-            reply = self.engine.execute(code, self._on_message)
+            reply = _reply_content(self.engine.request("execute", code=code, on_event=self._on_message)[0])
+        except EngineDied as exc:
+            death = str(exc)
+            reply = self._died_in_cell(run, death)
         finally:
             run.ended.set()
             self.capture.end()
@@ -237,15 +255,49 @@ class Runtime:
         # logged before the reply goes out: whoever sees the reply (and deletes the notebook, say)
         # can count on the log line being written
         log.info("cell %s: %s", reply["status"], reply.get("ename", ""), extra=context)
+        if death:
+            try:  # new cells wait for the next worker, this cell is answered, the queue is aborted
+                detached = self.store.detach(notebook_id, self.worker_id)
+                self._complete(run, reply)
+                if detached:
+                    self.store.finish_restart(notebook_id, detached, reason=death, running_cell="")
+            finally:
+                self._engine_gone(death)
         self._complete(run, reply)
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
         if claimed[3] == b"1":
             try:
-                namespace.checkpoint(self.engine.namespace, self.checkpoints, notebook_id)
+                self._checkpoint(notebook_id)
             except Exception as exc:  # a failed checkpoint must not fail the cell that ran
                 log.warning("checkpoint after cell %s failed: %r", cell_id, exc)
         return reply["status"]
+
+    def _died_in_cell(self, run: CellRun, death: str) -> dict:
+        """The reply of a cell whose engine died under it."""
+        error = {"ename": "EngineDied",
+                 "evalue": f"{death}; the notebook's namespace was lost and a fresh worker was started",
+                 "traceback": [f"EngineDied: {death}"]}
+        self.capture.flush()
+        self._queue("error", error)
+        run.error = error
+        return {"status": "error", "execution_count": None, **error}
+
+    def _on_engine_death(self, reason: str) -> None:
+        """The engine died between cells (or before the first): leave; the supervisor restarts the notebook."""
+        if self._run is None:
+            self._engine_gone(reason)
+
+    def _engine_gone(self, reason: str) -> None:
+        """Record why the engine died (for the supervisor's restart) and end this worker at once."""
+        if not self._gone.acquire(blocking=False):
+            return
+        log.warning("engine of worker %s died: %s", self.worker_id, reason)
+        try:
+            self.redis.hset(keys.worker(self.worker_id), "died", reason)
+        except redis.RedisError:
+            pass
+        os._exit(EXIT_ENGINE_DIED)
 
     # --- namespace operations (push, pull, checkpoint, restore) ---------------------------------
 
@@ -256,31 +308,49 @@ class Runtime:
         if worker is None or worker.decode() != self.worker_id:
             rpc.answer(self.redis, request, error="the notebook moved to another worker", code="notebook_gone")
             return
-        ns = getattr(self.engine, "namespace", None)
         try:
-            if ns is None:
-                raise namespace.NamespaceError("not_supported", "this engine has no Python namespace")
             if op == "push":
-                result = namespace.push(ns, args["name"], value=args.get("value"), dill_b64=args.get("dill"))
+                blob = [base64.b64decode(args["dill"])] if args.get("dill") is not None else []
+                result = self.engine.request("push", name=str(args["name"]), value=args.get("value"),
+                                             buffers=blob)[0]
             elif op == "pull":
-                result = namespace.pull(ns, args["name"], as_dill=bool(args.get("dill")))
+                result, blobs = self.engine.request("pull", name=str(args["name"]), dill=bool(args.get("dill")))
+                if blobs:
+                    result["dill"] = base64.b64encode(blobs[0]).decode()
             elif op == "checkpoint":
-                result = namespace.checkpoint(ns, self.checkpoints, notebook_id)
+                result = self._checkpoint(notebook_id)
             elif op == "restore":
-                result = namespace.restore(ns, self.checkpoints, notebook_id)
+                result = self._restore(notebook_id)
             else:
-                raise namespace.NamespaceError("bad_request", f"unknown operation {op!r}")
-        except namespace.NamespaceError as exc:
-            rpc.answer(self.redis, request, error=str(exc), code=exc.code)
+                raise EngineRefused(f"unknown operation {op!r}", "bad_request")
+        except EngineRefused as exc:
+            rpc.answer(self.redis, request, error=exc.message, code=exc.code)
         except Exception as exc:
             rpc.answer(self.redis, request, error=f"{type(exc).__name__}: {exc}", code="operation_failed")
         else:
             rpc.answer(self.redis, request, result=result)
 
+    def _checkpoint(self, notebook_id: str) -> dict:
+        """Have the engine pickle its namespace, and keep the bytes where only this notebook's workers look."""
+        started = time.perf_counter()
+        meta, blobs = self.engine.request("checkpoint")
+        names = meta.pop("names")
+        meta["created"] = time.time()
+        where = self.checkpoints.write(notebook_id, dict(zip(names, blobs)), meta)
+        return {**meta, "bytes": sum(len(b) for b in blobs), "store": where,
+                "seconds": round(time.perf_counter() - started, 6)}
+
+    def _restore(self, notebook_id: str) -> dict:
+        blobs = self.checkpoints.read(notebook_id)
+        if blobs is None:
+            raise EngineRefused("the notebook has no checkpoint to restore", "no_checkpoint")
+        names = list(blobs)
+        return self.engine.request("restore", names=names, buffers=[blobs[n] for n in names])[0]
+
     def _restore_after_restart(self, notebook_id: str) -> None:
         """A notebook restarted after a death asked for its last checkpoint: load it before its next cell."""
         try:
-            result = namespace.restore(self.engine.namespace, self.checkpoints, notebook_id)
+            result = self._restore(notebook_id)
             log.info("restored %d variables of notebook %s", len(result["restored"]), notebook_id)
         except Exception as exc:
             log.warning("restore of notebook %s failed: %r", notebook_id, exc)
@@ -292,13 +362,31 @@ class Runtime:
             self.redis.hincrby(key, "dropped_deliveries", 1)
 
     def _on_message(self, msg_type: str, content: dict) -> None:
+        """An event of the running cell, from the engine (its reader thread): keep it within the limit."""
         run = self._run
         if run is None:
             return
+        if msg_type == "stream":
+            name = "stdout" if content.get("name") == "stdout" else "stderr"
+            self._on_output(name, str(content.get("text", "")))
+            return
+        if msg_type == "oversized":  # a frame beyond what the worker reads: it was thrown away
+            with self._budget_lock:
+                self._truncate(run)
+            return
+        if msg_type not in ENGINE_EVENTS:
+            return
+        if msg_type in CAPPED_TYPES:
+            size = len(json.dumps(content, default=repr))
+            with self._budget_lock:
+                if run.truncated or run.output_bytes + size > run.output_limit:
+                    self._truncate(run)
+                    return
+                run.output_bytes += size
         if msg_type == "error":
-            run.error = {k: content[k] for k in ("ename", "evalue", "traceback")}
-        if msg_type != "execute_input":
-            self.capture.flush()  # what was printed before a result or display comes before it
+            content = {"ename": str(content.get("ename", "")), "evalue": str(content.get("evalue", "")),
+                       "traceback": [str(line) for line in content.get("traceback") or []]}
+            run.error = content
         self._queue(msg_type, content)
         if msg_type in LIVE_TYPES:
             self._flush_outbox(run)
@@ -306,18 +394,31 @@ class Runtime:
     def _on_output(self, name: str, text: str) -> None:
         """Captured text (from the pump thread or a drain): keep it, within the limit, and stream it."""
         run = self._run
-        if run is None or run.truncated:
+        if run is None:
             return
-        size = len(text.encode("utf-8", "replace"))
-        if run.output_bytes + size > run.output_limit:
-            room = max(0, run.output_limit - run.output_bytes)
-            text = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
-            text += TRUNCATED.format(limit=run.output_limit)
-            run.truncated = True
-        run.output_bytes += size
+        with self._budget_lock:
+            if run.truncated:
+                return
+            size = len(text.encode("utf-8", "replace"))
+            if run.output_bytes + size > run.output_limit:
+                room = max(0, run.output_limit - run.output_bytes)
+                text = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+                text += TRUNCATED.format(limit=run.output_limit)
+                run.truncated = True
+            run.output_bytes += size
         (run.stdout if name == "stdout" else run.stderr).append(text)
         self._queue("stream", {"name": name, "text": text})
         self._flush_outbox(run)
+
+    def _truncate(self, run: CellRun) -> None:
+        """Stop keeping the cell's output, saying so once (call with the budget lock held)."""
+        if run.truncated:
+            return
+        run.truncated = True
+        run.output_bytes = run.output_limit
+        notice = TRUNCATED.format(limit=run.output_limit)
+        run.stderr.append(notice)
+        self._queue("stream", {"name": "stderr", "text": notice})
 
     def _queue(self, msg_type: str, content: dict) -> None:
         run = self._run
@@ -376,3 +477,16 @@ class Runtime:
                     raise
                 log.warning("cell %s finished but Redis is unavailable (%r); retrying", cid, exc)
                 time.sleep(0.5)
+
+
+def _reply_content(reply: dict) -> dict:
+    """execute_reply content as the worker publishes it: only known fields, whatever the engine sent."""
+    status = reply.get("status") if reply.get("status") in ("ok", "error", "aborted") else "error"
+    count = reply.get("execution_count")
+    content = {"status": status, "execution_count": count if isinstance(count, int) else None}
+    if status == "ok":
+        content.update(user_expressions=reply.get("user_expressions") or {}, payload=reply.get("payload") or [])
+    else:
+        content.update(ename=str(reply.get("ename", ""))[:10_000], evalue=str(reply.get("evalue", ""))[:100_000],
+                       traceback=[str(line)[:100_000] for line in (reply.get("traceback") or [])[:1000]])
+    return content

@@ -1,7 +1,8 @@
 """The host's supervisor: keeps a warm pool of worker processes, forks them, reaps them.
 
-The supervisor pre-imports Celery, kombu, redis-py, jedi and the engines once and forks every
-worker from itself, so a new worker costs ~15 MiB and ~0.1 s instead of a fresh interpreter.
+The supervisor pre-imports Celery, kombu and redis-py once and forks every worker from itself,
+so a new worker costs ~15 MiB and ~0.1 s instead of a fresh interpreter; each worker then starts
+its own sandboxed engine process (exec'd fresh: it inherits nothing of the service's memory).
 It is single-threaded on purpose (forking a threaded process is unsafe): one loop waits for
 commands on a Redis list, reaps exited children, refills pools, heartbeats the host, enforces
 per-cell wall time and re-homes notebooks whose worker died. Being every worker's parent, it
@@ -16,11 +17,14 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 
@@ -29,6 +33,7 @@ from taskkernel.engines import registry
 from taskkernel.exceptions import TaskkernelError
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
+from taskkernel.workers import sandbox
 
 log = logging.getLogger("taskkernel.supervisor")
 
@@ -44,7 +49,7 @@ WORKER_MODULES = (
     "celery.worker.control", "celery.worker.heartbeat", "celery.worker.autoscale", "celery.worker.state",
     "celery.concurrency.solo", "celery.app.trace", "celery.events", "celery.events.dispatcher",
     "kombu.asynchronous", "kombu.asynchronous.hub", "kombu.asynchronous.timer", "billiard", "billiard.pool",
-    "ctypes", "psutil", "resource", "pwd", "dill", "pickle", "codecs", "select",
+    "ctypes", "psutil", "resource", "pwd", "codecs", "select", "subprocess",
     "celery.app.amqp", "celery.app.control", "celery.app.events", "celery.app.log", "celery.app.routes",
     "celery.backends", "celery.backends.base", "celery.worker.consumer.delayed_delivery", "kombu.matcher",
     "kombu.pidbox", "encodings.idna", "stringprep", "unicodedata",
@@ -83,6 +88,8 @@ class Supervisor:
         self._startup_failures: dict[str, int] = {}
         self._paused: dict[str, float] = {}  # engine -> monotonic time until which it is not forked
         self.app = None
+        self.sandbox_root = Path()
+        self._own_sandbox_root = False
         self.redis: redis.Redis | None = None
         self.store: NotebookStore | None = None
 
@@ -100,18 +107,9 @@ class Supervisor:
         self.app.finalize(auto=True)
         for attribute in ("Worker", "WorkController", "amqp", "log", "events", "control", "conf"):
             getattr(self.app, attribute)  # lazy parts each worker would build after its fork
-        self._scan_engines()
-        for spec in self.specs.values():
-            try:
-                registry.engine_class(spec).preimport()
-            except Exception as exc:
-                self.spec_errors[spec["source"]] = str(exc)
-        try:
-            import jedi
+        from taskkernel.workers import checkpoints, engine, runtime, sandbox  # noqa: F401
 
-            jedi.Interpreter("import os\nos.pa", [{}]).complete(2, 5)
-        except Exception as exc:  # completion falls back to rlcompleter
-            log.warning("jedi warm-up failed: %r", exc)
+        self._scan_engines()
         for module in WORKER_MODULES:  # what a worker would otherwise import after every fork
             try:
                 importlib.import_module(module)
@@ -123,6 +121,17 @@ class Supervisor:
         gc.collect()
         gc.freeze()
 
+    def _make_sandbox_root(self) -> Path:
+        """The directory under which each worker gets its private one (0711: no listing it)."""
+        if self.settings.sandbox_dir:
+            root = Path(self.settings.sandbox_dir) / self.host
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = Path(tempfile.mkdtemp(prefix=f"taskkernel-{self.host}-"))
+            self._own_sandbox_root = True
+        os.chmod(root, 0o711)
+        return root
+
     def pool_size(self, engine: str) -> int:
         if engine in self.pool_overrides:
             return self.pool_overrides[engine]
@@ -133,12 +142,14 @@ class Supervisor:
         self._stopping = True
 
     def run(self) -> None:
+        isolation = sandbox.check(self.settings)  # refuses to start when the sandbox cannot be built
+        self.sandbox_root = self._make_sandbox_root()
         self.preimport()
         self.redis = redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
         self.store = NotebookStore(self.redis, stream_maxlen=self.settings.feed_stream_maxlen)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        log.info("supervisor %s on %s: engines %s", self.host, self.settings.redis_url, sorted(self.specs))
+        log.info("supervisor %s: engines %s; %s", self.host, sorted(self.specs), isolation)
         try:
             while not self._stopping:
                 try:
@@ -191,7 +202,7 @@ class Supervisor:
         specs, errors = registry.load_specs(self.settings.config_dir)
         for name, spec in list(specs.items()):
             try:
-                registry.engine_class(spec)  # imported here once, so forked workers inherit it
+                registry.check_class(spec)
             except Exception as exc:
                 errors[spec["source"]] = str(exc)
                 del specs[name]
@@ -250,37 +261,19 @@ class Supervisor:
             "state": "starting", "notebook": "", "cell": "", "pid": "",
         })
         pipe.execute()
-        if spec.get("python"):
-            pid = self._spawn_interpreter(spec, worker_id, queue)
-            self.children[pid] = Child(worker_id, pid, spec["name"], slot, queue)
-            return
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 from taskkernel.workers.process import run_worker
 
-                code = run_worker(self.app, self.settings, spec, worker_id=worker_id, queue=queue)
+                code = run_worker(self.app, self.settings, spec, worker_id=worker_id, queue=queue, slot=slot,
+                                  sandbox_root=self.sandbox_root)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
         self.children[pid] = Child(worker_id, pid, spec["name"], slot, queue)
-
-    def _spawn_interpreter(self, spec: dict, worker_id: str, queue: str) -> int:
-        """An engine with its own interpreter (`python = ...`, e.g. a virtualenv that has taskkernel
-        installed) cannot be forked from here: start it as `python -m taskkernel.workers.process`."""
-        import subprocess
-
-        from taskkernel.settings import settings_environ
-
-        env = {**os.environ, **settings_environ(self.settings)}
-        process = subprocess.Popen(
-            [os.path.expanduser(spec["python"]), "-m", "taskkernel.workers.process",
-             "--engine", spec["name"], "--worker-id", worker_id, "--queue", queue],
-            env=env, stdin=subprocess.DEVNULL)
-        process.returncode = 0  # reaped by waitpid in _reap, not by Popen
-        return process.pid
 
     def _free_slot(self) -> int:
         used = {c.slot for c in self.children.values()}
@@ -322,9 +315,10 @@ class Supervisor:
 
     def _on_exit(self, child: Child, status: int) -> None:
         """Clean up after a worker; if it was serving a notebook, fail its cell and re-home it."""
-        description = _describe_exit(status)
+        sandbox.remove_directory(self.sandbox_root, child.worker_id)
         wkey = keys.worker(child.worker_id)
         info = {k.decode(): v.decode() for k, v in self.redis.hgetall(wkey).items()}
+        description = info.get("died") or f"the worker process died ({_describe_exit(status)})"
         if child.kill_reason != "retired":
             self._note_startup(child, info.get("state"))
         pipe = self.redis.pipeline(transaction=True)
@@ -335,9 +329,9 @@ class Supervisor:
         if child.kill_reason == "retired" or info.get("state") == "retiring" or not notebook_id:
             log.info("worker %s (pid %d) stopped: %s", child.worker_id, child.pid, description)
             return
-        log.warning("worker %s of notebook %s died: %s", child.worker_id, notebook_id, description,
+        log.warning("worker %s of notebook %s ended: %s", child.worker_id, notebook_id, description,
                     extra={"notebook_id": notebook_id, "worker_id": child.worker_id, "cell_id": info.get("cell")})
-        reason = child.kill_reason or f"the worker process died ({description})"
+        reason = child.kill_reason or description
         error = {
             "ename": "EngineDied",
             "evalue": f"{reason}; the notebook's namespace was lost and a fresh worker was started",
@@ -470,6 +464,8 @@ class Supervisor:
                 self.redis.srem(keys.HOSTS, self.host)
             except redis.RedisError:
                 pass
+        if self._own_sandbox_root:
+            shutil.rmtree(self.sandbox_root, ignore_errors=True)
 
 
 def _kill(pid: int, sig: int) -> None:

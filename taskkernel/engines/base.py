@@ -3,7 +3,8 @@
 As in ipykernel's kernelbase, the base class numbers executions, turns exceptions in user code
 into `error` content, turns the cell's value into an `execute_result` and collects the cell's
 outputs; a subclass implements `evaluate`, `complete`, `inspect` and `is_complete`. Engines know
-nothing of Celery, Redis or HTTP: they emit (msg_type, content) pairs through a callback.
+nothing of Celery, Redis or HTTP: they run in the sandboxed engine process (engines/process.py)
+and emit (msg_type, content) pairs through a callback.
 """
 
 from __future__ import annotations
@@ -79,13 +80,8 @@ class Engine:
 
     # --- hooks an engine implements --------------------------------------------------------
 
-    @classmethod
-    def preimport(cls) -> None:
-        """Import heavy modules in the supervisor, so forked workers share them instead of each
-        importing its own copy after the fork."""
-
     def start(self) -> None:
-        """Prepare the namespace (start-up code, display hooks); runs once in the worker."""
+        """Prepare the namespace (start-up code, display hooks); runs once in the engine process."""
 
     def evaluate(self, code: str, cell_name: str) -> Any:
         """Run `code`; return the value of its last expression (or None). Exceptions propagate."""

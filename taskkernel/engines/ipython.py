@@ -22,13 +22,6 @@ class CellFailed(Exception):
 class IPythonEngine(PythonEngine):
     """Runs cells with IPython.core.interactiveshell.InteractiveShell."""
 
-    @classmethod
-    def preimport(cls) -> None:
-        super().preimport()
-        import IPython.core.displaypub  # noqa: F401
-        import IPython.core.interactiveshell  # noqa: F401
-        import traitlets.config  # noqa: F401
-
     def start(self) -> None:
         from IPython.core.displaypub import DisplayPublisher
         from IPython.core.interactiveshell import InteractiveShell

@@ -8,6 +8,7 @@ import linecache
 import os
 import rlcompleter
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from taskkernel.engines.base import Engine
 
 COMPLETION_BUDGET_S = 2.0
+FIRST_COMPLETION_WAIT_S = 6.0  # jedi's import and first inference: ~3 s on a loaded 2-core machine
 
 
 def _internal_dirs() -> tuple[str, ...]:
@@ -36,11 +38,6 @@ class PythonEngine(Engine):
         super().__init__(spec)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.running_user_code = False
-
-    @classmethod
-    def preimport(cls) -> None:
-        import jedi  # noqa: F401
-        from IPython.core.inputtransformer2 import TransformerManager  # noqa: F401  (is_complete)
 
     def start(self) -> None:
         self.namespace["display"] = self.display
@@ -98,8 +95,15 @@ class PythonEngine(Engine):
     # --- introspection ------------------------------------------------------------------------
 
     def complete(self, code: str, cursor_pos: int) -> dict:
+        """jedi's completions. jedi is warmed up by the first completion a notebook asks for, not at
+        start (it costs ~45 MiB and seconds, which notebooks that never complete should not pay);
+        rlcompleter answers if it is not ready within FIRST_COMPLETION_WAIT_S or fails."""
         cursor_pos = _clamp(cursor_pos, code)
         try:
+            if not _jedi.ready.is_set():
+                _jedi.warm_up()
+                if not _jedi.ready.wait(FIRST_COMPLETION_WAIT_S):
+                    raise TimeoutError("jedi is still warming up")
             matches, start = self._complete_jedi(code, cursor_pos)
         except Exception:
             matches, start = self._complete_rl(code, cursor_pos)
@@ -129,13 +133,14 @@ class PythonEngine(Engine):
         token = prefix[token_start:]
         completer = rlcompleter.Completer(self.namespace)
         matches, state = [], 0
+        dot = token.rfind(".") + 1  # attributes are offered from after the last dot, as jedi does
         while state < 1000:
             match = completer.complete(token, state)
             if match is None:
                 break
-            matches.append(match.rstrip("("))
+            matches.append(match.rstrip("(")[dot:])
             state += 1
-        return matches, token_start
+        return matches, token_start + dot
 
     def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict:
         import jedi
@@ -166,6 +171,30 @@ class PythonEngine(Engine):
         if status == "incomplete":
             reply["indent"] = " " * (indent or 0)
         return reply
+
+
+class _JediWarmUp:
+    """Imports jedi and runs one completion in a background thread, once per engine process."""
+
+    def __init__(self):
+        self.ready = threading.Event()
+        self._started = threading.Lock()
+
+    def warm_up(self) -> None:
+        if self._started.acquire(blocking=False):
+            threading.Thread(target=self._run, name="taskkernel-jedi", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            import jedi
+
+            jedi.Interpreter("import os\nos.pa", [{}]).complete(2, 5)
+            self.ready.set()
+        except Exception:  # completion stays with rlcompleter
+            pass
+
+
+_jedi = _JediWarmUp()
 
 
 class _PNG:

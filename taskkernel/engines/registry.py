@@ -9,8 +9,11 @@ An engine file looks like:
     class = "taskkernel.engines.python:PythonEngine"
     pool_size = 2            # optional: idle workers kept warm on each host
     startup_code = ""        # optional: run once in every new namespace
-    [env]                    # optional: environment of the worker
-    [limits]                 # optional: memory_bytes, cell_timeout_s, output_bytes
+    python = "/path/python"  # optional: the engine's own interpreter (taskkernel must be importable there)
+    network = "none"         # optional: "none" (default), or "host" (only with an API token)
+    [env]                    # optional: environment of the engine process
+    [limits]                 # optional: memory_bytes, processes, open_files, file_bytes,
+                             #           cell_timeout_s, output_bytes
 
 A file that cannot be read is reported (in `errors`) and does not hide the other engines.
 """
@@ -18,6 +21,7 @@ A file that cannot be read is reported (in `errors`) and does not hide the other
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -86,6 +90,21 @@ def engine_class(spec: dict) -> type[Engine]:
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
         raise ConfigurationError(f"engine {spec['name']!r}: {spec['class']} is not an Engine subclass")
     return cls
+
+
+def check_class(spec: dict) -> None:
+    """ConfigurationError unless the module an engine spec names can be found (without importing it:
+    the engine process imports it, in its sandbox). An engine with its own `python` is not checked."""
+    if spec.get("python"):
+        return
+    module_name = spec["class"].partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise ConfigurationError(f"engine {spec['name']!r} needs module {module_name!r}, which is not installed; "
+                                 "install the package that provides it")
 
 
 def get_spec(config_dir: str | Path, name: str) -> dict:

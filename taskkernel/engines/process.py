@@ -1,0 +1,178 @@
+"""The engine process: one notebook's namespace, the untrusted side of the worker boundary.
+
+Started by its worker with exec (inside the sandbox), as `python -I -m taskkernel.engines.process
+--socket-fd N`, with the socket to its worker inherited as fd N and pipes as fds 1 and 2 that the
+worker reads (output of C code and child processes; Python's own prints travel as `stream` frames
+on the socket, see streams.py). It holds no Redis connection, URL, password, token or
+settings: everything it knows comes in the `init` frame (its engine spec and limits). The main
+thread runs cells and namespace operations in order; a reader thread answers complete, inspect
+and is_complete at once, even while a cell runs. SIGINT interrupts the running cell.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import resource
+import signal
+import socket
+import sys
+import threading
+
+from taskkernel.engines import namespace, registry, wire
+from taskkernel.engines.base import Engine
+from taskkernel.engines.streams import StreamSet
+
+INSTANT_OPS = ("complete", "inspect", "is_complete")
+# [limits] key in an engine file -> the rlimit the engine sets on itself before any user code
+RLIMITS = {
+    "memory_bytes": resource.RLIMIT_AS,
+    "processes": resource.RLIMIT_NPROC,
+    "open_files": resource.RLIMIT_NOFILE,
+    "file_bytes": resource.RLIMIT_FSIZE,
+}
+
+
+class NoStdin:
+    """sys.stdin of an engine: reading fails at once instead of hanging the notebook."""
+
+    def _refuse(self, *args, **kwargs):
+        raise OSError("taskkernel cells cannot read standard input (input() is not supported)")
+
+    read = readline = readlines = __next__ = _refuse
+
+    def __iter__(self):
+        return self
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    closed = False
+    encoding = "utf-8"
+
+
+class EngineServer:
+    """Serves one engine over the worker's socket until the worker goes away."""
+
+    def __init__(self, sock: socket.socket, engine: Engine, streams: StreamSet):
+        self.sock = sock
+        self.engine = engine
+        self.streams = streams
+        self._send_lock = threading.Lock()
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+
+    def send(self, message: dict, buffers=()) -> None:
+        self.streams.flush()  # what the cell printed goes out before this frame
+        self.send_now(message, buffers)
+
+    def send_now(self, message: dict, buffers=()) -> None:
+        with self._send_lock:
+            wire.send(self.sock, message, buffers)
+
+    def send_stream(self, name: str, text: str) -> None:
+        self.send_now({"event": "stream", "content": {"name": name, "text": text}})
+
+    def serve(self) -> None:
+        threading.Thread(target=self._read_loop, name="taskkernel-engine-reader", daemon=True).start()
+        self.send({"ready": True, "pid": os.getpid()})
+        while True:
+            request, buffers = self._work.get()
+            if request is None:
+                return
+            self._answer(request, buffers)
+
+    def _read_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # interrupts are for the main thread
+        try:
+            while True:
+                request, buffers = wire.receive(self.sock)
+                if request.get("op") in INSTANT_OPS:
+                    self._answer(request, buffers)
+                else:
+                    self._work.put((request, buffers))
+        except (EOFError, OSError):
+            os._exit(0)  # the worker is gone: so is this notebook
+
+    def _answer(self, request: dict, buffers: list[bytes]) -> None:
+        rid, op = request.get("id"), request.get("op")
+        try:
+            reply, out = self._perform(op, request, buffers)
+        except namespace.NamespaceError as exc:
+            self.send({"id": rid, "error": str(exc), "code": exc.code})
+        except BaseException as exc:  # noqa: BLE001 - an interrupt between cells is no cell's error
+            self.send({"id": rid, "error": f"{type(exc).__name__}: {exc}", "code": "operation_failed"})
+        else:
+            self.send({"id": rid, "reply": reply}, out)
+
+    def _perform(self, op: str, request: dict, buffers: list[bytes]) -> tuple[dict, list[bytes]]:
+        engine, ns = self.engine, getattr(self.engine, "namespace", None)
+        if op == "execute":
+            def emit(msg_type: str, content: dict) -> None:
+                self.send({"id": request["id"], "event": msg_type, "content": content})
+            return engine.execute(request["code"], emit), []
+        if op == "complete":
+            return engine.complete(request["code"], int(request["cursor_pos"])), []
+        if op == "inspect":
+            return engine.inspect(request["code"], int(request["cursor_pos"]),
+                                  int(request.get("detail_level", 0))), []
+        if op == "is_complete":
+            return engine.is_complete(request["code"]), []
+        if ns is None:
+            raise namespace.NamespaceError("not_supported", "this engine has no Python namespace")
+        if op == "push":
+            return namespace.push(ns, request["name"], value=request.get("value"),
+                                  dill_blob=buffers[0] if buffers else None), []
+        if op == "pull":
+            return namespace.pull(ns, request["name"], as_dill=bool(request.get("dill")))
+        if op == "checkpoint":
+            meta, blobs = namespace.snapshot(ns)
+            names = list(blobs)
+            return {**meta, "names": names}, [blobs[n] for n in names]
+        if op == "restore":
+            return namespace.load(ns, dict(zip(request["names"], buffers))), []
+        raise namespace.NamespaceError("bad_request", f"unknown operation {op!r}")
+
+
+def apply_limits(limits: dict) -> None:
+    """Set the engine file's rlimits on this process (its children inherit them)."""
+    for name, which in RLIMITS.items():
+        value = limits.get(name)
+        if value:
+            resource.setrlimit(which, (int(value), int(value)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m taskkernel.engines.process")
+    parser.add_argument("--socket-fd", type=int, required=True, help="the worker's socket, inherited")
+    sock = socket.socket(fileno=parser.parse_args(argv).socket_fd)
+    init, _ = wire.receive(sock)
+    apply_limits(init.get("limits", {}))
+    sys.path[:0] = [p for p in init.get("sys_path", []) if p not in sys.path]
+    server: EngineServer | None = None
+    streams = StreamSet(lambda name, text: server.send_stream(name, text))
+    sys.stdout, sys.stderr = streams.streams()
+    sys.stdin = NoStdin()
+    spec = init["spec"]
+    engine = registry.engine_class(spec)(spec)
+
+    def on_interrupt(signum, frame):
+        if getattr(engine, "running_user_code", False):
+            raise KeyboardInterrupt("interrupted by taskkernel")
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    server = EngineServer(sock, engine, streams)
+    engine.start()
+    server.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
