@@ -1,8 +1,9 @@
 """What a checkpoint costs: the namespace of a 100 MB array, and of 1e6 small objects.
 
-Times `workers/namespace.checkpoint` and `restore` (what the worker runs for
-POST /checkpoint, /restore and checkpoint_every_cell) against a private redis-server and a
-directory. Run: `python -m bench.checkpoint [--repeat 3]`.
+Times what POST /checkpoint and /restore (and checkpoint_every_cell) do, minus the socket between
+worker and engine: the engine's snapshot (taskkernel/engines/namespace.py), the worker's store
+(workers/checkpoints.py, a private redis-server or a directory) and the engine's load. Run:
+`python -m bench.checkpoint [--repeat 3]`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import time
 
 import redis
 
+from taskkernel.engines import namespace
 from taskkernel.redis_server import RedisServer
-from taskkernel.workers import namespace
+from taskkernel.workers.checkpoints import CheckpointStore
 
 
 def _namespaces() -> dict[str, dict]:
@@ -33,17 +35,18 @@ def run(repeat: int = 3) -> list[dict]:
     rows = []
     with RedisServer() as server, tempfile.TemporaryDirectory() as directory:
         client = redis.Redis.from_url(server.url)
-        stores = {"redis": namespace.CheckpointStore(client), "directory": namespace.CheckpointStore(client, directory)}
+        stores = {"redis": CheckpointStore(client), "directory": CheckpointStore(client, directory)}
         for label, ns in _namespaces().items():
             for store_name, store in stores.items():
                 saves, loads, size = [], [], 0
                 for _ in range(repeat):
                     started = time.perf_counter()
-                    report = namespace.checkpoint(ns, store, "bench")
+                    meta, blobs = namespace.snapshot(ns)
+                    store.write("bench", blobs, meta)
                     saves.append(time.perf_counter() - started)
-                    size = report["bytes"]
+                    size = sum(len(b) for b in blobs.values())
                     started = time.perf_counter()
-                    namespace.restore({}, store, "bench")
+                    namespace.load({}, store.read("bench"))
                     loads.append(time.perf_counter() - started)
                 rows.append({"namespace": label, "store": store_name, "MB": size / 1e6,
                              "save_s": (min(saves), statistics.median(saves), max(saves)),
