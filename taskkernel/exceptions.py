@@ -62,6 +62,12 @@ class Forbidden(TaskkernelError):
     status = 403
 
 
+class HostNotAllowed(Forbidden):
+    """Without a token, only loopback Host names are answered (a guard against DNS rebinding)."""
+
+    code = "host_not_allowed"
+
+
 class QuotaExceeded(TaskkernelError):
     """A notebook quota is reached."""
 

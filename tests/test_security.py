@@ -1,4 +1,5 @@
-"""Who may reach the service: tokens, notebook tokens, networks, CORS, bad bodies, unprivileged engines."""
+"""Who may reach the service: tokens, notebook tokens, networks, Host names, CORS, bad bodies,
+unprivileged engines."""
 
 import http.client
 import json
@@ -74,6 +75,37 @@ def test_cors_answers_allowed_origins_only(secured):
     headers["Origin"] = "https://evil.example"
     _, _, response_headers = call(secured.api_url, "OPTIONS", "/api/notebooks", headers=headers)
     assert "Access-Control-Allow-Origin" not in response_headers
+
+
+def test_a_tokenless_api_answers_loopback_host_names_only(private_service):
+    url = private_service.start_api()
+    port = urllib.parse.urlsplit(url).port
+    create = json.dumps({"engine": "python"})
+    for host in ("attacker.example", f"attacker.example:{port}", "0.0.0.0", f"localhost.attacker.example:{port}",
+                 "127.0.0.1.nip.io", f"127.0.0.1:{port}:1"):
+        for method, path, body in (("GET", "/api/notebooks", None), ("GET", "/", None),
+                                   ("POST", "/api/notebooks", create)):
+            status, data, _ = call(url, method, path, body, {"Host": host, "Content-Type": "application/json"})
+            assert (status, data["error"]) == (403, "host_not_allowed"), (host, method, path)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2", "localhost", "[::1]"):
+        status, data, _ = call(url, "GET", "/api/notebooks", headers={"Host": host})
+        assert (status, data) == (200, {"notebooks": []}), host
+
+
+def test_allowed_hosts_admit_named_hosts_without_a_token(private_service):
+    url = private_service.start_api(allowed_hosts="notebooks.internal, Proxy.Example")
+    for host in ("notebooks.internal", "notebooks.internal:8443", "proxy.example"):
+        assert call(url, "GET", "/api/engines", headers={"Host": host})[0] == 200, host
+    status, data, _ = call(url, "GET", "/api/engines", headers={"Host": "other.internal"})
+    assert (status, data["error"]) == (403, "host_not_allowed")
+
+
+def test_with_a_token_any_host_is_served_to_who_gives_it(secured):
+    status, _, _ = call(secured.api_url, "GET", "/api/notebooks", headers={"Host": "attacker.example"})
+    assert status == 401
+    status, data, _ = call(secured.api_url, "GET", "/api/notebooks",
+                           headers={"Host": "attacker.example", "Authorization": f"Bearer {TOKEN}"})
+    assert (status, data) == (200, {"notebooks": []})
 
 
 def test_denied_networks_get_403(private_service):
