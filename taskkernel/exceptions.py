@@ -68,6 +68,12 @@ class HostNotAllowed(Forbidden):
     code = "host_not_allowed"
 
 
+class CrossSiteRequest(Forbidden):
+    """A page of another site may not create or drive notebooks."""
+
+    code = "cross_site_request"
+
+
 class QuotaExceeded(TaskkernelError):
     """A notebook quota is reached."""
 
