@@ -103,7 +103,7 @@ def register(app: Flask, settings: Settings) -> None:
             raise Unauthorized("a valid token is required: send Authorization: Bearer <token>")
 
 
-PUBLIC_ENDPOINTS = {"static", "openapi.openapi", "console.index", "console.static"}  # no secrets in these
+PUBLIC_ENDPOINTS = {"openapi.openapi", "console.index", "console.static"}  # no secrets in these
 
 
 def host_name(host: str) -> str:
