@@ -36,7 +36,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     from taskkernel.api import auth, cells, engines, errors, feed, notebooks, openapi, pools, variables
     from taskkernel.workers.celery_app import make_celery
 
-    app = Flask("taskkernel.api")
+    app = Flask("taskkernel.api", static_folder=None)  # the console serves api/static/, with its headers
     app.url_map.converters["hexid"] = HexIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False

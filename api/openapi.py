@@ -35,7 +35,8 @@ def _body(properties: dict, required: list[str] | None = None) -> dict:
 COMMON_ERRORS = {
     "400": _error("malformed request (invalid_json, invalid_field)"),
     "401": _error("a valid token is required"),
-    "403": _error("the client's network is not allowed"),
+    "403": _error("refused: the client's network (forbidden), the Host name of a tokenless API "
+                  "(host_not_allowed), or a write from another site (cross_site_request)"),
     "404": _error("no such notebook or cell"),
     "413": _error("request body too large"),
     "415": _error("request bodies must be JSON"),

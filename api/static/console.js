@@ -22,7 +22,8 @@ const POLL_MS = 500;
 // --- the API -------------------------------------------------------------------------------
 
 // With TASKKERNEL_TOKEN set, open the page as /#token=<token> (the service token or a notebook's
-// own token): the fragment never leaves the browser; the token is kept for this tab only.
+// own token): the fragment never leaves the browser; the token is kept for this tab only, in
+// sessionStorage, which only scripts of this origin can read: none of an output's (see renderBundle).
 function token() {
   const match = location.hash.match(/token=([^&]+)/);
   if (match) {
@@ -258,32 +259,63 @@ function appendBundle(view, data, promptText) {
   box.append(renderBundle(data));
 }
 
+// Outputs are written by the notebook's code, which is untrusted, and this page holds the token
+// (sessionStorage, readable by any script of this origin). So no output runs a script here:
+// HTML goes into a sandboxed frame without allow-scripts and without allow-same-origin, whose
+// opaque origin could not read this page's storage or DOM even if a script ran in it (and the
+// page's Content-Security-Policy, which srcdoc frames inherit, runs none); SVG is shown as an
+// image, where scripts never run; JavaScript is shown as its source.
 function renderBundle(data) {
-  if (data["text/html"] !== undefined) {
-    const div = document.createElement("div");
-    div.className = "html";
-    div.innerHTML = data["text/html"];  // the notebook's own output, as JupyterLab shows trusted cells
-    return div;
-  }
+  if (data["text/html"] !== undefined) return htmlFrame(String(data["text/html"]));
   for (const mime of ["image/png", "image/jpeg"]) {
     if (data[mime] !== undefined) {
-      const img = document.createElement("img");
-      img.src = `data:${mime};base64,${String(data[mime]).replace(/\s/g, "")}`;
-      img.alt = data["text/plain"] || mime;
-      return img;
+      return image(`data:${mime};base64,${String(data[mime]).replace(/\s/g, "")}`, data["text/plain"] || mime);
     }
   }
   if (data["image/svg+xml"] !== undefined) {
-    const div = document.createElement("div");
-    div.className = "html";
-    div.innerHTML = data["image/svg+xml"];
-    return div;
+    return image(`data:image/svg+xml;charset=utf-8,${encodeURIComponent(data["image/svg+xml"])}`,
+      data["text/plain"] || "image/svg+xml");
   }
   const pre = document.createElement("pre");
-  if (data["text/plain"] !== undefined) pre.textContent = data["text/plain"].replace(ANSI, "");
+  if (data["application/javascript"] !== undefined) {
+    pre.className = "javascript";
+    pre.title = "application/javascript, shown and not run";
+    pre.textContent = data["application/javascript"];
+  } else if (data["text/plain"] !== undefined) pre.textContent = data["text/plain"].replace(ANSI, "");
   else if (data["application/json"] !== undefined) pre.textContent = JSON.stringify(data["application/json"], null, 2);
   else pre.textContent = `[${Object.keys(data).join(", ")}]`;
   return pre;
+}
+
+function image(src, alt) {
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = alt;
+  return img;
+}
+
+const FRAME_HEAD = '<!doctype html><meta charset="utf-8"><link rel="stylesheet" href="/console/static/output.css">';
+
+function htmlFrame(html) {
+  const frame = document.createElement("iframe");
+  frame.className = "html";
+  frame.setAttribute("sandbox", "");  // nothing allowed: no scripts, no same origin, no forms, no popups
+  frame.setAttribute("referrerpolicy", "no-referrer");
+  frame.title = "HTML output";
+  frame.height = String(frameHeight(html));
+  frame.srcdoc = FRAME_HEAD + html;
+  return frame;
+}
+
+// The frame's opaque origin keeps its document out of this page's reach, so its height cannot be
+// measured: guess it from the markup, parsed inertly (no script runs, nothing loads); the frame
+// can be resized by hand, and scrolls.
+function frameHeight(html) {
+  const doc = new DOMParser().parseFromString(html, "text/html");
+  const lines = doc.querySelectorAll("tr, br, p, li, h1, h2, h3, h4, h5, h6, div, dt, dd, caption").length
+    + [...doc.querySelectorAll("pre")].reduce((n, pre) => n + pre.textContent.split("\n").length, 0);
+  const images = doc.querySelectorAll("img, svg, video, canvas").length;
+  return Math.min(600, Math.max(32, 12 + 22 * Math.max(1, lines) + 160 * images));
 }
 
 function appendError(view, content) {
