@@ -138,7 +138,7 @@ def cmd_up(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         if not settings.redis_url:
-            redis_server = RedisServer().start()
+            redis_server = RedisServer(maxmemory_bytes=settings.redis_maxmemory_bytes).start()
             settings = settings.replace(redis_url=redis_server.url)
         env = {**os.environ, **settings_environ(settings)}
         for command in ("worker", "api"):

@@ -122,12 +122,29 @@ def _wait_for(predicate, timeout_s: float, what: str, process: subprocess.Popen 
 wait_for = _wait_for
 
 
+def acl_refusals(server: RedisServer) -> list[str]:
+    """The commands, keys and channels `server` refused (its ACL LOG), one line each."""
+    admin = redis.Redis.from_url(server.admin_url)
+    try:
+        return [f"{e['username']}: {e['reason']} {e['object']} x{e['count']}"
+                for e in admin.acl_log() if e["reason"] != "auth"]
+    finally:
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
+    """The session's Redis; at the end, the session fails if the service user was refused anything.
+
+    Every service process of the suite runs as the restricted service user, so an empty ACL LOG
+    is the proof that its ACL (taskkernel.redis_server.SERVICE_COMMANDS) allows what the service does.
+    """
     server = RedisServer()
     server.start()
     try:
         yield server
+        refused = acl_refusals(server)
+        assert not refused, f"the service user was refused (ACL LOG): {refused}"
     finally:
         server.stop()
 
@@ -170,16 +187,17 @@ def notebook(client):
 @pytest.fixture
 def private_service(redis_server, tmp_path):
     """A service of its own (own Redis database, own config dir) for tests that kill or reconfigure it."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/1"
-    redis.Redis.from_url(url).flushdb()
+    admin = redis.Redis.from_url(redis_server.db_url(1, admin=True))  # FLUSHDB is the admin's
+    admin.flushdb()
     config = tmp_path / "config"
     shutil.copytree(SOURCE_CONFIG_DIR, config)
-    svc = Service(url, config, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
+    svc = Service(redis_server.db_url(1), config, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc
     finally:
         svc.close()
-        redis.Redis.from_url(url).flushdb()
+        admin.flushdb()
+        admin.close()
 
 
 def pid_alive(pid: int) -> bool:
