@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+from taskkernel.logs import redact
 from taskkernel.settings import Settings, load_settings, settings_environ
 
 
@@ -148,7 +149,7 @@ def cmd_up(settings: Settings) -> int:
         if _wait_until_up(url, children, stopping):
             idle = _wait_for_pool(settings, children, stopping)
             pools = ", ".join(f"{n} idle {engine} workers" for engine, n in sorted(idle.items()))
-            print(f"taskkernel API on {url}  (redis {_redacted(settings.redis_url)}, {pools or 'no workers'})",
+            print(f"taskkernel API on {url}  (redis {redact(settings.redis_url)}, {pools or 'no workers'})",
                   flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
@@ -206,13 +207,6 @@ def _stop_process(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
-
-
-def _redacted(url: str) -> str:
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 if __name__ == "__main__":
