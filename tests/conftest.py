@@ -44,23 +44,30 @@ class Service:
         env.update({f"TASKKERNEL_{k.upper()}": str(v) for k, v in extra.items()})
         return env
 
-    def start_api(self, **settings) -> str:
-        port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "taskkernel", "api", "--port", str(port)],
-                                   env=self._env(**settings), start_new_session=True)
+    def _start(self, args: list[str], output: Path | None, settings: dict) -> subprocess.Popen:
+        """Start `python -m taskkernel <args>`; its stdout and stderr go to `output` if given."""
+        log = open(output, "ab") if output is not None else None
+        try:
+            process = subprocess.Popen([sys.executable, "-m", "taskkernel", *args], env=self._env(**settings),
+                                       stdout=log, stderr=log, start_new_session=True)
+        finally:
+            if log is not None:
+                log.close()
         self.processes.append(process)
+        return process
+
+    def start_api(self, output: Path | None = None, **settings) -> str:
+        port = free_port()
+        process = self._start(["api", "--port", str(port)], output, settings)
         url = f"http://127.0.0.1:{port}"
         _wait_for(lambda: _http_ok(url + "/api/engines"), 30, f"API on {url}", process)
         self.api_process, self.api_url = process, url
         return url
 
     def start_supervisor(self, host_name: str | None = None, pool: int = 2, wait: bool = True,
-                         **settings) -> str:
+                         output: Path | None = None, **settings) -> str:
         host_name = host_name or f"h{uuid.uuid4().hex[:6]}"
-        process = subprocess.Popen([sys.executable, "-m", "taskkernel", "worker", "--pool", str(pool),
-                                    "--host-name", host_name],
-                                   env=self._env(**settings), start_new_session=True)
-        self.processes.append(process)
+        process = self._start(["worker", "--pool", str(pool), "--host-name", host_name], output, settings)
         self.supervisors[host_name] = process
         if wait and pool:
             self.wait_idle(host_name, "python", pool, process=process)
