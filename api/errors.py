@@ -8,7 +8,7 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from taskkernel.exceptions import TaskkernelError
+from taskkernel.exceptions import RedisOutOfMemory, RedisUnavailable, TaskkernelError
 
 log = logging.getLogger("taskkernel.api")
 
@@ -34,7 +34,11 @@ def register(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def redis_error(exc: redis.RedisError):
         log.warning("redis error: %r", exc)
-        return jsonify({"error": "redis_unavailable", "message": f"Redis is unavailable: {exc}"}), 503
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):  # maxmemory with noeviction
+            error = RedisOutOfMemory(f"Redis is out of memory, nothing was written: {exc}")
+        else:
+            error = RedisUnavailable(f"Redis is unavailable: {exc}")
+        return taskkernel_error(error)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

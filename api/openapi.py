@@ -41,6 +41,7 @@ COMMON_ERRORS = {
     "413": _error("request body too large"),
     "415": _error("request bodies must be JSON"),
     "503": _error("Redis or workers unavailable"),
+    "507": _error("Redis is full (redis_out_of_memory): nothing was written"),
 }
 
 

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+from taskkernel.logs import redact
 from taskkernel.settings import Settings, load_settings, settings_environ
 
 
@@ -138,7 +139,7 @@ def cmd_up(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         if not settings.redis_url:
-            redis_server = RedisServer().start()
+            redis_server = RedisServer(maxmemory_bytes=settings.redis_maxmemory_bytes).start()
             settings = settings.replace(redis_url=redis_server.url)
         env = {**os.environ, **settings_environ(settings)}
         for command in ("worker", "api"):
@@ -148,7 +149,7 @@ def cmd_up(settings: Settings) -> int:
         if _wait_until_up(url, children, stopping):
             idle = _wait_for_pool(settings, children, stopping)
             pools = ", ".join(f"{n} idle {engine} workers" for engine, n in sorted(idle.items()))
-            print(f"taskkernel API on {url}  (redis {_redacted(settings.redis_url)}, {pools or 'no workers'})",
+            print(f"taskkernel API on {url}  (redis {redact(settings.redis_url)}, {pools or 'no workers'})",
                   flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
@@ -206,13 +207,6 @@ def _stop_process(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
-
-
-def _redacted(url: str) -> str:
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 if __name__ == "__main__":

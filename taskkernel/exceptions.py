@@ -178,6 +178,20 @@ class NotebookGone(TaskkernelError):
     status = 409
 
 
+class RedisUnavailable(TaskkernelError):
+    """Redis is unavailable."""
+
+    code = "redis_unavailable"
+    status = 503
+
+
+class RedisOutOfMemory(TaskkernelError):
+    """Redis is full (its maxmemory is reached): nothing was written and nothing was evicted."""
+
+    code = "redis_out_of_memory"
+    status = 507  # Insufficient Storage: the request may succeed once memory is freed
+
+
 class NoLease(TaskkernelError):
     """The notebook was not opened with a lease, so there is none to renew."""
 

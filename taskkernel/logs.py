@@ -2,16 +2,32 @@
 
 Records about a notebook or a cell carry `notebook_id` / `cell_id` (pass them with
 `extra={...}`), so a log pipeline can follow one notebook across processes and hosts.
+`redact` is the one place that hides secrets (URL passwords) from logs and banners; both
+formatters apply it to every line, so a URL logged anywhere shows no password.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import TextIO
 
 CONTEXT_FIELDS = ("notebook_id", "cell_id", "worker_id", "host")
+
+# scheme://user:password@host (user may be empty), and a password=... query parameter
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s@/]+@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***.
+
+    `redis://taskkernel:s3cret@127.0.0.1:6379/0` becomes `redis://taskkernel:***@127.0.0.1:6379/0`;
+    use it on anything that prints a URL (logs, banners, error messages).
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,14 +41,14 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: getattr(record, k) for k in CONTEXT_FIELDS if getattr(record, k, None)})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return redact(json.dumps(entry))
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         context = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if getattr(record, k, None))
-        return f"{text} [{context}]" if context else text
+        return redact(f"{text} [{context}]" if context else text)
 
 
 def configure(level: str, as_json: bool, stream: TextIO, **context) -> None:

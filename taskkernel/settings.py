@@ -20,6 +20,12 @@ class Settings:
     """Everything a taskkernel process may be configured with; units are in the names."""
 
     redis_url: str = ""  # empty: `taskkernel up` starts a private redis-server
+    # maxmemory of that private Redis (noeviction: when full, writes fail with 507 and nothing is
+    # evicted). Measured: a feed message takes ~0.75 KB, a small cell record ~1.7 KB, so 1 GiB is
+    # ~130 notebooks whose capped feed is full (10,000 messages, ~7.5 MB) or far more typical ones.
+    # Fixed rather than a share of RAM, which would follow the host's RAM and not a container's
+    # limit; raise it for many busy notebooks, or move checkpoints out with checkpoint_dir.
+    redis_maxmemory_bytes: int = 1024 * 1024 * 1024
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_threads: int = 64
@@ -65,6 +71,8 @@ class Settings:
             raise ConfigurationError(f"{PREFIX}SANDBOX={self.sandbox!r}: use 'bubblewrap' or 'none'")
         if not 0 < self.sandbox_uid_base < 2**31 - 100_000:
             raise ConfigurationError(f"{PREFIX}SANDBOX_UID_BASE={self.sandbox_uid_base} is not a usable uid")
+        if self.redis_maxmemory_bytes != 0 and self.redis_maxmemory_bytes < 1024 * 1024:
+            raise ConfigurationError("redis_maxmemory_bytes must be 0 (no limit) or at least 1 MiB (1048576)")
         if not 0 < self.api_port < 65536:
             raise ConfigurationError(f"api_port {self.api_port} is not a TCP port")
         if not self.token and not is_loopback(self.api_host):

@@ -44,23 +44,30 @@ class Service:
         env.update({f"TASKKERNEL_{k.upper()}": str(v) for k, v in extra.items()})
         return env
 
-    def start_api(self, **settings) -> str:
-        port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "taskkernel", "api", "--port", str(port)],
-                                   env=self._env(**settings), start_new_session=True)
+    def _start(self, args: list[str], output: Path | None, settings: dict) -> subprocess.Popen:
+        """Start `python -m taskkernel <args>`; its stdout and stderr go to `output` if given."""
+        log = open(output, "ab") if output is not None else None
+        try:
+            process = subprocess.Popen([sys.executable, "-m", "taskkernel", *args], env=self._env(**settings),
+                                       stdout=log, stderr=log, start_new_session=True)
+        finally:
+            if log is not None:
+                log.close()
         self.processes.append(process)
+        return process
+
+    def start_api(self, output: Path | None = None, **settings) -> str:
+        port = free_port()
+        process = self._start(["api", "--port", str(port)], output, settings)
         url = f"http://127.0.0.1:{port}"
         _wait_for(lambda: _http_ok(url + "/api/engines"), 30, f"API on {url}", process)
         self.api_process, self.api_url = process, url
         return url
 
     def start_supervisor(self, host_name: str | None = None, pool: int = 2, wait: bool = True,
-                         **settings) -> str:
+                         output: Path | None = None, **settings) -> str:
         host_name = host_name or f"h{uuid.uuid4().hex[:6]}"
-        process = subprocess.Popen([sys.executable, "-m", "taskkernel", "worker", "--pool", str(pool),
-                                    "--host-name", host_name],
-                                   env=self._env(**settings), start_new_session=True)
-        self.processes.append(process)
+        process = self._start(["worker", "--pool", str(pool), "--host-name", host_name], output, settings)
         self.supervisors[host_name] = process
         if wait and pool:
             self.wait_idle(host_name, "python", pool, process=process)
@@ -122,12 +129,29 @@ def _wait_for(predicate, timeout_s: float, what: str, process: subprocess.Popen 
 wait_for = _wait_for
 
 
+def acl_refusals(server: RedisServer) -> list[str]:
+    """The commands, keys and channels `server` refused (its ACL LOG), one line each."""
+    admin = redis.Redis.from_url(server.admin_url)
+    try:
+        return [f"{e['username']}: {e['reason']} {e['object']} x{e['count']}"
+                for e in admin.acl_log() if e["reason"] != "auth"]
+    finally:
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
+    """The session's Redis; at the end, the session fails if the service user was refused anything.
+
+    Every service process of the suite runs as the restricted service user, so an empty ACL LOG
+    is the proof that its ACL (taskkernel.redis_server.SERVICE_COMMANDS) allows what the service does.
+    """
     server = RedisServer()
     server.start()
     try:
         yield server
+        refused = acl_refusals(server)
+        assert not refused, f"the service user was refused (ACL LOG): {refused}"
     finally:
         server.stop()
 
@@ -170,16 +194,17 @@ def notebook(client):
 @pytest.fixture
 def private_service(redis_server, tmp_path):
     """A service of its own (own Redis database, own config dir) for tests that kill or reconfigure it."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/1"
-    redis.Redis.from_url(url).flushdb()
+    admin = redis.Redis.from_url(redis_server.db_url(1, admin=True))  # FLUSHDB is the admin's
+    admin.flushdb()
     config = tmp_path / "config"
     shutil.copytree(SOURCE_CONFIG_DIR, config)
-    svc = Service(url, config, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
+    svc = Service(redis_server.db_url(1), config, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc
     finally:
         svc.close()
-        redis.Redis.from_url(url).flushdb()
+        admin.flushdb()
+        admin.close()
 
 
 def pid_alive(pid: int) -> bool:

@@ -50,7 +50,7 @@ def test_up_runs_everything_and_stops_it_all(stop_signal):
     try:
         banner = process.stdout.readline()
         assert f"taskkernel API on http://127.0.0.1:{port}" in banner
-        match = re.search(r"redis redis://\*\*\*@127\.0\.0\.1:(\d+)/0", banner)
+        match = re.search(r"redis redis://taskkernel:\*\*\*@127\.0\.0\.1:(\d+)/0", banner)
         assert match, banner
         with Client(f"http://127.0.0.1:{port}").start() as nb:
             assert nb.evaluate("6 * 7")["outputs"][0]["data"]["text/plain"] == "42"
@@ -73,7 +73,7 @@ def test_up_runs_everything_and_stops_it_all(stop_signal):
 
 def test_up_uses_the_configured_redis(redis_server):
     port = free_port()
-    url = redis_server.url.rsplit("/", 1)[0] + "/2"
+    url = redis_server.db_url(2)
     process = start_up(port, TASKKERNEL_REDIS_URL=url, TASKKERNEL_HOST_NAME="up-test")
     try:
         banner = process.stdout.readline()
@@ -85,7 +85,7 @@ def test_up_uses_the_configured_redis(redis_server):
     finally:
         os.kill(process.pid, signal.SIGTERM)
         process.wait(30)
-        redis.Redis.from_url(url).flushdb()
+        redis.Redis.from_url(redis_server.db_url(2, admin=True)).flushdb()
 
 
 def test_binding_the_api_publicly_without_a_token_is_refused():

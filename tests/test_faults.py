@@ -8,7 +8,7 @@ import pytest
 
 from taskkernel.client import ApiError
 from taskkernel.redis_server import RedisServer
-from tests.conftest import Service, wait_for
+from tests.conftest import Service, acl_refusals, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -20,6 +20,7 @@ def persistent_service(config_dir):
     svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc, server
+        assert not acl_refusals(server), "reconnecting needs nothing the service user may not do"
     finally:
         svc.close()
         server.stop()

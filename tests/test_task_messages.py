@@ -30,9 +30,10 @@ def _flatten(message: dict) -> dict:
 
 
 def test_the_pushed_evaluate_message_is_what_send_task_writes(redis_server):
-    url = redis_server.url.rsplit("/", 1)[0] + "/2"
+    url = redis_server.db_url(2)
     client = redis.Redis.from_url(url)
-    client.flushdb()
+    admin = redis.Redis.from_url(redis_server.db_url(2, admin=True))
+    admin.flushdb()
     queue = "taskkernel.test-host.7"
     try:
         app = make_celery(Settings(redis_url=url))
@@ -48,4 +49,4 @@ def test_the_pushed_evaluate_message_is_what_send_task_writes(redis_server):
         assert set(ours) == set(theirs) and set(ours["headers"]) == set(theirs["headers"])
         assert set(ours["properties"]) == set(theirs["properties"])
     finally:
-        client.flushdb()
+        admin.flushdb()
