@@ -137,6 +137,9 @@ def cmd_up(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    from taskkernel.workers import sandbox
+
+    isolation = sandbox.check(settings)  # refuse at once, before starting anything, without a sandbox
     try:
         if not settings.redis_url:
             redis_server = RedisServer(maxmemory_bytes=settings.redis_maxmemory_bytes).start()
@@ -149,8 +152,8 @@ def cmd_up(settings: Settings) -> int:
         if _wait_until_up(url, children, stopping):
             idle = _wait_for_pool(settings, children, stopping)
             pools = ", ".join(f"{n} idle {engine} workers" for engine, n in sorted(idle.items()))
-            print(f"taskkernel API on {url}  (redis {redact(settings.redis_url)}, {pools or 'no workers'})",
-                  flush=True)
+            print(f"taskkernel API on {url}  (redis {redact(settings.redis_url)}, {pools or 'no workers'})\n"
+                  f"taskkernel {isolation}", flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         failed = [c for c in children if c.poll() not in (None, 0)]

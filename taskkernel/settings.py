@@ -35,7 +35,7 @@ class Settings:
     cors_origins: str = ""  # comma-separated origins allowed by CORS ("*" for any)
     allowed_hosts: str = ""  # comma-separated Host names a tokenless API answers besides loopback ones
     max_feed_subscribers: int = 0  # SSE streams one API process serves at once (0: api_threads - 8)
-    sandbox: str = "bubblewrap"  # how engines are isolated: "bubblewrap", or "none" (explicitly unisolated)
+    sandbox: str = "bubblewrap"  # how engines are isolated: "bubblewrap" (or "required"), or "none" (unisolated)
     sandbox_uid_base: int = 200_000  # as root, worker slot n's engine runs as uid sandbox_uid_base + n
     sandbox_dir: str = ""  # where each worker's private directory goes; empty: a fresh temporary one
     config_dir: str = str(SOURCE_CONFIG_DIR)
@@ -141,6 +141,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides) -> Sett
         if raw is not None and raw != "":
             values[field.name] = _convert(field, raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("sandbox") == "required":  # the spelling: the sandbox is required (bubblewrap)
+        values["sandbox"] = "bubblewrap"
     if "host_name" in values:
         values["host_name"] = _safe_name(values["host_name"])
     return Settings(**values).validate()

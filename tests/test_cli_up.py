@@ -52,6 +52,8 @@ def test_up_runs_everything_and_stops_it_all(stop_signal):
         assert f"taskkernel API on http://127.0.0.1:{port}" in banner
         match = re.search(r"redis redis://taskkernel:\*\*\*@127\.0\.0\.1:(\d+)/0", banner)
         assert match, banner
+        isolation = process.stdout.readline()
+        assert isolation.startswith("taskkernel sandbox: bubblewrap, "), isolation
         with Client(f"http://127.0.0.1:{port}").start() as nb:
             assert nb.evaluate("6 * 7")["outputs"][0]["data"]["text/plain"] == "42"
         tree = descendants(process.pid)
