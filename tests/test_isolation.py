@@ -27,6 +27,14 @@ def value(cell: dict):
     return json.loads(eval(cell["outputs"][-1]["data"]["text/plain"]))  # a repr of a JSON string
 
 
+def engine_pid(notebook) -> int:
+    """The engine process of a notebook: worker -> bubblewrap -> the sandbox's init -> engine."""
+    pid = notebook.record["worker"]["pid"]
+    for _ in range(3):
+        pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+    return pid
+
+
 SCAN_MEMORY = """
 import json, os, re
 def scan(parts):
@@ -245,12 +253,8 @@ def test_a_sigkilled_engine_answers_the_waiting_caller_at_once(notebook):
     notebook.evaluate("x = 1")
     cell = notebook.evaluate("import time; time.sleep(30)", wait=False)
     wait_for(lambda: notebook.cell(cell["id"])["state"] == "running", 10, "the cell to start")
-    worker_pid = notebook.record["worker"]["pid"]
-    bwrap = int(Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()[0])
-    init = int(Path(f"/proc/{bwrap}/task/{bwrap}/children").read_text().split()[0])
-    engine = int(Path(f"/proc/{init}/task/{init}/children").read_text().split()[0])
     started = time.monotonic()
-    os.kill(engine, signal.SIGKILL)
+    os.kill(engine_pid(notebook), signal.SIGKILL)
     done = notebook.wait(cell["id"], timeout=10)
     assert time.monotonic() - started < 5
     assert done["error"]["ename"] == "EngineDied" and "SIGKILL" in done["error"]["evalue"]
@@ -277,3 +281,31 @@ def test_running_unsandboxed_is_an_explicit_choice(private_service):
         # no pid namespace: the engine sees the host's processes, the test's own among them
         cell = nb.evaluate(f"import os\nos.path.exists('/proc/{os.getpid()}')")
         assert cell["outputs"][0]["data"]["text/plain"] == "True"
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups per notebook need root")
+def test_a_notebooks_processes_share_one_memory_and_pids_cgroup(private_service):
+    (private_service.config_dir / "engines" / "capped.toml").write_text(
+        'name = "capped"\nclass = "taskkernel.engines.python:PythonEngine"\n'
+        '[limits]\nnotebook_memory_bytes = 300_000_000\nnotebook_processes = 64\n')
+    host = private_service.start_supervisor(pool=1, wait=False)
+    private_service.start_api()
+    private_service.wait_idle(host, "capped", 1)
+    with private_service.client().start("capped") as nb:
+        worker_id = nb.record["worker"]["id"]
+        groups = Path(f"/proc/{engine_pid(nb)}/cgroup").read_text()
+        assert "memory:" in groups and f"taskkernel-{worker_id}" in groups
+        forks = nb.evaluate("import subprocess\nprocs = []\ntry:\n    for _ in range(200):\n"
+                            "        procs.append(subprocess.Popen(['sleep', '30']))\nexcept OSError as exc:\n"
+                            "    print(type(exc).__name__)\nlen(procs)", timeout=60)
+        assert int(forks["outputs"][-1]["data"]["text/plain"]) < 64 and forks["stdout"].strip() == "BlockingIOError"
+        nb.evaluate("for p in procs:\n    p.kill()\n    p.wait()")
+        # 400 MB touched in a child process: the notebook's cgroup, not a per-process limit, stops it
+        cell = nb.evaluate("import subprocess, sys\n"
+                           "subprocess.run([sys.executable, '-c', 'b = bytearray(400_000_000)']).returncode",
+                           timeout=60)
+        assert cell["outputs"][-1]["data"]["text/plain"] == "-9", "the child was OOM-killed"
+        assert nb.evaluate("'alive'")["status"] == "ok"
+    wait_for(lambda: not list(Path("/sys/fs/cgroup/memory").rglob(f"taskkernel-{worker_id}")), 10,
+             "the cgroups to be removed with the worker")

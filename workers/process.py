@@ -19,7 +19,7 @@ from celery import Celery, signals
 
 from taskkernel import logs
 from taskkernel.settings import Settings
-from taskkernel.workers import sandbox
+from taskkernel.workers import cgroups, sandbox
 from taskkernel.workers.capture import OutputCapture
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
@@ -43,12 +43,14 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
 
     uid = sandbox.slot_uid(settings, slot)
     directory = sandbox.prepare_directory(sandbox_root, worker_id, uid)
-    engine = EngineProcess(sandbox.engine_launch(settings, spec, directory=directory, uid=uid))
+    limits = spec.get("limits", {})
+    procs = cgroups.create(worker_id, memory_bytes=limits.get("notebook_memory_bytes"),
+                           processes=int(limits.get("notebook_processes", cgroups.DEFAULT_NOTEBOOK_PROCESSES)))
+    engine = EngineProcess(sandbox.engine_launch(settings, spec, directory=directory, uid=uid, cgroup_procs=procs))
     engine.start({"spec": spec, "limits": sandbox.engine_limits(spec, uid)})
     capture = OutputCapture(engine.pipes)
     capture.start()
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    limits = spec.get("limits", {})
     runtime = Runtime(client, engine, capture, worker_id=worker_id,
                       output_limit=int(limits.get("output_bytes", settings.max_output_bytes)),
                       rpc_timeout_s=settings.rpc_timeout_s, stream_maxlen=settings.feed_stream_maxlen,

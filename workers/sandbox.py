@@ -25,6 +25,7 @@ from pathlib import Path
 import taskkernel
 from taskkernel.exceptions import ConfigurationError
 from taskkernel.settings import Settings
+from taskkernel.workers import cgroups
 
 BUBBLEWRAP, NONE = "bubblewrap", "none"
 NETWORKS = ("none", "host")
@@ -61,7 +62,8 @@ def check(settings: Settings) -> str:
         raise ConfigurationError("bubblewrap cannot create namespaces here: "
                                  f"{result.stderr.decode(errors='replace').strip()}")
     who = f"uid {settings.sandbox_uid_base}+slot per worker" if os.geteuid() == 0 else "user namespace"
-    return f"sandbox: bubblewrap, {who}, own pid/ipc/mount namespaces"
+    limits = ", memory+pids cgroup per notebook" if cgroups.available() else ", no cgroups (rlimits only)"
+    return f"sandbox: bubblewrap, {who}, own pid/ipc/mount namespaces{limits}"
 
 
 def slot_uid(settings: Settings, slot: int) -> int | None:
@@ -111,8 +113,9 @@ def engine_limits(spec: dict, uid: int | None) -> dict:
     return limits
 
 
-def engine_launch(settings: Settings, spec: dict, *, directory: Path, uid: int | None) -> EngineLaunch:
-    """The command line, environment and import paths of one engine process."""
+def engine_launch(settings: Settings, spec: dict, *, directory: Path, uid: int | None,
+                  cgroup_procs: list[str] = ()) -> EngineLaunch:
+    """The command line, environment and import paths of one engine process (joining `cgroup_procs`)."""
     python = os.path.expanduser(spec.get("python") or sys.executable)
     network = spec.get("network", "none")
     if network not in NETWORKS:
@@ -129,7 +132,8 @@ def engine_launch(settings: Settings, spec: dict, *, directory: Path, uid: int |
         **{str(k): str(v) for k, v in spec.get("env", {}).items()},
     }
     if settings.sandbox == NONE:
-        return EngineLaunch(engine_argv, env, home, module_dirs, nested=False)
+        return EngineLaunch(cgroups.enter_command(list(cgroup_procs), engine_argv), env, home, module_dirs,
+                            nested=False)
     argv = [shutil.which("bwrap") or "bwrap", *_namespaces(network), "--die-with-parent", "--new-session",
             "--hostname", "notebook"]
     # the private directories first: a read-only path beneath /tmp (a plug-in's module in a temporary
@@ -152,7 +156,8 @@ def engine_launch(settings: Settings, spec: dict, *, directory: Path, uid: int |
     else:
         argv += ["--", shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}",
                  "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
-    return EngineLaunch(argv + engine_argv, env, "/", module_dirs, nested=True)
+    return EngineLaunch(cgroups.enter_command(list(cgroup_procs), argv + engine_argv), env, "/", module_dirs,
+                        nested=True)
 
 
 def _namespaces(network: str) -> list[str]:

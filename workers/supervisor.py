@@ -33,7 +33,7 @@ from taskkernel.engines import registry
 from taskkernel.exceptions import TaskkernelError
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
-from taskkernel.workers import sandbox
+from taskkernel.workers import cgroups, sandbox
 
 log = logging.getLogger("taskkernel.supervisor")
 
@@ -316,6 +316,7 @@ class Supervisor:
     def _on_exit(self, child: Child, status: int) -> None:
         """Clean up after a worker; if it was serving a notebook, fail its cell and re-home it."""
         sandbox.remove_directory(self.sandbox_root, child.worker_id)
+        cgroups.remove(child.worker_id)
         wkey = keys.worker(child.worker_id)
         info = {k.decode(): v.decode() for k, v in self.redis.hgetall(wkey).items()}
         description = info.get("died") or f"the worker process died ({_describe_exit(status)})"

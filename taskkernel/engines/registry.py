@@ -13,7 +13,7 @@ An engine file looks like:
     network = "none"         # optional: "none" (default), or "host" (only with an API token)
     [env]                    # optional: environment of the engine process
     [limits]                 # optional: memory_bytes, processes, open_files, file_bytes,
-                             #           cell_timeout_s, output_bytes
+                             #   notebook_memory_bytes, notebook_processes, cell_timeout_s, output_bytes
 
 A file that cannot be read is reported (in `errors`) and does not hide the other engines.
 """
