@@ -82,6 +82,7 @@ CAPPED_TYPES = ("execute_result", "display_data", "update_display_data", "error"
 # quick cell's whole story goes out in the one script that finishes it (one round trip fewer).
 ANNOUNCE_AFTER_S = 0.002
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
+REPLY_EXTRAS_BYTES = 1024 * 1024  # user_expressions and payload (pager text) an execute_reply may carry
 EXIT_ENGINE_DIED = 70  # the worker's exit code when its engine died; the reason is on its record
 
 
@@ -485,7 +486,10 @@ def _reply_content(reply: dict) -> dict:
     count = reply.get("execution_count")
     content = {"status": status, "execution_count": count if isinstance(count, int) else None}
     if status == "ok":
-        content.update(user_expressions=reply.get("user_expressions") or {}, payload=reply.get("payload") or [])
+        extra = {"user_expressions": reply.get("user_expressions") or {}, "payload": reply.get("payload") or []}
+        if len(json.dumps(extra, default=repr)) > REPLY_EXTRAS_BYTES:  # never past the cell's caps this way
+            extra = {"user_expressions": {}, "payload": []}
+        content.update(extra)
     else:
         content.update(ename=str(reply.get("ename", ""))[:10_000], evalue=str(reply.get("evalue", ""))[:100_000],
                        traceback=[str(line)[:100_000] for line in (reply.get("traceback") or [])[:1000]])
