@@ -53,6 +53,7 @@ ensure_system_packages() {
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
   command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # the tests' network namespaces (outbound engines)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "missing ${missing[*]}: install them (sudo apt-get install ${missing[*]})" >&2

@@ -309,3 +309,61 @@ def test_a_notebooks_processes_share_one_memory_and_pids_cgroup(private_service)
         assert nb.evaluate("'alive'")["status"] == "ok"
     wait_for(lambda: not list(Path("/sys/fs/cgroup/memory").rglob(f"taskkernel-{worker_id}")), 10,
              "the cgroups to be removed with the worker")
+
+
+@pytest.fixture
+def outside_server():
+    """A TCP server in a network namespace of the test's own, reached from the host through a veth
+    pair: an address that is neither the host's loopback nor anything outside this machine."""
+    import shutil
+    import subprocess
+    import sys
+    import uuid
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to make a network namespace")
+    name = "tk" + uuid.uuid4().hex[:6]
+    octet = 16 + int(name[2:4], 16) % 200
+    host_ip, server_ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
+    commands = [["ip", "netns", "add", name],
+                ["ip", "link", "add", f"{name}a", "type", "veth", "peer", "name", f"{name}b"],
+                ["ip", "link", "set", f"{name}b", "netns", name],
+                ["ip", "addr", "add", f"{host_ip}/30", "dev", f"{name}a"], ["ip", "link", "set", f"{name}a", "up"],
+                ["ip", "netns", "exec", name, "ip", "addr", "add", f"{server_ip}/30", "dev", f"{name}b"],
+                ["ip", "netns", "exec", name, "ip", "link", "set", f"{name}b", "up"]]
+    server = None
+    try:
+        for command in commands:
+            subprocess.run(command, check=True, timeout=10, capture_output=True)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", name, sys.executable, "-c",
+             "import socket\ns = socket.socket()\ns.bind((%r, 8089))\ns.listen()\nwhile True:\n"
+             "    c, _ = s.accept()\n    c.sendall(b'hello from outside')\n    c.close()" % server_ip])
+        wait_for(lambda: subprocess.run(["ip", "netns", "exec", name, "ss", "-ltn"], capture_output=True,
+                                        text=True, timeout=10).stdout.count(":8089") > 0, 10, "the server")
+        yield server_ip, 8089
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(10)
+        subprocess.run(["ip", "link", "del", f"{name}a"], timeout=10, capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], timeout=10, capture_output=True)
+
+
+def test_outbound_engines_reach_the_world_but_not_the_hosts_loopback(private_service, outside_server):
+    (private_service.config_dir / "engines" / "online.toml").write_text(
+        'name = "online"\nclass = "taskkernel.engines.python:PythonEngine"\nnetwork = "outbound"\n')
+    host = private_service.start_supervisor(pool=1, wait=False)
+    private_service.start_api()
+    private_service.wait_idle(host, "online", 1)
+    address, port = outside_server
+    redis_port = int(private_service.redis_url.rsplit(":", 1)[1].split("/")[0])
+    with private_service.client().start("online") as nb:
+        cell = nb.evaluate(f"import socket\nsocket.create_connection(({address!r}, {port}), timeout=5).recv(100)")
+        assert cell["outputs"][-1]["data"]["text/plain"] == "b'hello from outside'"
+        for target in ("127.0.0.1", "10.0.2.2"):  # the sandbox's own loopback; slirp's gateway to the host's
+            cell = nb.evaluate(f"import socket\nsocket.create_connection(({target!r}, {redis_port}), timeout=3)")
+            assert cell["status"] == "error" and cell["error"]["ename"] in (
+                "ConnectionRefusedError", "OSError", "TimeoutError"), cell
+        assert value(nb.evaluate("import json\njson.dumps(open('/etc/resolv.conf').read())")) == \
+            "nameserver 10.0.2.3\n"

@@ -10,9 +10,11 @@ every waiter is told at once (EngineDied), so a dead engine never leaves a calle
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -22,7 +24,8 @@ from collections.abc import Callable
 
 from taskkernel.engines import wire
 from taskkernel.exceptions import EngineDied, EngineRefused
-from taskkernel.workers.sandbox import SOCKET_FD_ARG, EngineLaunch
+from taskkernel.workers import sandbox
+from taskkernel.workers.sandbox import INFO_FD_ARG, SOCKET_FD_ARG, EngineLaunch
 
 log = logging.getLogger("taskkernel.worker")
 
@@ -52,6 +55,8 @@ class EngineProcess:
         self._sinks: dict[int, EventSink] = {}
         self._lock = threading.Lock()
         self._dead = threading.Event()
+        self._network: subprocess.Popen | None = None  # slirp4netns, for network = "outbound"
+        self._network_exit = -1
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -60,17 +65,26 @@ class EngineProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        argv = [str(theirs.fileno()) if a == SOCKET_FD_ARG else a for a in self.launch.argv]
+        info_r, info_w = os.pipe() if self.launch.network == "outbound" else (-1, -1)
+        numbers = {SOCKET_FD_ARG: str(theirs.fileno()), INFO_FD_ARG: str(info_w)}
+        argv = [numbers.get(a, a) for a in self.launch.argv]
+        passed = (theirs.fileno(), info_w) if info_w >= 0 else (theirs.fileno(),)
         try:
             self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, pass_fds=(theirs.fileno(),),
+                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, pass_fds=passed,
                 env=self.launch.env, cwd=self.launch.cwd, start_new_session=True)
         finally:
+            for fd in (out_w, err_w, info_w):
+                if fd >= 0:
+                    os.close(fd)
             theirs.close()
-            os.close(out_w)
-            os.close(err_w)
         self.pipes = {"stdout": out_r, "stderr": err_r}
         self._sock = ours
+        if info_r >= 0:
+            try:
+                self._attach_network(info_r, timeout_s)
+            finally:
+                os.close(info_r)
         wire.send(ours, {"op": "init", "sys_path": self.launch.sys_path, **init})
         ours.settimeout(timeout_s)
         try:
@@ -88,6 +102,30 @@ class EngineProcess:
         self._pidfd = os.pidfd_open(self.pid)
         threading.Thread(target=self._read_loop, name="taskkernel-engine", daemon=True).start()
         log.debug("engine ready: pid %d (reported %s)", self.pid, hello.get("pid"))
+
+    def _attach_network(self, info_fd: int, timeout_s: float) -> None:
+        """Give an `outbound` sandbox its user-mode network before the engine runs anything."""
+        report = b""
+        while chunk := os.read(info_fd, 4096):  # bubblewrap writes {"child-pid": N} and closes it
+            report += chunk
+        if not report:
+            said = _read_nonblocking(self.pipes["stderr"])[-2000:].decode("utf-8", "replace")
+            raise EngineDied(f"the engine's sandbox did not start: {said}")
+        child = json.loads(report)["child-pid"]
+        ready_r, ready_w = os.pipe()
+        exit_r, self._network_exit = os.pipe()  # closed when this worker dies: slirp4netns then exits
+        try:
+            self._network = subprocess.Popen(
+                sandbox.outbound_network(child, exit_r, ready_w), pass_fds=(exit_r, ready_w),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            os.close(exit_r)
+            os.close(ready_w)
+        ready, _, _ = select.select([ready_r], [], [], timeout_s)
+        got = os.read(ready_r, 1) if ready else b""
+        os.close(ready_r)
+        if got != b"1":
+            raise EngineDied("slirp4netns did not set up the engine's network")
 
     def _engine_pid(self) -> int:
         """The engine's pid: the launched process, or the grandchild under bwrap's init."""
@@ -112,6 +150,8 @@ class EngineProcess:
 
     def kill(self) -> None:
         """Kill the engine and, with its pid namespace, every process its cells started."""
+        if self._network is not None and self._network.poll() is None:
+            self._network.kill()
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
         if self._pidfd >= 0:

@@ -28,13 +28,15 @@ from taskkernel.settings import Settings
 from taskkernel.workers import cgroups
 
 BUBBLEWRAP, NONE = "bubblewrap", "none"
-NETWORKS = ("none", "host")
+NETWORKS = ("none", "outbound", "host")
+SLIRP_DNS = "10.0.2.3"  # slirp4netns's DNS forwarder, inside the engine's network namespace
 HOME = "/home/notebook"  # the engine's HOME and working directory, inside the sandbox
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 # per engine unless its file's [limits] says otherwise (memory_bytes and file_bytes: none by default)
 DEFAULT_LIMITS = {"processes": 512, "open_files": 4096}
 SOCKET_FD_ARG = "{socket_fd}"  # replaced by the number of the engine's end of the socketpair
+INFO_FD_ARG = "{info_fd}"  # replaced by the pipe on which bubblewrap reports its child's pid
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class EngineLaunch:
     cwd: str
     sys_path: list[str]  # extra import paths the engine adds (plug-in engine modules)
     nested: bool  # the engine is a grandchild of the launched process (bwrap's init sits between)
+    network: str = "none"  # "outbound": the launcher attaches slirp4netns to the engine's namespace
 
 
 def check(settings: Settings) -> str:
@@ -120,6 +123,9 @@ def engine_launch(settings: Settings, spec: dict, *, directory: Path, uid: int |
     network = spec.get("network", "none")
     if network not in NETWORKS:
         raise ConfigurationError(f"engine {spec['name']!r}: network must be one of {', '.join(NETWORKS)}")
+    if network == "outbound" and settings.sandbox != NONE and shutil.which("slirp4netns") is None:
+        raise ConfigurationError(f"engine {spec['name']!r}: network = \"outbound\" needs slirp4netns "
+                                 "(apt-get install slirp4netns)")
     if network == "host" and not settings.token and settings.sandbox != NONE:
         raise ConfigurationError(f"engine {spec['name']!r}: network = \"host\" lets cells reach the host's "
                                  "loopback, allowed only when the API requires a token (TASKKERNEL_TOKEN)")
@@ -150,6 +156,10 @@ def engine_launch(settings: Settings, spec: dict, *, directory: Path, uid: int |
     for link in SYSTEM_DIRS:  # merged-/usr systems: /bin -> usr/bin and the like
         if os.path.islink(link):
             argv += ["--symlink", os.readlink(link), link]
+    if network == "outbound":  # names resolve through slirp4netns, not the host's (loopback) resolver
+        resolv = directory / "resolv.conf"
+        resolv.write_text(f"nameserver {SLIRP_DNS}\n")
+        argv += ["--ro-bind", str(resolv), "/etc/resolv.conf", "--info-fd", INFO_FD_ARG]
     argv += ["--chdir", HOME]
     if uid is None:
         argv += ["--unshare-user", "--cap-drop", "ALL", "--"]
@@ -157,12 +167,19 @@ def engine_launch(settings: Settings, spec: dict, *, directory: Path, uid: int |
         argv += ["--", shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}",
                  "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
     return EngineLaunch(cgroups.enter_command(list(cgroup_procs), argv + engine_argv), env, "/", module_dirs,
-                        nested=True)
+                        nested=True, network=network)
+
+
+def outbound_network(engine_pid: int, exit_fd: int, ready_fd: int) -> list[str]:
+    """slirp4netns for a sandbox of `network = "outbound"`: user-mode NAT to the outside world, with
+    the host's loopback (the API, Redis) refused; it exits when `exit_fd` closes (the worker died)."""
+    return [shutil.which("slirp4netns") or "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+            "--exit-fd", str(exit_fd), "--ready-fd", str(ready_fd), str(engine_pid), "tap0"]
 
 
 def _namespaces(network: str) -> list[str]:
     flags = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    if network == "none":
+    if network in ("none", "outbound"):
         flags.append("--unshare-net")
     if os.geteuid() != 0:
         flags.append("--unshare-user")

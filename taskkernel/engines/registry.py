@@ -10,7 +10,7 @@ An engine file looks like:
     pool_size = 2            # optional: idle workers kept warm on each host
     startup_code = ""        # optional: run once in every new namespace
     python = "/path/python"  # optional: the engine's own interpreter (taskkernel must be importable there)
-    network = "none"         # optional: "none" (default), or "host" (only with an API token)
+    network = "none"         # optional: "none" (default), "outbound" (slirp4netns), "host" (needs a token)
     [env]                    # optional: environment of the engine process
     [limits]                 # optional: memory_bytes, processes, open_files, file_bytes,
                              #   notebook_memory_bytes, notebook_processes, cell_timeout_s, output_bytes
