@@ -204,8 +204,8 @@ def test_sigint_to_the_kernel_process_interrupts_the_cell_on_the_worker(jupyter_
 def test_introspection_answers_while_a_cell_runs(kernel):
     """ipykernel would queue these behind the cell; the worker answers them from its side thread."""
     _, client = kernel
-    msg_id = start_a_sleeping_cell(client, 4)
-    deadline = time.monotonic() + 30
+    msg_id = start_a_sleeping_cell(client, 12)  # longer than jedi's first warm-up in a fresh engine
+    deadline = time.monotonic() + 40
     asked = {client.complete("import ti", 9): "complete", client.inspect("len", 3): "inspect", msg_id: "execute"}
     replies = {}
     while len(replies) < 3:

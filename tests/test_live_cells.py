@@ -153,15 +153,14 @@ def test_a_waiting_caller_gets_the_death_as_its_answer(client, notebook):
 
 def test_complete_inspect_and_is_complete_answer_while_a_long_cell_runs(notebook):
     notebook.evaluate("import math")
-    running = notebook.evaluate("import time; time.sleep(10)", wait=False)
+    running = notebook.evaluate("import time; time.sleep(60)", wait=False)
     wait_for(lambda: notebook.cell(running["id"])["state"] == "running", 10, "the cell to start")
-    started = time.monotonic()
+    # the first of each warms jedi / IPython's transformer up in the engine (seconds, not a minute)
     assert "sqrt" in notebook.complete("math.sq")["matches"]
     inspected = notebook.inspect("math.sqrt")
     assert inspected["found"] and "square root" in inspected["data"]["text/plain"]
     assert notebook.is_complete("for i in range(3):")["status"] == "incomplete"
-    assert time.monotonic() - started < 5
-    assert notebook.cell(running["id"])["state"] == "running"
+    assert notebook.cell(running["id"])["state"] == "running", "answered while the cell runs, not after it"
     notebook.interrupt()
 
 

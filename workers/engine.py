@@ -219,13 +219,17 @@ class EngineProcess:
         with self._lock:
             sink = self._sinks.get(rid) if rid is not None else next(iter(self._sinks.values()), None)
             waiter = self._waiting.get(rid)
-        if "event" in message:
+        events = message.get("events") or ([message] if "event" in message else [])
+        if events and sink is not None:
+            self.on_output_flush()  # what reached the pipes before these events comes before them
+        for event in events if isinstance(events, list) else []:
+            if not isinstance(event, dict):
+                continue
             if sink is not None:
-                self.on_output_flush()  # what reached the pipes before this event comes before it
-                sink(str(message["event"]), message.get("content") or {})
-            elif message["event"] == "stream":
-                log.info("engine output outside a cell: %s", str(message.get("content", {}).get("text"))[:2000])
-        elif waiter is not None:
+                sink(str(event.get("event")), event.get("content") or {})
+            elif event.get("event") == "stream":
+                log.info("engine output outside a cell: %s", str((event.get("content") or {}).get("text"))[:2000])
+        if ("reply" in message or "error" in message or "dead" in message) and waiter is not None:
             waiter.put((message, buffers))
 
     def _died(self, exc: BaseException) -> None:

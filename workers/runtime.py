@@ -133,7 +133,8 @@ class Runtime:
         engine.on_output_flush = capture.flush
         engine.on_death = self._on_engine_death
         self._gone = threading.Lock()
-        self._budget_lock = threading.Lock()  # the running cell's output budget: pump and engine reader
+        self._budget_lock = threading.Lock()
+        self._execution_count = 0  # the engine's, as its last reply said  # the running cell's output budget: pump and engine reader
         self.feed = self.store.feed
         self._claim = client.register_script(_CLAIM_LUA)
         self._complete_script = client.register_script(_COMPLETE_LUA)
@@ -241,6 +242,9 @@ class Runtime:
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now)
         self._queue("status", {"execution_state": "busy"})
+        # announced here, not by the engine: a long cell is seen starting at once, and a quick
+        # one's events come back in the one frame that carries its reply
+        self._queue("execute_input", {"code": code, "execution_count": self._execution_count + 1})
         self._started_runs.put(run)
         self.capture.begin(self._on_output)
         death = ""
@@ -253,6 +257,8 @@ class Runtime:
             run.ended.set()
             self.capture.end()
             self._run = None
+        if isinstance(reply.get("execution_count"), int):
+            self._execution_count = reply["execution_count"]
         # logged before the reply goes out: whoever sees the reply (and deletes the notebook, say)
         # can count on the log line being written
         log.info("cell %s: %s", reply["status"], reply.get("ename", ""), extra=context)
@@ -375,7 +381,7 @@ class Runtime:
             with self._budget_lock:
                 self._truncate(run)
             return
-        if msg_type not in ENGINE_EVENTS:
+        if msg_type not in ENGINE_EVENTS or msg_type == "execute_input":  # (the worker announced it)
             return
         if msg_type in CAPPED_TYPES:
             size = len(json.dumps(content, default=repr))

@@ -24,6 +24,9 @@ from taskkernel.engines.base import Engine
 from taskkernel.engines.streams import StreamSet
 
 INSTANT_OPS = ("complete", "inspect", "is_complete")
+# a cell's events that go out with the next frame rather than alone (the worker announces the
+# cell's start itself; a value or an error is followed by the reply at once)
+HELD_EVENTS = ("execute_input", "execute_result", "error")
 # [limits] key in an engine file -> the rlimit the engine sets on itself before any user code
 RLIMITS = {
     "memory_bytes": resource.RLIMIT_AS,
@@ -101,6 +104,9 @@ class EngineServer:
 
     def _answer(self, request: dict, buffers: list[bytes]) -> None:
         rid, op = request.get("id"), request.get("op")
+        if op == "execute":
+            self._execute(request)
+            return
         try:
             reply, out = self._perform(op, request, buffers)
         except namespace.NamespaceError as exc:
@@ -110,12 +116,28 @@ class EngineServer:
         else:
             self.send({"id": rid, "reply": reply}, out)
 
+    def _execute(self, request: dict) -> None:
+        """Run a cell. Events that a watcher need not see at once (HELD_EVENTS) wait for the next
+        frame, so a quick cell is one frame back: its events and its reply together."""
+        rid, held = request["id"], []
+
+        def emit(msg_type: str, content: dict) -> None:
+            event = {"event": msg_type, "content": content}
+            if msg_type in HELD_EVENTS:
+                held.append(event)
+                return
+            self.send({"id": rid, "events": [*held, event]})
+            held.clear()
+
+        try:
+            reply = self.engine.execute(request["code"], emit)
+        except BaseException as exc:  # noqa: BLE001 - the engine itself failed (an interrupt between hooks)
+            reply = {"status": "error", "execution_count": self.engine.execution_count,
+                     "ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
+        self.send({"id": rid, "events": held, "reply": reply})
+
     def _perform(self, op: str, request: dict, buffers: list[bytes]) -> tuple[dict, list[bytes]]:
         engine, ns = self.engine, getattr(self.engine, "namespace", None)
-        if op == "execute":
-            def emit(msg_type: str, content: dict) -> None:
-                self.send({"id": request["id"], "event": msg_type, "content": content})
-            return engine.execute(request["code"], emit), []
         if op == "complete":
             return engine.complete(request["code"], int(request["cursor_pos"])), []
         if op == "inspect":

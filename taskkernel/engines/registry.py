@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import tomllib
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from taskkernel.engines.base import Engine
@@ -35,6 +34,8 @@ REQUIRED = ("name", "class")
 
 def load_specs(config_dir: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
     """Read every engine spec; return ({name: spec}, {source: error message})."""
+    from importlib.metadata import entry_points  # not at import: engine processes never scan plug-ins
+
     specs: dict[str, dict] = {}
     errors: dict[str, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
