@@ -11,7 +11,6 @@ display functions and the pager behave as on the ipython engine. Top-level `awai
 from __future__ import annotations
 
 import ast
-import asyncio
 import importlib.util
 import inspect
 import linecache
@@ -51,7 +50,7 @@ class PythonEngine(Engine):
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.running_user_code = False
         self.shell = None  # IPython's shell over self.namespace, made when a cell first needs it
-        self._loop: asyncio.AbstractEventLoop | None = None  # runs cells with top-level await
+        self._loop = None  # the asyncio loop of cells with top-level await (asyncio imported then)
 
     def start(self) -> None:
         self.namespace["display"] = self.display
@@ -92,6 +91,8 @@ class PythonEngine(Engine):
         result = eval(code, self.namespace)
         if code.co_flags & inspect.CO_COROUTINE:
             if self._loop is None:
+                import asyncio  # ~2 MiB an engine pays only once a cell awaits
+
                 self._loop = asyncio.new_event_loop()
             result = self._loop.run_until_complete(result)
         return result
