@@ -25,10 +25,13 @@ MSG_TYPES: dict[str, tuple[str, ...]] = {
     "stream": ("name", "text"),
     "execute_result": ("execution_count", "data", "metadata"),
     "display_data": ("data", "metadata", "transient"),
+    "update_display_data": ("data", "metadata", "transient"),
     "error": ("ename", "evalue", "traceback"),
     "execute_reply": ("status", "execution_count"),
     "clear_output": ("wait",),
 }
+# the messages that may carry transient.display_id (nbclient updates its outputs on each)
+DISPLAY_TYPES = ("display_data", "update_display_data", "execute_result")
 EXECUTION_STATES = ("busy", "idle", "starting", "restarting", "dead")
 
 CELL_STATES = ("queued", "running", "done")
@@ -94,8 +97,18 @@ def validate_message(msg: dict) -> list[str]:
     return problems
 
 
+def display_id_of(msg: dict) -> str | None:
+    """The display id a display_data / update_display_data / execute_result carries, if any."""
+    transient = msg["content"].get("transient")
+    return transient.get("display_id") if isinstance(transient, dict) else None
+
+
 def output_from_message(msg: dict) -> dict | None:
-    """The nbformat v4 output a feed message stands for, or None (status, input, reply)."""
+    """The nbformat v4 output a feed message stands for, or None (status, input, reply).
+
+    update_display_data and clear_output are no output of their own: they change outputs kept
+    before them (see workers/runtime.py CellRun.add_output).
+    """
     msg_type = msg["header"]["msg_type"]
     content = msg["content"]
     if msg_type == "stream":

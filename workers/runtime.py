@@ -72,7 +72,7 @@ return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 11 + 2 * n, ce
 ATTACH_RECORD_BYTES = 16 * 1024
 TRUNCATED = "\n[taskkernel: output truncated, the cell exceeded {limit} bytes of output]\n"
 # published at once (watchers see output live); the rest go out with the reply or a live flush
-LIVE_TYPES = ("stream", "display_data")
+LIVE_TYPES = ("stream", "display_data", "update_display_data", "clear_output")
 # what an engine may send during a cell; the rich ones count against the cell's output limit
 ENGINE_EVENTS = ("execute_input", "execute_result", "display_data", "update_display_data", "clear_output",
                  "error")
@@ -98,6 +98,8 @@ class CellRun:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.outputs: list[dict] = []
+        self.display_ids: dict[str, list[int]] = {}  # display id -> indices in outputs showing it
+        self.clear_pending = False  # clear_output(wait=True): clear when the next output comes
         self.outbox: list[dict] = []
         self.error: dict | None = None
         # the cell has returned: what it still queues (the drained output) and whatever was not
@@ -105,15 +107,40 @@ class CellRun:
         self.ended = threading.Event()
 
     def add_output(self, msg: dict) -> None:
+        """Keep the output `msg` stands for, as nbclient and Jupyter front ends keep a cell's outputs:
+        update_display_data replaces the data of the outputs showing its display id (and adds
+        none), as does a new display with an id already shown; clear_output empties the outputs,
+        at once or, with `wait`, when the next output arrives. stdout and stderr stay as printed."""
+        msg_type = msg["header"]["msg_type"]
+        display_id = messages.display_id_of(msg) if msg_type in messages.DISPLAY_TYPES else None
+        if display_id:
+            for index in self.display_ids.get(display_id, ()):
+                self.outputs[index]["data"] = msg["content"]["data"]
+                self.outputs[index]["metadata"] = msg["content"].get("metadata", {})
+        if msg_type == "clear_output":
+            if msg["content"].get("wait"):
+                self.clear_pending = True
+            else:
+                self._clear()
+            return
         output = messages.output_from_message(msg)
         if output is None:
             return
+        if self.clear_pending:
+            self._clear()
+        if display_id:
+            self.display_ids.setdefault(display_id, []).append(len(self.outputs))
         last = self.outputs[-1] if self.outputs else None
         if output["output_type"] == "stream" and last and last["output_type"] == "stream" \
                 and last["name"] == output["name"]:
             last["text"] += output["text"]
         else:
             self.outputs.append(output)
+
+    def _clear(self) -> None:
+        self.outputs.clear()
+        self.display_ids.clear()
+        self.clear_pending = False
 
 
 class Runtime:

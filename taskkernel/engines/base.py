@@ -98,6 +98,10 @@ class Engine:
     def after_cell(self) -> None:
         """Called after every cell, while its outputs are still collected (e.g. to show figures)."""
 
+    def take_payload(self) -> list[dict]:
+        """The execute_reply payloads the cell wrote (pager text, ask_exit), as ipykernel returns them."""
+        return []
+
     def complete(self, code: str, cursor_pos: int) -> dict:
         return {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos, "metadata": {}}
 
@@ -109,10 +113,28 @@ class Engine:
 
     # --- the protocol -------------------------------------------------------------------------
 
-    def display(self, obj: Any, *, metadata: dict | None = None) -> None:
-        """Emit `obj` as display_data on the running cell (what `display()` in a cell calls)."""
-        data, meta = mime_bundle(obj)
-        self.emit("display_data", {"data": data, "metadata": {**meta, **(metadata or {})}, "transient": {}})
+    def display(self, *objs: Any, metadata: dict | None = None, display_id: str | bool | None = None,
+                update: bool = False, clear: bool = False, **kwargs) -> "DisplayHandle | None":
+        """Emit each object as display_data on the running cell (what `display()` in a cell calls).
+
+        As IPython's display(): `display_id=True` makes a new id, and a DisplayHandle is returned
+        whenever an id is given; `update=True` emits update_display_data for that id instead;
+        `clear=True` clears the cell's output first (clear_output with wait).
+        """
+        if display_id is True:
+            display_id = new_display_id()
+        if clear:
+            self.clear_output(wait=True)
+        transient = {"display_id": display_id} if display_id else {}
+        for obj in objs:
+            data, meta = mime_bundle(obj)
+            self.emit("update_display_data" if update else "display_data",
+                      {"data": data, "metadata": {**meta, **(metadata or {})}, "transient": dict(transient)})
+        return DisplayHandle(self, display_id) if display_id and not update else None
+
+    def clear_output(self, wait: bool = False) -> None:
+        """Clear the running cell's output; with `wait`, when its next output arrives (as in Jupyter)."""
+        self.emit("clear_output", {"wait": bool(wait)})
 
     def emit(self, msg_type: str, content: dict) -> None:
         if self._emit is not None:
@@ -130,11 +152,13 @@ class Engine:
                 data, metadata = self.format_result(value)
                 emit("execute_result", {"execution_count": count, "data": data, "metadata": metadata})
             self._after_cell_safely()
-            return {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}
+            return {"status": "ok", "execution_count": count, "user_expressions": {},
+                    "payload": self.take_payload()}
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
             if isinstance(exc, GeneratorExit):
                 raise
             self._after_cell_safely()
+            self.take_payload()  # a failed cell's payloads are dropped (the reply has no room for them)
             error = self.format_error(exc)
             emit("error", error)
             return {"status": "error", "execution_count": count, **error}
@@ -146,3 +170,25 @@ class Engine:
             self.after_cell()
         except Exception as exc:  # a broken figure must not break the cell's reply
             self.emit("stream", {"name": "stderr", "text": f"[taskkernel] after_cell failed: {exc!r}\n"})
+
+
+def new_display_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+class DisplayHandle:
+    """What `display(x, display_id=...)` returns: shows or updates that display (IPython's API)."""
+
+    def __init__(self, engine: Engine, display_id: str):
+        self.engine, self.display_id = engine, display_id
+
+    def __repr__(self) -> str:
+        return f"<DisplayHandle display_id={self.display_id}>"
+
+    def display(self, obj: Any, **kwargs) -> None:
+        self.engine.display(obj, display_id=self.display_id, **kwargs)
+
+    def update(self, obj: Any, **kwargs) -> None:
+        self.engine.display(obj, display_id=self.display_id, update=True, **kwargs)

@@ -1,7 +1,9 @@
-"""The IPython engine: IPython's InteractiveShell (magics, `!cmd`, its display system and tracebacks).
+"""The IPython engine: every cell runs through IPython's InteractiveShell, as on ipykernel.
 
-It speaks the same Engine interface as the plain Python engine; only evaluation, result
-formatting, errors and is_complete differ. Output still goes through the worker's fd capture.
+Magics (`%timeit`, `%matplotlib inline`), shell escapes (`!ls`), `obj?`, top-level `await`,
+IPython's display system and output cache, its tracebacks: the shell does it all, wired to the
+engine's events by engines/shell.py. It speaks the same Engine interface as the plain Python
+engine (completion and namespace operations are inherited from it).
 """
 
 from __future__ import annotations
@@ -20,33 +22,12 @@ class CellFailed(Exception):
 
 
 class IPythonEngine(PythonEngine):
-    """Runs cells with IPython.core.interactiveshell.InteractiveShell."""
+    """Runs cells with the engine's EngineShell (an IPython InteractiveShell)."""
 
     def start(self) -> None:
-        from IPython.core.displaypub import DisplayPublisher
-        from IPython.core.interactiveshell import InteractiveShell
+        from taskkernel.engines.shell import make_shell
 
-        engine = self
-
-        class Publisher(DisplayPublisher):
-            """display() in a cell becomes display_data on the feed."""
-
-            def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
-                engine.emit("display_data", {"data": data, "metadata": metadata or {},
-                                             "transient": transient or {}})
-
-            def clear_output(self, wait=False):
-                engine.emit("clear_output", {"wait": wait})
-
-        from traitlets.config import Config
-
-        config = Config()
-        config.HistoryManager.hist_file = ":memory:"  # workers must not share one sqlite history file
-        shell = InteractiveShell.instance(config=config, colors="nocolor", autoindent=False)
-        shell.display_pub = Publisher(shell=shell, parent=shell)
-        # the value is reported as execute_result by the protocol: no "Out[n]:" printed as well
-        shell.displayhook.write_output_prompt = lambda: None
-        shell.displayhook.write_format_data = lambda *args, **kwargs: None
+        shell = make_shell(self)
         shell._showtraceback = self._record_traceback
         self.shell = shell
         self.namespace = shell.user_ns
@@ -60,6 +41,7 @@ class IPythonEngine(PythonEngine):
                        "traceback": list(stb)}
 
     def evaluate(self, code: str, cell_name: str) -> Any:
+        """Run the cell with the shell; its display hook has already emitted the value, so None."""
         self._error = None
         self.running_user_code = True
         try:
@@ -70,7 +52,7 @@ class IPythonEngine(PythonEngine):
             raise CellFailed(self._error or {"ename": "Error", "evalue": repr(result.error_in_exec
                                                                            or result.error_before_exec),
                                              "traceback": []})
-        return result.result
+        return None
 
     def format_error(self, exc: BaseException) -> dict:
         if isinstance(exc, CellFailed):
@@ -80,3 +62,9 @@ class IPythonEngine(PythonEngine):
     def format_result(self, value: Any) -> tuple[dict, dict]:
         data, metadata = self.shell.display_formatter.format(value)
         return data, metadata
+
+    def after_cell(self) -> None:
+        """Figures are shown by matplotlib-inline's post_execute hook, inside run_cell, as on ipykernel."""
+
+    def take_payload(self) -> list[dict]:
+        return self.shell.take_payload()

@@ -1,9 +1,18 @@
-"""The plain Python engine: a namespace dict, REPL semantics, jedi completion, rich display."""
+"""The plain Python engine: a namespace dict, REPL semantics, jedi completion, rich display.
+
+Cells are plain Python, compiled and run by this engine (no IPython on the way of a cell that does
+not need it: it costs nothing until then). A cell that is not valid Python but is valid IPython
+(`%matplotlib inline`, `!ls`, `obj?`, `%%time`) is turned into Python by IPython's own input
+transformers, and a cell that mentions IPython (`from IPython.display import clear_output`), gets
+an IPython shell (engines/shell.py) over the same namespace, made once, so magics, IPython's
+display functions and the pager behave as on the ipython engine. Top-level `await` works.
+"""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import linecache
 import os
 import rlcompleter
@@ -16,6 +25,8 @@ from typing import Any
 from taskkernel.engines.base import Engine
 
 COMPLETION_BUDGET_S = 2.0
+TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+IPYTHON_NAMES = ("IPython", "get_ipython")  # a cell mentioning one gets the IPython shell first
 FIRST_COMPLETION_WAIT_S = 6.0  # jedi's import and first inference: ~3 s on a loaded 2-core machine
 
 
@@ -38,6 +49,8 @@ class PythonEngine(Engine):
         super().__init__(spec)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.running_user_code = False
+        self.shell = None  # IPython's shell over self.namespace, made when a cell first needs it
+        self._loop = None  # the asyncio loop of cells with top-level await (asyncio imported then)
 
     def start(self) -> None:
         self.namespace["display"] = self.display
@@ -48,21 +61,63 @@ class PythonEngine(Engine):
     # --- evaluate -----------------------------------------------------------------------------
 
     def evaluate(self, code: str, cell_name: str) -> Any:
-        tree = ast.parse(code, filename=cell_name, mode="exec")
+        if self.shell is None and any(name in code for name in IPYTHON_NAMES):
+            self.ensure_shell()
+        try:
+            tree = ast.parse(code, filename=cell_name, mode="exec")
+        except SyntaxError:
+            transformed = self._from_ipython_syntax(code)
+            if transformed is None:
+                raise
+            code = transformed
+            tree = ast.parse(code, filename=cell_name, mode="exec")
         linecache.cache[cell_name] = (len(code), None, code.splitlines(keepends=True), cell_name)
         last_expr = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last_expr = ast.Expression(tree.body.pop().value)
-        body = compile(tree, cell_name, "exec")
+        body = compile(tree, cell_name, "exec", flags=TOP_LEVEL_AWAIT)
         self.running_user_code = True
         try:
-            exec(body, self.namespace)
-            value = eval(compile(last_expr, cell_name, "eval"), self.namespace) if last_expr else None
+            self._run(body)
+            value = self._run(compile(last_expr, cell_name, "eval", flags=TOP_LEVEL_AWAIT)) if last_expr else None
         finally:
             self.running_user_code = False
         if value is not None:
             self.namespace["_"] = value
         return value
+
+    def _run(self, code) -> Any:
+        """eval() a compiled cell; one with top-level await runs on the engine's event loop."""
+        result = eval(code, self.namespace)
+        if code.co_flags & inspect.CO_COROUTINE:
+            if self._loop is None:
+                import asyncio  # ~2 MiB an engine pays only once a cell awaits
+
+                self._loop = asyncio.new_event_loop()
+            result = self._loop.run_until_complete(result)
+        return result
+
+    def _from_ipython_syntax(self, code: str) -> str | None:
+        """The Python that IPython's input transformers make of `code` (magics, `!`, `?`), or None
+        when they change nothing (the cell is simply not valid)."""
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        transformed = TransformerManager().transform_cell(code)
+        if transformed.rstrip("\n") == code.rstrip("\n"):
+            return None
+        self.ensure_shell()
+        return transformed
+
+    def ensure_shell(self):
+        """IPython's shell over this namespace (`get_ipython()`), made on first use."""
+        if self.shell is None:
+            from taskkernel.engines.shell import make_shell
+
+            self.shell = make_shell(self, user_ns=self.namespace)
+        return self.shell
+
+    def take_payload(self) -> list[dict]:
+        return self.shell.take_payload() if self.shell is not None else []
 
     def format_error(self, exc: BaseException) -> dict:
         """A traceback of the user's frames only: the worker's own frames are cut off."""
@@ -79,7 +134,10 @@ class PythonEngine(Engine):
         return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": text.split("\n")}
 
     def after_cell(self) -> None:
-        """Show the figures a cell drew with matplotlib, as the inline backend does."""
+        """Show the figures a cell drew with matplotlib, as the inline backend does (and, once a
+        shell was made, run its post_execute hooks: matplotlib-inline's after `%matplotlib inline`)."""
+        if self.shell is not None:
+            self.shell.events.trigger("post_execute")
         pyplot = sys.modules.get("matplotlib.pyplot")
         if pyplot is None:
             return

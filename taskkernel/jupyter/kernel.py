@@ -68,7 +68,7 @@ class TaskkernelKernel(Kernel):
 
     url = Unicode("http://127.0.0.1:8000", help="the taskkernel API").tag(config=True)
     token = Unicode("", help="bearer token of the taskkernel API (empty: none)").tag(config=True)
-    engine = Unicode("python", help="engine of the notebook this kernel opens").tag(config=True)
+    engine = Unicode("ipython", help="engine of the notebook this kernel opens").tag(config=True)
     retry_s = Float(30.0, help="how long a lost feed connection is retried before the cell is "
                                "given up").tag(config=True)
     lease_s = Float(60.0, help="the notebook is opened with this lease and the kernel renews it every "

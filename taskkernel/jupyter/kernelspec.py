@@ -20,9 +20,12 @@ from taskkernel.exceptions import ConfigurationError
 from taskkernel.settings import load_settings
 
 KERNEL_MODULE = "taskkernel.jupyter"
+# Jupyter users expect ipykernel: the ipython engine runs cells as it does (magics, matplotlib
+# inline, the pager, display ids); `--engine python` picks the plain engine
+DEFAULT_ENGINE = "ipython"
 
 
-def kernel_json(url: str, engine: str = "python", display_name: str | None = None, language: str = "python",
+def kernel_json(url: str, engine: str = DEFAULT_ENGINE, display_name: str | None = None, language: str = "python",
                 token: str | None = None, python: str = sys.executable) -> dict:
     """The kernel.json of a bridge kernel to `url` running `engine` notebooks."""
     env = {"TASKKERNEL_URL": url, "TASKKERNEL_ENGINE": engine}
@@ -38,7 +41,7 @@ def kernel_json(url: str, engine: str = "python", display_name: str | None = Non
     }
 
 
-def install(url: str, engine: str = "python", name: str | None = None, display_name: str | None = None,
+def install(url: str, engine: str = DEFAULT_ENGINE, name: str | None = None, display_name: str | None = None,
             user: bool = False, prefix: str | None = None, token: str | None = None,
             language: str = "python") -> str:
     """Write the kernelspec and install it with jupyter_client; returns the installed directory.
@@ -95,7 +98,8 @@ def register(subparsers) -> None:
     install_parser = actions.add_parser("install", help="install a Jupyter kernel that runs its cells on taskkernel")
     install_parser.add_argument("--url", help="the taskkernel API (default: TASKKERNEL_API_HOST/_PORT, "
                                               "http://127.0.0.1:8000)")
-    install_parser.add_argument("--engine", default="python", help="engine of the notebooks (default python)")
+    install_parser.add_argument("--engine", default=DEFAULT_ENGINE,
+                                help=f"engine of the notebooks (default {DEFAULT_ENGINE})")
     install_parser.add_argument("--name", help="kernelspec name (default taskkernel-<engine>)")
     install_parser.add_argument("--display-name", help="name shown in Jupyter (default '<engine> (taskkernel)')")
     where = install_parser.add_mutually_exclusive_group()

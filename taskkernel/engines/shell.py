@@ -1,0 +1,124 @@
+"""IPython's InteractiveShell wired to an engine, as ipykernel's ZMQInteractiveShell is wired to ZMQ.
+
+What IPython would print or ask a terminal for becomes an engine event or an execute_reply
+payload instead, exactly where ipykernel makes the same substitution:
+
+- the display publisher emits display_data, update_display_data (`display(..., display_id=...)`
+  and `handle.update()`) and clear_output;
+- the display hook emits execute_result and keeps IPython's own output cache (`_`, `__`, `Out`,
+  a trailing `;` suppressing the value);
+- the pager (`obj?`, `%pinfo`, `%prun`'s report) writes a `page` payload, `exit()` an `ask_exit`
+  payload, `set_next_input` a `set_next_input` payload;
+- `%matplotlib inline` works through matplotlib-inline's backend; GUI event loops (`qt`, `tk`)
+  are refused, as there is no display in the sandbox.
+
+Both engines use it: the ipython engine runs every cell with the shell, the python engine makes one
+only when a cell needs IPython (engines/python.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from IPython.core import page
+from IPython.core.autocall import ExitAutocall
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets import Any as AnyTrait
+from traitlets import Type, default
+from traitlets.config import Config
+
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+GUI_FREE = (None, "inline", "agg")
+
+
+class EnginePublisher(DisplayPublisher):
+    """display(), update_display() and clear_output() become the engine's events."""
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
+        msg_type = "update_display_data" if update else "display_data"
+        self.shell.engine.emit(msg_type, {"data": data, "metadata": metadata or {}, "transient": transient or {}})
+
+    def clear_output(self, wait: bool = False) -> None:
+        self.shell.engine.emit("clear_output", {"wait": bool(wait)})
+
+
+class EngineDisplayHook(DisplayHook):
+    """A cell's value becomes execute_result; IPython keeps `_`, `__`, `___` and `Out` itself."""
+
+    def write_output_prompt(self) -> None:
+        """No `Out[n]:` prompt: the front end draws its own."""
+
+    def write_format_data(self, format_dict, md_dict=None) -> None:
+        self.shell.engine.emit("execute_result", {"execution_count": self.prompt_count, "data": format_dict,
+                                                  "metadata": md_dict or {}})
+
+
+class EngineExitAutocall(ExitAutocall):
+    """`exit()` / `quit()`, with ipykernel's `keep_kernel` argument."""
+
+    def __call__(self, keep_kernel: bool = False) -> None:
+        self._ip.keepkernel_on_exit = keep_kernel
+        self._ip.ask_exit()
+
+
+class EngineShell(InteractiveShell):
+    """An InteractiveShell whose output goes to `engine` (an Engine: anything with `emit`)."""
+
+    displayhook_class = Type(EngineDisplayHook)
+    display_pub_class = Type(EnginePublisher)
+    engine = AnyTrait(None, allow_none=True)
+    keepkernel_on_exit: bool | None = None
+
+    @default("exiter")
+    def _exiter_default(self):
+        return EngineExitAutocall(self)
+
+    def init_environment(self) -> None:
+        # as ipykernel: no terminal to page in, so subprocesses must not wait on a pager
+        os.environ["PAGER"] = "cat"
+        os.environ["GIT_PAGER"] = "cat"
+
+    def init_hooks(self) -> None:
+        super().init_hooks()
+        self.set_hook("show_in_pager", page.as_hook(self._page_payload), 99)
+
+    def _page_payload(self, strg, start: int = 0, screen_lines: int = 0, pager_cmd=None) -> None:
+        data = strg if isinstance(strg, dict) else {"text/plain": strg}
+        self.payload_manager.write_payload({"source": "page", "data": data, "start": max(0, start)})
+
+    def ask_exit(self) -> None:
+        """ipykernel stops its kernel process here; an engine lives on (its notebook is deleted or
+        restarted through the API), so only the `ask_exit` payload tells the front end."""
+        self.payload_manager.write_payload({"source": "ask_exit", "keepkernel": bool(self.keepkernel_on_exit)})
+
+    def set_next_input(self, text: str, replace: bool = False) -> None:
+        self.payload_manager.write_payload({"source": "set_next_input", "text": text, "replace": replace})
+
+    def enable_gui(self, gui: str | None = None) -> None:
+        if gui not in GUI_FREE:
+            raise UsageError(f"the {gui!r} event loop needs a display, which a taskkernel engine does not have; "
+                             "use %matplotlib inline")
+        self.active_eventloop = gui
+
+    def take_payload(self) -> list[dict]:
+        """The payloads the running cell wrote, for its execute_reply; cleared for the next cell."""
+        payload = self.payload_manager.read_payload()
+        self.payload_manager.clear_payload()
+        return payload
+
+
+def make_shell(engine: Any, user_ns: dict | None = None) -> EngineShell:
+    """The process's one EngineShell (IPython's singleton, so `get_ipython()` finds it)."""
+    if not os.environ.get("MPLBACKEND"):
+        # as ipykernel does at start: matplotlib's default is the inline backend, below anything
+        # the user chooses (matplotlib.use, %matplotlib, an engine file's [env])
+        os.environ["MPLBACKEND"] = INLINE_BACKEND
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"  # workers must not share one sqlite history file
+    shell = EngineShell.instance(config=config, colors="nocolor", autoindent=False, user_ns=user_ns)
+    shell.engine = engine
+    return shell
