@@ -18,7 +18,7 @@ from taskkernel import keys, messages
 from taskkernel.messages import as_text
 from taskkernel.exceptions import (CellNotFound, NoLease, NotebookGone, NotebookNotFound, NoWorkerAvailable,
                                    QuotaExceeded)
-from taskkernel.feed import FeedPublisher
+from taskkernel.feed import PUBLISH_LUA_FUNCTION, FeedPublisher, message_argv
 
 # Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
 # notebook, and write the notebook record.  KEYS: hosts set, notebook hash, notebooks zset,
@@ -134,14 +134,19 @@ if #aborted > 0 then redis.call('HINCRBY', KEYS[2], 'aborted', #aborted) end
 return aborted
 """
 
-# End a running cell that its worker cannot finish (it died).  KEYS: cell, cells-by-status counter.
-# ARGV: the finished cell's fields as pairs.  Returns 1, or 0 when the cell was no longer running
-# (so a cell is failed, and counted, once).
-_FAIL_LUA = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+# End a running cell that its worker cannot finish (it died, its notebook restarted): write its
+# record, count it and publish its ending in one step, only while it is running (so a cell ends,
+# is counted and is announced once, whoever races to end it: its own worker's completion acts only
+# while the cell runs too).  KEYS: cell, cells-by-status counter, feed seq, feed stream.  ARGV:
+# feed channel, stream maxlen, n, n field/value pairs of the record, then the messages
+# (feed.message_argv).  Returns the number of messages published, or false when the cell was no
+# longer running.
+_FAIL_LUA = PUBLISH_LUA_FUNCTION + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return false end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
 redis.call('HINCRBY', KEYS[2], 'error', 1)
-return 1
+return publish_messages(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV, 4 + 2 * n, nil)
 """
 
 # Detach a notebook from its worker before a restart.  KEYS: notebook.  ARGV: expected worker
@@ -442,27 +447,29 @@ class NotebookStore:
         ])
         return aborted
 
-    def fail_cell(self, notebook_id: str, cell_id: str, error: dict) -> None:
-        """End a running cell with an error that did not come from the engine (a dead worker)."""
+    def fail_cell(self, notebook_id: str, cell_id: str, error: dict) -> bool:
+        """End a running cell with an error that did not come from the engine (a dead worker, a
+        restart) and publish its ending; returns False, writing nothing, when it was not running."""
         key = keys.cell(cell_id)
         state, outputs = self.redis.hmget(key, "state", "outputs")
         if as_text(state or b"") != "running":
-            return
+            return False
         output = {"output_type": "error", **error}
         finished = messages.cell_to_redis({
             "state": "done", "status": "error", "error": error,
             "outputs": json.loads(outputs or b"[]") + [output],
             "completed": messages.now_iso(),
         })
-        if not self._fail(keys=[key, keys.METRICS_CELLS], args=messages.hash_pairs(finished)):
-            return  # someone else ended it meanwhile
-        self.feed.publish(
-            notebook_id,
+        ending = message_argv([
             messages.make_message("error", error, notebook_id=notebook_id, cell_id=cell_id),
             messages.make_message("execute_reply", {"status": "error", "execution_count": None, **error},
                                   notebook_id=notebook_id, cell_id=cell_id),
             messages.status("idle", notebook_id=notebook_id, cell_id=cell_id),
-        )
+        ])
+        return bool(self._fail(
+            keys=[key, keys.METRICS_CELLS, keys.feed_seq(notebook_id), keys.feed_stream(notebook_id)],
+            args=[keys.feed_channel(notebook_id), self.feed.maxlen, len(finished), *messages.hash_pairs(finished),
+                  *ending]))
 
 
 def notebook_from_redis(raw: dict) -> dict:
