@@ -55,7 +55,7 @@ if ARGV[7] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
   redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 else
-  if redis.call('EXISTS', KEYS[2]) == 0 then
+  if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('HGET', KEYS[2], 'state') == 'deleting' then
     redis.call('HSET', wk, 'state', 'retiring')
     return {w, info[1], 'gone'}
   end
@@ -149,6 +149,36 @@ redis.call('HINCRBY', KEYS[2], 'error', 1)
 return publish_messages(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV, 4 + 2 * n, nil)
 """
 
+# Start deleting a notebook: flip its state to 'deleting', once (so of concurrent deletes exactly
+# one goes on; a delete that stopped half-way may be taken over after ARGV[2] seconds).  KEYS:
+# notebook.  ARGV: now, seconds after which a 'deleting' notebook may be taken over.  Returns
+# {engine, worker, host}, or false (no such notebook, or another delete has it).
+_DELETE_CLAIM_LUA = """
+local nb = redis.call('HMGET', KEYS[1], 'engine', 'state', 'deleting_since', 'worker', 'host')
+if not nb[1] then return false end
+if nb[2] == 'deleting' and tonumber(ARGV[1]) - tonumber(nb[3] or '0') < tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'state', 'deleting', 'deleting_since', ARGV[1])
+return {nb[1], nb[4] or '', nb[5] or ''}
+"""
+
+# Remove every key of a notebook being deleted; its engine's count goes down only if this call
+# removed it from the notebooks set (never twice, never below what was added).  KEYS: notebook,
+# cells, pending, feed seq, feed stream, checkpoint, notebooks zset, orphans zset, leases zset,
+# per-engine counts.  ARGV: notebook id, engine, cell key prefix.
+_DELETE_LUA = """
+for _, c in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  redis.call('DEL', ARGV[3] .. c)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('ZREM', KEYS[9], ARGV[1])
+if redis.call('ZREM', KEYS[7], ARGV[1]) == 1 then
+  local n = redis.call('HINCRBY', KEYS[10], ARGV[2], -1)
+  if n <= 0 then redis.call('HDEL', KEYS[10], ARGV[2]) end
+end
+return 1
+"""
+
 # Detach a notebook from its worker before a restart.  KEYS: notebook.  ARGV: expected worker
 # ("" for any), now.  Returns the old worker id and host, or false if the notebook moved on.
 _DETACH_LUA = """
@@ -163,6 +193,7 @@ return {w, h}
 
 
 MIN_LEASE_S, MAX_LEASE_S = 0.1, 7 * 24 * 3600.0
+DELETE_TAKEOVER_S = 120.0  # a delete still 'deleting' after this long stopped half-way: another may finish it
 
 
 def new_notebook_id() -> str:
@@ -183,6 +214,8 @@ class NotebookStore:
         self._fail = client.register_script(_FAIL_LUA)
         self._renew = client.register_script(_RENEW_LUA)
         self._detach = client.register_script(_DETACH_LUA)
+        self._delete_claim = client.register_script(_DELETE_CLAIM_LUA)
+        self._delete = client.register_script(_DELETE_LUA)
 
     # --- notebooks ---------------------------------------------------------------------------
 
@@ -268,25 +301,23 @@ class NotebookStore:
         return [notebook_from_redis(raw) for raw in pipe.execute() if raw and b"engine" in raw]
 
     def delete(self, notebook_id: str, reason: str = "the notebook was deleted") -> None:
-        """Abort queued cells, retire the worker and remove every key of the notebook."""
-        record = self.get(notebook_id)
-        self.redis.hset(keys.notebook(notebook_id), "state", "deleting")
+        """Abort queued cells, retire the worker and remove every key of the notebook.
+
+        Of concurrent deletes exactly one does it; the others raise NotebookNotFound.
+        """
+        claimed = self._delete_claim(keys=[keys.notebook(notebook_id)], args=[time.time(), DELETE_TAKEOVER_S])
+        if not claimed:
+            raise NotebookNotFound(notebook_id)
+        engine, worker, host = (as_text(x) for x in claimed)
         self.abort_pending(notebook_id, reason=reason)
         self.feed.publish(notebook_id, messages.status("dead", notebook_id=notebook_id))
-        if record["worker"]:
-            self.retire_worker(record["worker"]["id"], record["worker"]["host"])
-        cell_ids = [as_text(c) for c in self.redis.lrange(keys.notebook_cells(notebook_id), 0, -1)]
-        pipe = self.redis.pipeline(transaction=True)
-        for cell_id in cell_ids:
-            pipe.delete(keys.cell(cell_id))
-        pipe.delete(keys.notebook(notebook_id), keys.notebook_cells(notebook_id),
-                    keys.notebook_pending(notebook_id), keys.feed_seq(notebook_id),
-                    keys.feed_stream(notebook_id), keys.checkpoint(notebook_id))
-        pipe.zrem(keys.NOTEBOOKS, notebook_id)
-        pipe.zrem(keys.ORPHANS, notebook_id)
-        pipe.zrem(keys.LEASES, notebook_id)
-        pipe.hincrby(keys.ENGINE_COUNTS, record["engine"], -1)
-        pipe.execute()
+        if worker:
+            self.retire_worker(worker, host)
+        self._delete(keys=[keys.notebook(notebook_id), keys.notebook_cells(notebook_id),
+                           keys.notebook_pending(notebook_id), keys.feed_seq(notebook_id),
+                           keys.feed_stream(notebook_id), keys.checkpoint(notebook_id), keys.NOTEBOOKS,
+                           keys.ORPHANS, keys.LEASES, keys.ENGINE_COUNTS],
+                     args=[notebook_id, engine, keys.cell("")])
 
     def retire_worker(self, worker_id: str, host_name: str) -> None:
         """Ask the worker's supervisor to stop it; a pinned worker is never reused."""

@@ -116,3 +116,38 @@ def test_a_cell_failed_by_the_supervisor_stays_failed_when_its_worker_finishes(p
     assert nb.refresh()["state"] == "idle", "the worker is free for the next cell"
     assert nb.evaluate("1 + 1")["status"] == "ok"
     nb.close()
+
+
+def test_of_nine_concurrent_deletes_one_wins_and_the_engine_quota_holds(private_service):
+    (private_service.config_dir / "engines" / "pair.toml").write_text(
+        'name = "pair"\nclass = "taskkernel.engines.python:PythonEngine"\nmax_notebooks = 2\npool_size = 3\n')
+    host = private_service.start_supervisor(pool=1)
+    private_service.start_api()
+    private_service.wait_idle(host, "pair", 3)
+    client = private_service.client()
+    counts = redis.Redis.from_url(private_service.redis_url)
+    doomed, kept = client.start("pair"), client.start("pair")
+    barrier = threading.Barrier(9)
+    answers: list = []
+
+    def delete() -> None:
+        barrier.wait()
+        try:
+            answers.append(client.request("DELETE", f"/notebooks/{doomed.id}")[0])
+        except ApiError as exc:
+            answers.append((exc.status, exc.code))
+
+    threads = [threading.Thread(target=delete) for _ in range(9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers.count(204) == 1 and answers.count((404, "notebook_not_found")) == 8, answers
+    assert int(counts.hget(keys.ENGINE_COUNTS, "pair")) == 1
+    again = client.start("pair")  # the freed slot, and only that one
+    with pytest.raises(ApiError) as info:
+        client.start("pair")
+    assert info.value.status == 429
+    again.close()
+    kept.close()
+    assert int(counts.hget(keys.ENGINE_COUNTS, "pair") or 0) == 0
