@@ -32,6 +32,8 @@ MSG_TYPES: dict[str, tuple[str, ...]] = {
 EXECUTION_STATES = ("busy", "idle", "starting", "restarting", "dead")
 
 CELL_STATES = ("queued", "running", "done")
+# the HTTP header of an evaluate that makes its retries safe: the same key returns the same cell
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 CELL_STATUSES = ("ok", "error", "aborted")
 
 

@@ -7,17 +7,19 @@ aborting the queue) are single Lua scripts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import redis
 
 from taskkernel import keys, messages
 from taskkernel.messages import as_text
-from taskkernel.exceptions import (CellNotFound, NoLease, NotebookGone, NotebookNotFound, NoWorkerAvailable,
-                                   QuotaExceeded)
+from taskkernel.exceptions import (CellNotFound, IdempotencyKeyReused, NoLease, NotebookGone, NotebookNotFound,
+                                   NoWorkerAvailable, QuotaExceeded, SubmitUncertain)
 from taskkernel.feed import PUBLISH_LUA_FUNCTION, FeedPublisher, message_argv
 
 # Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
@@ -70,24 +72,33 @@ return {w, info[1], 'ok'}
 """
 
 # Record a cell, queue it behind the notebook's others and push its Celery task onto the queue of
-# the notebook's worker, all at once.  KEYS: notebook, cell, cells, pending, feed stream.  ARGV:
-# cell id, the task message's two halves (joined around the JSON-quoted queue name, as kombu's Redis
-# transport stores a message: workers.tasks.task_message), then the cell hash as field/value pairs.
-# Returns false (no such notebook), {''} (it has no worker right now), or {queue, position, newest
-# feed stream id}: the stream id lets a waiting caller read the cell's reply without a race and
-# without another call.
+# the notebook's worker, all at once, at most once per cell id and per Idempotency-Key.  KEYS:
+# notebook, cell, cells, pending, feed stream, idempotency key.  ARGV: cell id, the task message's
+# two halves (joined around the JSON-quoted queue name, as kombu's Redis transport stores a message:
+# workers.tasks.task_message), how long the idempotency key keeps the cell (ms; 0: no key), then
+# the cell hash as field/value pairs.  Returns false (no such notebook), {''} (it has no worker
+# right now), {'=', cell id, newest feed stream id} (that cell was recorded already: by this very
+# call, retried after its answer was lost, or under the same idempotency key), or {queue, position,
+# newest feed stream id}: the stream id lets a waiting caller read the cell's reply without a race
+# and without another call.
 _SUBMIT_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'deleting' then return false end
+local prior = false
+if ARGV[4] ~= '0' then prior = redis.call('GET', KEYS[6]) end
+if not prior and redis.call('EXISTS', KEYS[2]) == 1 then prior = ARGV[1] end
+local newest = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+newest = newest[1] and newest[1][1] or '0-0'
+if prior then return {'=', prior, newest} end
 local queue = redis.call('HGET', KEYS[1], 'queue')
 if not queue or queue == '' then return {''} end
 local position = redis.call('HINCRBY', KEYS[1], 'cells', 1)
-redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('RPUSH', KEYS[4], ARGV[1])
 redis.call('LPUSH', queue, ARGV[2] .. cjson.encode(queue) .. ARGV[3])
-local newest = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
-return {queue, position, newest[1] and newest[1][1] or '0-0'}
+if ARGV[4] ~= '0' then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[4]) end
+return {queue, position, newest}
 """
 
 # Push a Celery task message onto the queue of the notebook's worker, behind its queued cells.
@@ -164,9 +175,12 @@ return {nb[1], nb[4] or '', nb[5] or ''}
 # Remove every key of a notebook being deleted; its engine's count goes down only if this call
 # removed it from the notebooks set (never twice, never below what was added).  KEYS: notebook,
 # cells, pending, feed seq, feed stream, checkpoint, notebooks zset, orphans zset, leases zset,
-# per-engine counts.  ARGV: notebook id, engine, cell key prefix.
+# per-engine counts.  ARGV: notebook id, engine, cell key prefix, the notebook's idempotency key
+# prefix.
 _DELETE_LUA = """
 for _, c in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local digest = redis.call('HGET', ARGV[3] .. c, 'idempotency')
+  if digest and digest ~= '' then redis.call('DEL', ARGV[4] .. digest) end
   redis.call('DEL', ARGV[3] .. c)
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
@@ -194,6 +208,17 @@ return {w, h}
 
 MIN_LEASE_S, MAX_LEASE_S = 0.1, 7 * 24 * 3600.0
 DELETE_TAKEOVER_S = 120.0  # a delete still 'deleting' after this long stopped half-way: another may finish it
+
+
+class Submitted(NamedTuple):
+    """What `NotebookStore.submit` recorded: the cell, the queue it went to ('' when it was recorded
+    before), the feed stream position its reply comes after, and whether an earlier request with
+    the same Idempotency-Key recorded it."""
+
+    cell: dict
+    queue: str
+    position: str
+    replayed: bool
 
 
 def new_notebook_id() -> str:
@@ -317,7 +342,7 @@ class NotebookStore:
                            keys.notebook_pending(notebook_id), keys.feed_seq(notebook_id),
                            keys.feed_stream(notebook_id), keys.checkpoint(notebook_id), keys.NOTEBOOKS,
                            keys.ORPHANS, keys.LEASES, keys.ENGINE_COUNTS],
-                     args=[notebook_id, engine, keys.cell("")])
+                     args=[notebook_id, engine, keys.cell(""), keys.idempotency(notebook_id, "")])
 
     def retire_worker(self, worker_id: str, host_name: str) -> None:
         """Ask the worker's supervisor to stop it; a pinned worker is never reused."""
@@ -405,10 +430,16 @@ class NotebookStore:
     # --- cells ---------------------------------------------------------------------------------
 
     def submit(self, notebook_id: str, code: str, task_message: Callable[[str], tuple[str, str]], *,
-               stop_on_error: bool = False, worker_timeout_s: float = 10.0) -> tuple[dict, str, str]:
+               stop_on_error: bool = False, worker_timeout_s: float = 10.0, idempotency_key: str = "",
+               idempotency_ttl_s: float = 24 * 3600.0) -> "Submitted":
         """Record a queued cell and enqueue the Celery task that runs it (`task_message(cell_id)`
-        gives its two halves); return the cell, the queue of the notebook's worker, and the feed
-        stream position just before it. Waits up to `worker_timeout_s` for a restarting notebook."""
+        gives its two halves). Waits up to `worker_timeout_s` for a restarting notebook.
+
+        With `idempotency_key`, a submit with the same key within `idempotency_ttl_s` seconds
+        returns the cell the first one recorded (`replayed`) and queues nothing. Raises
+        NotebookNotFound, NotebookGone, IdempotencyKeyReused (the key came with other code), and
+        SubmitUncertain when Redis failed while the cell was being recorded (it may run).
+        """
         cell = {
             "id": messages.new_id(),
             "notebook_id": notebook_id,
@@ -418,23 +449,42 @@ class NotebookStore:
             "stop_on_error": stop_on_error,
             "submitted": messages.now_iso(),
         }
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else ""
+        if digest:
+            cell["idempotency"] = digest
         record = messages.cell_to_redis(cell)
         message = task_message(cell["id"])
+        ttl_ms = max(1, int(idempotency_ttl_s * 1000)) if digest else 0
         while True:
-            got = self._submit(
-                keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
-                      keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id)],
-                args=[cell["id"], *message, *messages.hash_pairs(record)],
-            )
+            try:
+                # redis-py retries a call that timed out: the script is a no-op the second time
+                got = self._submit(
+                    keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
+                          keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id),
+                          keys.idempotency(notebook_id, digest)],
+                    args=[cell["id"], *message, ttl_ms, *messages.hash_pairs(record)],
+                )
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise SubmitUncertain(
+                    f"Redis failed while cell {cell['id']} was being recorded ({exc}): it may run; GET the "
+                    "cell to know, or repeat the request with the same Idempotency-Key",
+                    notebook_id=notebook_id, cell_id=cell["id"]) from exc
             if not got:
                 if self.exists(notebook_id):
                     raise NotebookGone(f"notebook {notebook_id} is being deleted", notebook_id=notebook_id)
                 raise NotebookNotFound(notebook_id)
+            if got[0] == b"=":
+                prior = self.get_cell(as_text(got[1]), notebook_id)
+                if prior["code"] != code:
+                    raise IdempotencyKeyReused(
+                        "this Idempotency-Key already submitted a cell with other code",
+                        notebook_id=notebook_id, cell_id=prior["id"])
+                return Submitted(prior, "", as_text(got[2]), replayed=prior["id"] != cell["id"])
             if got[0]:
                 break
             self.wait_for_worker(notebook_id, worker_timeout_s)
-        return messages.cell_from_redis({**record, "position": str(got[1])}), \
-            as_text(got[0]), as_text(got[2])
+        return Submitted(messages.cell_from_redis({**record, "position": str(got[1])}), as_text(got[0]),
+                         as_text(got[2]), replayed=False)
 
     def enqueue(self, notebook_id: str, message: tuple[str, str], *, worker_timeout_s: float = 10.0) -> str:
         """Push a task message onto the notebook's worker queue, behind its cells, in one script (so
