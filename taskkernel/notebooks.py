@@ -1,8 +1,10 @@
 """Notebook and cell records in Redis, and the notebook -> worker assignment.
 
 All state lives in Redis so that any number of API processes and supervisors can serve at once.
-Transitions that several processes race for (taking an idle worker, claiming a queued cell,
-aborting the queue) are single Lua scripts.
+Transitions that several processes race for (taking an idle worker, recording a cell, claiming a
+queued cell, aborting the queue, failing a running cell, deleting a notebook) are single Lua
+scripts, and each acts once: repeating one (a retry after a lost answer, a second DELETE) changes
+nothing more.
 """
 
 from __future__ import annotations
