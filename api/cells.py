@@ -3,37 +3,61 @@
 from __future__ import annotations
 
 import functools
+import logging
+import re
 
-from flask import Blueprint, current_app, jsonify
+import redis
+from flask import Blueprint, current_app, jsonify, request
 
 from taskkernel import feed, messages
+from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.api.validation import json_body
 from taskkernel.exceptions import InvalidField
 from taskkernel.workers.tasks import evaluate_message
 
 blueprint = Blueprint("cells", __name__)
+log = logging.getLogger("taskkernel.api")
+
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/evaluate")
 def evaluate(notebook_id: str):
-    """Queue a cell. 202 + the queued cell; with wait, 200 + the finished cell (202 on timeout)."""
+    """Queue a cell. 202 + the queued cell; with wait, 200 + the finished cell (202 on timeout).
+
+    With an Idempotency-Key header, a repeated request returns the cell the first one queued
+    (Idempotent-Replayed: true) and runs nothing. Once the cell is recorded the answer always
+    carries it, even if Redis fails while the caller waits (202 then).
+    """
     svc = current_app.extensions["taskkernel"]
     body = json_body({"code": str, "wait": bool, "timeout": float, "stop_on_error": bool}, required=("code",))
     timeout_s = body.get("timeout", svc.settings.wait_timeout_s)
     if not 0 <= timeout_s <= svc.settings.max_wait_timeout_s:
         raise InvalidField(f"field 'timeout' must be between 0 and {svc.settings.max_wait_timeout_s:g} s", field="timeout")
+    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise InvalidField(f"header {IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters",
+                           field=IDEMPOTENCY_HEADER)
     task_message = functools.partial(evaluate_message, svc.celery, notebook_id=notebook_id)
-    cell, _queue, position = svc.store.submit(notebook_id, body["code"], task_message,
-                                              stop_on_error=body.get("stop_on_error", False),
-                                              worker_timeout_s=svc.settings.assign_timeout_s)
-    if body.get("wait"):
-        reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], position, timeout_s)
-        record = feed.cell_record_from_reply(reply) if reply else None
-        cell = messages.cell_from_redis(record) if record else svc.store.get_cell(cell["id"])
+    submitted = svc.store.submit(notebook_id, body["code"], task_message,
+                                 stop_on_error=body.get("stop_on_error", False),
+                                 worker_timeout_s=svc.settings.assign_timeout_s,
+                                 idempotency_key=idempotency_key or "",
+                                 idempotency_ttl_s=svc.settings.idempotency_ttl_s)
+    cell = submitted.cell
+    if body.get("wait") and cell["state"] != "done":
+        try:
+            reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], submitted.position, timeout_s)
+            record = feed.cell_record_from_reply(reply) if reply else None
+            cell = messages.cell_from_redis(record) if record else svc.store.get_cell(cell["id"])
+        except redis.RedisError as exc:  # the cell is recorded and may run: say so, never 503
+            log.warning("waiting for cell %s: %r; answering with the cell as recorded", cell["id"], exc)
     status = 200 if cell["state"] == "done" else 202
     response = jsonify(cell)
     response.status_code = status
     response.headers["Location"] = f"/api/notebooks/{notebook_id}/cells/{cell['id']}"
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 

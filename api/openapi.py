@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 import taskkernel
+from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S
 
 blueprint = Blueprint("openapi", __name__)
@@ -56,6 +57,12 @@ def _op(summary: str, responses: dict, body: dict | None = None, params: list | 
 
 NOTEBOOK_ID = {"name": "notebook_id", "in": "path", "required": True, "schema": HEX_ID}
 CELL_ID = {"name": "cell_id", "in": "path", "required": True, "schema": HEX_ID}
+IDEMPOTENCY_KEY = {
+    "name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+    "description": "a key of the client's choosing: a repeated request with it returns the cell the first "
+                   "one queued (header Idempotent-Replayed: true) and runs nothing",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+}
 VAR_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 CODE_POS = {"code": {"type": "string"}, "cursor_pos": {"type": "integer", "minimum": 0}}
 
@@ -148,11 +155,12 @@ def document() -> dict:
                 "queue a cell; with wait, return it finished",
                 {"200": ok("the finished cell", _ref("Cell")),
                  "202": ok("the queued or still running cell", _ref("Cell")),
-                 "409": _error("the notebook is being deleted")},
+                 "409": _error("the notebook is being deleted"),
+                 "422": _error("the Idempotency-Key already submitted other code (idempotency_key_reused)")},
                 body=_body({"code": {"type": "string"}, "wait": {"type": "boolean"},
                             "timeout": {"type": "number", "minimum": 0},
                             "stop_on_error": {"type": "boolean"}}, ["code"]),
-                params=[NOTEBOOK_ID])},
+                params=[NOTEBOOK_ID, IDEMPOTENCY_KEY])},
             "/api/notebooks/{notebook_id}/cells": {"get": _op("the notebook's cells", {"200": ok("cells", {
                 "type": "object", "required": ["cells"],
                 "properties": {"cells": {"type": "array", "items": _ref("Cell")}}})}, params=[NOTEBOOK_ID])},

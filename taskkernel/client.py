@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
+import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 
 from taskkernel.exceptions import TaskkernelError
+from taskkernel.messages import IDEMPOTENCY_HEADER
 
 
 class ApiError(TaskkernelError):
@@ -19,6 +23,19 @@ class ApiError(TaskkernelError):
         super().__init__(body.get("message", f"HTTP {status}"), **{k: v for k, v in body.items() if k != "message"})
         self.status = status
         self.code = body.get("error", "http_error")
+
+
+# methods HTTP defines as idempotent: repeating one after a connection reset changes nothing more
+SAFE_TO_REPEAT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle connection's socket was closed (or reset) by the other end."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 class Client:
@@ -34,19 +51,30 @@ class Client:
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            conn.close()  # the server ended the idle keep-alive connection: nothing was sent on it
+            conn = None
         if conn is None:
             conn = self._local.conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
         return conn
 
-    def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None):
-        """Send one request; return (status, decoded JSON or None). Raises ApiError on 4xx/5xx."""
-        headers = {"Accept": "application/json"}
+    def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None,
+                headers: dict[str, str] | None = None, retry: bool | None = None):
+        """Send one request; return (status, decoded JSON or None). Raises ApiError on 4xx/5xx.
+
+        A request whose connection is reset is sent once more only when repeating it is safe:
+        GET, PUT and DELETE, a POST with an Idempotency-Key header, or when `retry` says so. An
+        idle keep-alive connection the server has closed is replaced before sending.
+        """
+        headers = {"Accept": "application/json", **(headers or {})}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        if retry is None:
+            retry = method in SAFE_TO_REPEAT or IDEMPOTENCY_HEADER in headers
         for attempt in (1, 2):
             conn = self._connection()
             conn.timeout = timeout_s or self._timeout_s
@@ -60,7 +88,7 @@ class Client:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 conn.close()
                 self._local.conn = None
-                if attempt == 2:
+                if attempt == 2 or not retry:
                     raise
         decoded = json.loads(data) if data else None
         if response.status >= 400:
@@ -140,12 +168,19 @@ class Notebook:
 
         threading.Thread(target=renew, name="taskkernel-lease", daemon=True).start()
 
-    def evaluate(self, code: str, wait: bool = True, timeout: float = 60.0, stop_on_error: bool = False) -> dict:
-        """Run a cell; with `wait`, return the finished cell (or the running one after `timeout` s)."""
+    def evaluate(self, code: str, wait: bool = True, timeout: float = 60.0, stop_on_error: bool = False,
+                 idempotency_key: str | None = None) -> dict:
+        """Run a cell; with `wait`, return the finished cell (or the running one after `timeout` s).
+
+        Each call sends an Idempotency-Key (a fresh one unless `idempotency_key` is given), so the
+        request is repeated after a connection reset without the code running twice.
+        """
         body = {"code": code, "wait": wait, "timeout": timeout}
         if stop_on_error:
             body["stop_on_error"] = True
-        return self.client.request("POST", f"/notebooks/{self.id}/evaluate", body, timeout_s=timeout + 30)[1]
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or uuid.uuid4().hex}
+        return self.client.request("POST", f"/notebooks/{self.id}/evaluate", body, timeout_s=timeout + 30,
+                                   headers=headers)[1]
 
     def cell(self, cell_id: str) -> dict:
         return self.client.request("GET", f"/notebooks/{self.id}/cells/{cell_id}")[1]
@@ -161,14 +196,14 @@ class Notebook:
 
     def complete(self, code: str, cursor_pos: int | None = None) -> dict:
         body = {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos}
-        return self.client.request("POST", f"/notebooks/{self.id}/complete", body)[1]
+        return self.client.request("POST", f"/notebooks/{self.id}/complete", body, retry=True)[1]
 
     def inspect(self, code: str, cursor_pos: int | None = None) -> dict:
         body = {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos}
-        return self.client.request("POST", f"/notebooks/{self.id}/inspect", body)[1]
+        return self.client.request("POST", f"/notebooks/{self.id}/inspect", body, retry=True)[1]
 
     def is_complete(self, code: str) -> dict:
-        return self.client.request("POST", f"/notebooks/{self.id}/is_complete", {"code": code})[1]
+        return self.client.request("POST", f"/notebooks/{self.id}/is_complete", {"code": code}, retry=True)[1]
 
     def interrupt(self) -> dict:
         return self.client.request("POST", f"/notebooks/{self.id}/interrupt", {})[1]

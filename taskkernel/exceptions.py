@@ -185,6 +185,21 @@ class RedisUnavailable(TaskkernelError):
     status = 503
 
 
+class SubmitUncertain(RedisUnavailable):
+    """Redis failed while a cell was being recorded: it may have been, and may run."""
+
+    def __init__(self, message: str, *, notebook_id: str, cell_id: str):
+        super().__init__(message, notebook_id=notebook_id, cell_id=cell_id, recorded="unknown")
+        self.notebook_id, self.cell_id = notebook_id, cell_id
+
+
+class IdempotencyKeyReused(TaskkernelError):
+    """This Idempotency-Key already submitted a cell with other code."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+
 class RedisOutOfMemory(TaskkernelError):
     """Redis is full (its maxmemory is reached): nothing was written and nothing was evicted."""
 

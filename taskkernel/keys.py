@@ -8,6 +8,7 @@
     taskkernel:nb:<nb>:cells             list   cell ids in submission order
     taskkernel:nb:<nb>:pending           list   cell ids queued and not yet started
     taskkernel:nb:<nb>:seq               string feed sequence number of the notebook
+    taskkernel:nb:<nb>:idem:<sha256>     string the cell an Idempotency-Key submitted (expires)
     taskkernel:cell:<cell>               hash   the cell record (code, state, outputs, ...)
     taskkernel:checkpoint:<nb>           hash   the last checkpoint: v:<name> -> pickle/dill bytes, meta
     taskkernel:feed:<nb>                 channel the notebook's live feed (JSON Jupyter messages)
@@ -52,6 +53,11 @@ def notebook_pending(nb: str) -> str:
 
 def feed_seq(nb: str) -> str:
     return f"{PREFIX}:nb:{nb}:seq"
+
+
+def idempotency(nb: str, key_digest: str) -> str:
+    """The cell a client's Idempotency-Key (by its SHA-256 hex digest) submitted to notebook `nb`."""
+    return f"{PREFIX}:nb:{nb}:idem:{key_digest}"
 
 
 def cell(cell_id: str) -> str:

@@ -35,6 +35,8 @@ DISPLAY_TYPES = ("display_data", "update_display_data", "execute_result")
 EXECUTION_STATES = ("busy", "idle", "starting", "restarting", "dead")
 
 CELL_STATES = ("queued", "running", "done")
+# the HTTP header of an evaluate that makes its retries safe: the same key returns the same cell
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 CELL_STATUSES = ("ok", "error", "aborted")
 
 

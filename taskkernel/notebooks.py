@@ -1,24 +1,28 @@
 """Notebook and cell records in Redis, and the notebook -> worker assignment.
 
 All state lives in Redis so that any number of API processes and supervisors can serve at once.
-Transitions that several processes race for (taking an idle worker, claiming a queued cell,
-aborting the queue) are single Lua scripts.
+Transitions that several processes race for (taking an idle worker, recording a cell, claiming a
+queued cell, aborting the queue, failing a running cell, deleting a notebook) are single Lua
+scripts, and each acts once: repeating one (a retry after a lost answer, a second DELETE) changes
+nothing more.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import redis
 
 from taskkernel import keys, messages
 from taskkernel.messages import as_text
-from taskkernel.exceptions import (CellNotFound, NoLease, NotebookGone, NotebookNotFound, NoWorkerAvailable,
-                                   QuotaExceeded)
-from taskkernel.feed import FeedPublisher
+from taskkernel.exceptions import (CellNotFound, IdempotencyKeyReused, NoLease, NotebookGone, NotebookNotFound,
+                                   NoWorkerAvailable, QuotaExceeded, SubmitUncertain)
+from taskkernel.feed import PUBLISH_LUA_FUNCTION, FeedPublisher, message_argv
 
 # Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
 # notebook, and write the notebook record.  KEYS: hosts set, notebook hash, notebooks zset,
@@ -55,7 +59,7 @@ if ARGV[7] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
   redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 else
-  if redis.call('EXISTS', KEYS[2]) == 0 then
+  if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('HGET', KEYS[2], 'state') == 'deleting' then
     redis.call('HSET', wk, 'state', 'retiring')
     return {w, info[1], 'gone'}
   end
@@ -70,24 +74,33 @@ return {w, info[1], 'ok'}
 """
 
 # Record a cell, queue it behind the notebook's others and push its Celery task onto the queue of
-# the notebook's worker, all at once.  KEYS: notebook, cell, cells, pending, feed stream.  ARGV:
-# cell id, the task message's two halves (joined around the JSON-quoted queue name, as kombu's Redis
-# transport stores a message: workers.tasks.task_message), then the cell hash as field/value pairs.
-# Returns false (no such notebook), {''} (it has no worker right now), or {queue, position, newest
-# feed stream id}: the stream id lets a waiting caller read the cell's reply without a race and
-# without another call.
+# the notebook's worker, all at once, at most once per cell id and per Idempotency-Key.  KEYS:
+# notebook, cell, cells, pending, feed stream, idempotency key.  ARGV: cell id, the task message's
+# two halves (joined around the JSON-quoted queue name, as kombu's Redis transport stores a message:
+# workers.tasks.task_message), how long the idempotency key keeps the cell (ms; 0: no key), then
+# the cell hash as field/value pairs.  Returns false (no such notebook), {''} (it has no worker
+# right now), {'=', cell id, newest feed stream id} (that cell was recorded already: by this very
+# call, retried after its answer was lost, or under the same idempotency key), or {queue, position,
+# newest feed stream id}: the stream id lets a waiting caller read the cell's reply without a race
+# and without another call.
 _SUBMIT_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'deleting' then return false end
+local prior = false
+if ARGV[4] ~= '0' then prior = redis.call('GET', KEYS[6]) end
+if not prior and redis.call('EXISTS', KEYS[2]) == 1 then prior = ARGV[1] end
+local newest = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+newest = newest[1] and newest[1][1] or '0-0'
+if prior then return {'=', prior, newest} end
 local queue = redis.call('HGET', KEYS[1], 'queue')
 if not queue or queue == '' then return {''} end
 local position = redis.call('HINCRBY', KEYS[1], 'cells', 1)
-redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('RPUSH', KEYS[4], ARGV[1])
 redis.call('LPUSH', queue, ARGV[2] .. cjson.encode(queue) .. ARGV[3])
-local newest = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
-return {queue, position, newest[1] and newest[1][1] or '0-0'}
+if ARGV[4] ~= '0' then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[4]) end
+return {queue, position, newest}
 """
 
 # Push a Celery task message onto the queue of the notebook's worker, behind its queued cells.
@@ -134,13 +147,51 @@ if #aborted > 0 then redis.call('HINCRBY', KEYS[2], 'aborted', #aborted) end
 return aborted
 """
 
-# End a running cell that its worker cannot finish (it died).  KEYS: cell, cells-by-status counter.
-# ARGV: the finished cell's fields as pairs.  Returns 1, or 0 when the cell was no longer running
-# (so a cell is failed, and counted, once).
-_FAIL_LUA = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+# End a running cell that its worker cannot finish (it died, its notebook restarted): write its
+# record, count it and publish its ending in one step, only while it is running (so a cell ends,
+# is counted and is announced once, whoever races to end it: its own worker's completion acts only
+# while the cell runs too).  KEYS: cell, cells-by-status counter, feed seq, feed stream.  ARGV:
+# feed channel, stream maxlen, n, n field/value pairs of the record, then the messages
+# (feed.message_argv).  Returns the number of messages published, or false when the cell was no
+# longer running.
+_FAIL_LUA = PUBLISH_LUA_FUNCTION + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return false end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
 redis.call('HINCRBY', KEYS[2], 'error', 1)
+return publish_messages(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV, 4 + 2 * n, nil)
+"""
+
+# Start deleting a notebook: flip its state to 'deleting', once (so of concurrent deletes exactly
+# one goes on; a delete that stopped half-way may be taken over after ARGV[2] seconds).  KEYS:
+# notebook.  ARGV: now, seconds after which a 'deleting' notebook may be taken over.  Returns
+# {engine, worker, host}, or false (no such notebook, or another delete has it).
+_DELETE_CLAIM_LUA = """
+local nb = redis.call('HMGET', KEYS[1], 'engine', 'state', 'deleting_since', 'worker', 'host')
+if not nb[1] then return false end
+if nb[2] == 'deleting' and tonumber(ARGV[1]) - tonumber(nb[3] or '0') < tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'state', 'deleting', 'deleting_since', ARGV[1])
+return {nb[1], nb[4] or '', nb[5] or ''}
+"""
+
+# Remove every key of a notebook being deleted; its engine's count goes down only if this call
+# removed it from the notebooks set (never twice, never below what was added).  KEYS: notebook,
+# cells, pending, feed seq, feed stream, checkpoint, notebooks zset, orphans zset, leases zset,
+# per-engine counts.  ARGV: notebook id, engine, cell key prefix, the notebook's idempotency key
+# prefix.
+_DELETE_LUA = """
+for _, c in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local digest = redis.call('HGET', ARGV[3] .. c, 'idempotency')
+  if digest and digest ~= '' then redis.call('DEL', ARGV[4] .. digest) end
+  redis.call('DEL', ARGV[3] .. c)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('ZREM', KEYS[9], ARGV[1])
+if redis.call('ZREM', KEYS[7], ARGV[1]) == 1 then
+  local n = redis.call('HINCRBY', KEYS[10], ARGV[2], -1)
+  if n <= 0 then redis.call('HDEL', KEYS[10], ARGV[2]) end
+end
 return 1
 """
 
@@ -158,6 +209,18 @@ return {w, h}
 
 
 MIN_LEASE_S, MAX_LEASE_S = 0.1, 7 * 24 * 3600.0
+DELETE_TAKEOVER_S = 120.0  # a delete still 'deleting' after this long stopped half-way: another may finish it
+
+
+class Submitted(NamedTuple):
+    """What `NotebookStore.submit` recorded: the cell, the queue it went to ('' when it was recorded
+    before), the feed stream position its reply comes after, and whether an earlier request with
+    the same Idempotency-Key recorded it."""
+
+    cell: dict
+    queue: str
+    position: str
+    replayed: bool
 
 
 def new_notebook_id() -> str:
@@ -178,6 +241,8 @@ class NotebookStore:
         self._fail = client.register_script(_FAIL_LUA)
         self._renew = client.register_script(_RENEW_LUA)
         self._detach = client.register_script(_DETACH_LUA)
+        self._delete_claim = client.register_script(_DELETE_CLAIM_LUA)
+        self._delete = client.register_script(_DELETE_LUA)
 
     # --- notebooks ---------------------------------------------------------------------------
 
@@ -263,25 +328,23 @@ class NotebookStore:
         return [notebook_from_redis(raw) for raw in pipe.execute() if raw and b"engine" in raw]
 
     def delete(self, notebook_id: str, reason: str = "the notebook was deleted") -> None:
-        """Abort queued cells, retire the worker and remove every key of the notebook."""
-        record = self.get(notebook_id)
-        self.redis.hset(keys.notebook(notebook_id), "state", "deleting")
+        """Abort queued cells, retire the worker and remove every key of the notebook.
+
+        Of concurrent deletes exactly one does it; the others raise NotebookNotFound.
+        """
+        claimed = self._delete_claim(keys=[keys.notebook(notebook_id)], args=[time.time(), DELETE_TAKEOVER_S])
+        if not claimed:
+            raise NotebookNotFound(notebook_id)
+        engine, worker, host = (as_text(x) for x in claimed)
         self.abort_pending(notebook_id, reason=reason)
         self.feed.publish(notebook_id, messages.status("dead", notebook_id=notebook_id))
-        if record["worker"]:
-            self.retire_worker(record["worker"]["id"], record["worker"]["host"])
-        cell_ids = [as_text(c) for c in self.redis.lrange(keys.notebook_cells(notebook_id), 0, -1)]
-        pipe = self.redis.pipeline(transaction=True)
-        for cell_id in cell_ids:
-            pipe.delete(keys.cell(cell_id))
-        pipe.delete(keys.notebook(notebook_id), keys.notebook_cells(notebook_id),
-                    keys.notebook_pending(notebook_id), keys.feed_seq(notebook_id),
-                    keys.feed_stream(notebook_id), keys.checkpoint(notebook_id))
-        pipe.zrem(keys.NOTEBOOKS, notebook_id)
-        pipe.zrem(keys.ORPHANS, notebook_id)
-        pipe.zrem(keys.LEASES, notebook_id)
-        pipe.hincrby(keys.ENGINE_COUNTS, record["engine"], -1)
-        pipe.execute()
+        if worker:
+            self.retire_worker(worker, host)
+        self._delete(keys=[keys.notebook(notebook_id), keys.notebook_cells(notebook_id),
+                           keys.notebook_pending(notebook_id), keys.feed_seq(notebook_id),
+                           keys.feed_stream(notebook_id), keys.checkpoint(notebook_id), keys.NOTEBOOKS,
+                           keys.ORPHANS, keys.LEASES, keys.ENGINE_COUNTS],
+                     args=[notebook_id, engine, keys.cell(""), keys.idempotency(notebook_id, "")])
 
     def retire_worker(self, worker_id: str, host_name: str) -> None:
         """Ask the worker's supervisor to stop it; a pinned worker is never reused."""
@@ -369,10 +432,16 @@ class NotebookStore:
     # --- cells ---------------------------------------------------------------------------------
 
     def submit(self, notebook_id: str, code: str, task_message: Callable[[str], tuple[str, str]], *,
-               stop_on_error: bool = False, worker_timeout_s: float = 10.0) -> tuple[dict, str, str]:
+               stop_on_error: bool = False, worker_timeout_s: float = 10.0, idempotency_key: str = "",
+               idempotency_ttl_s: float = 24 * 3600.0) -> "Submitted":
         """Record a queued cell and enqueue the Celery task that runs it (`task_message(cell_id)`
-        gives its two halves); return the cell, the queue of the notebook's worker, and the feed
-        stream position just before it. Waits up to `worker_timeout_s` for a restarting notebook."""
+        gives its two halves). Waits up to `worker_timeout_s` for a restarting notebook.
+
+        With `idempotency_key`, a submit with the same key within `idempotency_ttl_s` seconds
+        returns the cell the first one recorded (`replayed`) and queues nothing. Raises
+        NotebookNotFound, NotebookGone, IdempotencyKeyReused (the key came with other code), and
+        SubmitUncertain when Redis failed while the cell was being recorded (it may run).
+        """
         cell = {
             "id": messages.new_id(),
             "notebook_id": notebook_id,
@@ -382,23 +451,42 @@ class NotebookStore:
             "stop_on_error": stop_on_error,
             "submitted": messages.now_iso(),
         }
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else ""
+        if digest:
+            cell["idempotency"] = digest
         record = messages.cell_to_redis(cell)
         message = task_message(cell["id"])
+        ttl_ms = max(1, int(idempotency_ttl_s * 1000)) if digest else 0
         while True:
-            got = self._submit(
-                keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
-                      keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id)],
-                args=[cell["id"], *message, *messages.hash_pairs(record)],
-            )
+            try:
+                # redis-py retries a call that timed out: the script is a no-op the second time
+                got = self._submit(
+                    keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
+                          keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id),
+                          keys.idempotency(notebook_id, digest)],
+                    args=[cell["id"], *message, ttl_ms, *messages.hash_pairs(record)],
+                )
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise SubmitUncertain(
+                    f"Redis failed while cell {cell['id']} was being recorded ({exc}): it may run; GET the "
+                    "cell to know, or repeat the request with the same Idempotency-Key",
+                    notebook_id=notebook_id, cell_id=cell["id"]) from exc
             if not got:
                 if self.exists(notebook_id):
                     raise NotebookGone(f"notebook {notebook_id} is being deleted", notebook_id=notebook_id)
                 raise NotebookNotFound(notebook_id)
+            if got[0] == b"=":
+                prior = self.get_cell(as_text(got[1]), notebook_id)
+                if prior["code"] != code:
+                    raise IdempotencyKeyReused(
+                        "this Idempotency-Key already submitted a cell with other code",
+                        notebook_id=notebook_id, cell_id=prior["id"])
+                return Submitted(prior, "", as_text(got[2]), replayed=prior["id"] != cell["id"])
             if got[0]:
                 break
             self.wait_for_worker(notebook_id, worker_timeout_s)
-        return messages.cell_from_redis({**record, "position": str(got[1])}), \
-            as_text(got[0]), as_text(got[2])
+        return Submitted(messages.cell_from_redis({**record, "position": str(got[1])}), as_text(got[0]),
+                         as_text(got[2]), replayed=False)
 
     def enqueue(self, notebook_id: str, message: tuple[str, str], *, worker_timeout_s: float = 10.0) -> str:
         """Push a task message onto the notebook's worker queue, behind its cells, in one script (so
@@ -442,27 +530,29 @@ class NotebookStore:
         ])
         return aborted
 
-    def fail_cell(self, notebook_id: str, cell_id: str, error: dict) -> None:
-        """End a running cell with an error that did not come from the engine (a dead worker)."""
+    def fail_cell(self, notebook_id: str, cell_id: str, error: dict) -> bool:
+        """End a running cell with an error that did not come from the engine (a dead worker, a
+        restart) and publish its ending; returns False, writing nothing, when it was not running."""
         key = keys.cell(cell_id)
         state, outputs = self.redis.hmget(key, "state", "outputs")
         if as_text(state or b"") != "running":
-            return
+            return False
         output = {"output_type": "error", **error}
         finished = messages.cell_to_redis({
             "state": "done", "status": "error", "error": error,
             "outputs": json.loads(outputs or b"[]") + [output],
             "completed": messages.now_iso(),
         })
-        if not self._fail(keys=[key, keys.METRICS_CELLS], args=messages.hash_pairs(finished)):
-            return  # someone else ended it meanwhile
-        self.feed.publish(
-            notebook_id,
+        ending = message_argv([
             messages.make_message("error", error, notebook_id=notebook_id, cell_id=cell_id),
             messages.make_message("execute_reply", {"status": "error", "execution_count": None, **error},
                                   notebook_id=notebook_id, cell_id=cell_id),
             messages.status("idle", notebook_id=notebook_id, cell_id=cell_id),
-        )
+        ])
+        return bool(self._fail(
+            keys=[key, keys.METRICS_CELLS, keys.feed_seq(notebook_id), keys.feed_stream(notebook_id)],
+            args=[keys.feed_channel(notebook_id), self.feed.maxlen, len(finished), *messages.hash_pairs(finished),
+                  *ending]))
 
 
 def notebook_from_redis(raw: dict) -> dict:

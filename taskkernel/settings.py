@@ -49,6 +49,7 @@ class Settings:
     rpc_timeout_s: float = 10.0  # complete/inspect/is_complete answers
     wait_timeout_s: float = 30.0  # default `timeout` of evaluate with wait
     max_wait_timeout_s: float = 3600.0
+    idempotency_ttl_s: float = 24 * 3600.0  # how long an evaluate's Idempotency-Key returns the same cell
     cell_timeout_s: float = 0.0  # 0: no wall-time limit per cell
     interrupt_grace_s: float = 5.0  # after an unheeded interrupt, kill and restart
     max_output_bytes: int = 4 * 1024 * 1024

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import signal
 import threading
 import time
@@ -31,12 +32,14 @@ from taskkernel.workers.engine import EngineProcess
 
 log = logging.getLogger("taskkernel.worker")
 
-# KEYS: cell, notebook, worker, pending.  ARGV: cell id, worker id, now (epoch s), now (ISO).
-# Moves a queued cell of this worker's notebook to running; returns {code, stop_on_error, notebook}.
+# KEYS: cell, notebook, worker, pending.  ARGV: cell id, worker id, now (epoch s), now (ISO), claim
+# token.  Moves a queued cell of this worker's notebook to running under the claim token (the
+# worker id and a fresh attempt id: only this run may complete it); returns {code, stop_on_error,
+# restore_pending, checkpoint_every_cell}.
 _CLAIM_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return false end
 if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] then return false end
-redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[4], 'claim', ARGV[5])
 redis.call('LREM', KEYS[4], 1, ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'busy', 'last_activity', ARGV[3])
 redis.call('HSET', KEYS[3], 'cell', ARGV[1], 'cell_started', ARGV[3])
@@ -48,24 +51,35 @@ return {cell[1], cell[2], nb[1] or '', nb[2] or ''}
 
 # Finish a cell in one atomic step: write its record, count it, free the worker, publish its last
 # messages, and attach the record to the execute_reply entry when it is small (a caller waiting on
-# the stream then needs no second read).  KEYS: cell, notebook, worker, cells-by-status, latency
-# histogram, feed seq, feed stream.  ARGV: worker id, now, execution count, status, latency bucket,
-# seconds, feed channel, stream maxlen, largest record to attach (bytes), n, n field/value pairs of
-# the record, then the messages (feed.message_argv).
+# the stream then needs no second read).  It acts only while the cell is running under this run's
+# claim token: a retry of a call that did reach Redis, or a cell that someone else ended meanwhile
+# (failed by a supervisor, a restart; deleted), writes, counts and publishes nothing and returns
+# {'ended', state, status} instead of the number of messages published.  KEYS: cell, notebook,
+# worker, cells-by-status, latency histogram, feed seq, feed stream.  ARGV: worker id, now,
+# execution count, status, latency bucket, seconds, feed channel, stream maxlen, largest record to
+# attach (bytes), claim token, cell id, n, n field/value pairs of the record, then the messages
+# (feed.message_argv).
 _COMPLETE_LUA = feed.PUBLISH_LUA_FUNCTION + metrics.RECORD_CELL_LUA_FUNCTION + """
-local n = tonumber(ARGV[10])
-redis.call('HSET', KEYS[1], unpack(ARGV, 11, 10 + 2 * n))
-record_cell(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6])
-redis.call('HSET', KEYS[3], 'cell', '', 'cell_started', '')
-if redis.call('HGET', KEYS[2], 'worker') == ARGV[1] then
+if redis.call('HGET', KEYS[3], 'cell') == ARGV[11] then
+  redis.call('HSET', KEYS[3], 'cell', '', 'cell_started', '')
+end
+local nb = redis.call('HMGET', KEYS[2], 'worker', 'state')
+if nb[1] == ARGV[1] and nb[2] ~= 'deleting' then  -- the worker is free again, whoever ended the cell
   redis.call('HSET', KEYS[2], 'state', 'idle', 'last_activity', ARGV[2], 'execution_count', ARGV[3])
 end
+local state, status, claim = unpack(redis.call('HMGET', KEYS[1], 'state', 'status', 'claim'))
+if state ~= 'running' or claim ~= ARGV[10] then
+  return {'ended', state or '', status or ''}
+end
+local n = tonumber(ARGV[12])
+redis.call('HSET', KEYS[1], unpack(ARGV, 13, 12 + 2 * n))
+record_cell(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6])
 local record = redis.call('HGETALL', KEYS[1])
 local size = 0
 for _, v in ipairs(record) do size = size + #v end
 local cell = nil
 if size <= tonumber(ARGV[9]) then cell = cjson.encode(record) end
-return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 11 + 2 * n, cell)
+return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 13 + 2 * n, cell)
 """
 
 # a finished cell record up to this size rides on its execute_reply stream entry
@@ -251,10 +265,11 @@ class Runtime:
     def run_cell(self, cell_id: str, notebook_id: str) -> str:
         """Run a queued cell; returns its status, or "skipped" when it was not ours to run."""
         now = time.time()
+        claim = f"{self.worker_id}:{secrets.token_hex(8)}"
         claimed = self._claim(
             keys=[keys.cell(cell_id), keys.notebook(notebook_id), keys.worker(self.worker_id),
                   keys.notebook_pending(notebook_id)],
-            args=[cell_id, self.worker_id, now, messages.now_iso()],
+            args=[cell_id, self.worker_id, now, messages.now_iso(), claim],
         )
         if not claimed:
             log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id,
@@ -292,12 +307,12 @@ class Runtime:
         if death:
             try:  # new cells wait for the next worker, this cell is answered, the queue is aborted
                 detached = self.store.detach(notebook_id, self.worker_id)
-                self._complete(run, reply)
+                self._complete(run, reply, claim)
                 if detached:
                     self.store.finish_restart(notebook_id, detached, reason=death, running_cell="")
             finally:
                 self._engine_gone(death)
-        self._complete(run, reply)
+        self._complete(run, reply, claim)
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
         if claimed[3] == b"1":
@@ -473,8 +488,14 @@ class Runtime:
                 run.outbox = pending + run.outbox  # published with the reply once Redis is back
                 raise
 
-    def _complete(self, run: CellRun, reply: dict) -> None:
-        """Write the finished cell and publish its last messages in one script (one round trip)."""
+    def _complete(self, run: CellRun, reply: dict, claim: str) -> bool:
+        """Write the finished cell and publish its last messages in one script (one round trip).
+
+        `claim` is the token `run_cell` claimed the cell with. Returns False when the cell was no
+        longer running under it (someone else ended it, or this is the retry of a call that had
+        reached Redis): then nothing was written or published, so a cell ends exactly once.
+        Retries while Redis is unavailable, up to FINAL_WRITE_RETRY_S, then raises the RedisError.
+        """
         count = reply.get("execution_count")
         nb, cid = run.notebook_id, run.cell_id
         with self._publish_lock:  # a flush under way finishes first: the feed keeps its order
@@ -496,21 +517,34 @@ class Runtime:
         finished = time.time()
         seconds = max(0.0, finished - run.started_s)
         args = [self.worker_id, finished, count or 0, reply["status"], metrics.latency_bucket(seconds), seconds,
-                keys.feed_channel(nb), self.feed.maxlen, ATTACH_RECORD_BYTES, len(record),
+                keys.feed_channel(nb), self.feed.maxlen, ATTACH_RECORD_BYTES, claim, cid, len(record),
                 *messages.hash_pairs(record), *feed.message_argv(final)]
         script_keys = [keys.cell(cid), keys.notebook(nb), keys.worker(self.worker_id), keys.METRICS_CELLS,
                        keys.METRICS_CELL_SECONDS, keys.feed_seq(nb), keys.feed_stream(nb)]
         deadline = time.monotonic() + FINAL_WRITE_RETRY_S
+        retried = False
         while True:
             try:
-                self._complete_script(keys=script_keys, args=args)
-                return
+                got = self._complete_script(keys=script_keys, args=args)
+                break
             except redis.RedisError as exc:
-                # the cell ran: keep its result until Redis is back rather than lose it
+                # the cell ran: keep its result until Redis is back rather than lose it (the claim
+                # makes a retry of a call that did run a no-op)
                 if time.monotonic() > deadline:
                     raise
                 log.warning("cell %s finished but Redis is unavailable (%r); retrying", cid, exc)
+                retried = True
                 time.sleep(0.5)
+        if isinstance(got, list):
+            state, status = (messages.as_text(x) for x in got[1:3])
+            if retried and state == "done" and status == reply["status"]:
+                log.info("cell %s: completed by an earlier try whose answer was lost", cid,
+                         extra={"notebook_id": nb, "cell_id": cid})
+            else:
+                log.warning("cell %s finished %s but was already ended (state %r, status %r): not written",
+                            cid, reply["status"], state, status, extra={"notebook_id": nb, "cell_id": cid})
+            return False
+        return True
 
 
 def _reply_content(reply: dict) -> dict:
