@@ -216,3 +216,27 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+@pytest.fixture
+def persistent_service(config_dir):
+    """A service on a Redis with an append-only file, so its state survives a Redis restart."""
+    server = RedisServer(persistent=True).start()
+    svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
+    try:
+        yield svc, server
+        assert not acl_refusals(server), "reconnecting needs nothing the service user may not do"
+    finally:
+        svc.close()
+        server.stop()
+
+
+@pytest.fixture
+def ipython_notebook(service, client):
+    """A fresh ipython notebook on the shared service, deleted after the test."""
+    service.wait_idle("main", "ipython", 1, timeout_s=60)
+    nb = client.start("ipython")
+    try:
+        yield nb
+    finally:
+        nb.close()

@@ -3,7 +3,6 @@
 import json
 import logging
 import threading
-import types
 
 import pytest
 import redis
@@ -299,21 +298,6 @@ def test_a_post_without_an_idempotency_key_is_not_repeated_after_a_connection_re
     assert len(client.notebooks()) == 1, "the notebook was created once, and not again"
     for record in client.notebooks():
         client.notebook(record["id"]).close()
-
-
-@pytest.fixture
-def persistent_service(config_dir):
-    """A service on a Redis with an append-only file, so its state survives a Redis restart."""
-    from taskkernel.redis_server import RedisServer
-    from tests.conftest import Service
-
-    server = RedisServer(persistent=True).start()
-    svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
-    try:
-        yield svc, server
-    finally:
-        svc.close()
-        server.stop()
 
 
 def test_a_recorded_cell_is_answered_with_its_id_when_redis_fails_during_the_call(persistent_service):

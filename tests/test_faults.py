@@ -7,23 +7,9 @@ import time
 import pytest
 
 from taskkernel.client import ApiError
-from taskkernel.redis_server import RedisServer
-from tests.conftest import Service, acl_refusals, wait_for
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def persistent_service(config_dir):
-    """A service on a Redis with an append-only file, so its state survives a Redis restart."""
-    server = RedisServer(persistent=True).start()
-    svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
-    try:
-        yield svc, server
-        assert not acl_refusals(server), "reconnecting needs nothing the service user may not do"
-    finally:
-        svc.close()
-        server.stop()
 
 
 def test_a_redis_restart_loses_no_cell_and_everything_reconnects(persistent_service):

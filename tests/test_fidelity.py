@@ -28,15 +28,6 @@ def any_notebook(request, service, client):
         nb.close()
 
 
-@pytest.fixture
-def ipython_notebook(service, client):
-    service.wait_idle("main", "ipython", 1, timeout_s=60)
-    nb = client.start("ipython")
-    try:
-        yield nb
-    finally:
-        nb.close()
-
 
 @pytest.fixture
 def python_notebook(service, client):

@@ -5,16 +5,6 @@ import pytest
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def ipython_notebook(service, client):
-    service.wait_idle("main", "ipython", 1, timeout_s=60)
-    nb = client.start("ipython")
-    try:
-        yield nb
-    finally:
-        nb.close()
-
-
 def test_magics_and_shell_escapes_run(ipython_notebook):
     cell = ipython_notebook.evaluate("%timeit -n 3 -r 1 sum(range(100))")
     assert cell["status"] == "ok" and "per loop" in cell["stdout"]
