@@ -73,6 +73,18 @@ def leak_server():
         thread.join(10)
 
 
+def open_console(browser, url: str):
+    """Load the console at `url` and wait until its script is ready; (find_element, a 20 s wait)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20, poll_frequency=0.05)
+    page = browser.find_element
+    browser.get(url)
+    wait.until(lambda b: page(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    return page, wait
+
+
 def test_the_page_and_its_files_come_with_a_strict_content_security_policy(service):
     for path in ("/", "/console/static/console.js", "/console/static/console.css"):
         with urllib.request.urlopen(service.api_url + path) as response:
@@ -87,13 +99,9 @@ def test_the_page_and_its_files_come_with_a_strict_content_security_policy(servi
 def test_a_cell_typed_in_the_browser_runs_and_its_output_streams_in(service, client, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 20, poll_frequency=0.05)
-    page = browser.find_element
     before = {nb["id"] for nb in client.notebooks()}
-    browser.get(service.api_url + "/")
-    wait.until(lambda b: page(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    page, wait = open_console(browser, service.api_url + "/")
     assert page(By.CSS_SELECTOR, ".brand").value_of_css_property("color") == "rgba(243, 119, 38, 1)", \
         "console.css is allowed by the page's Content-Security-Policy"
     page(By.ID, "new-notebook").click()
@@ -190,14 +198,10 @@ def test_a_cell_typed_in_the_browser_runs_and_its_output_streams_in(service, cli
 def test_the_console_works_with_a_token_given_in_the_url_fragment(private_service, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     private_service.start_supervisor(pool=1)
     private_service.start_api(token="console-token")
-    wait = WebDriverWait(browser, 20, poll_frequency=0.05)
-    page = browser.find_element
-    browser.get(private_service.api_url + "/#token=console-token")
-    wait.until(lambda b: page(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    page, wait = open_console(browser, private_service.api_url + "/#token=console-token")
     assert "token" not in browser.current_url, "the token is taken out of the address bar"
     page(By.ID, "new-notebook").click()
     wait.until(lambda b: page(By.ID, "state").get_attribute("data-state") == "idle")
@@ -212,15 +216,11 @@ def test_the_console_works_with_a_token_given_in_the_url_fragment(private_servic
 def test_no_script_in_an_output_runs_with_the_consoles_origin(private_service, browser, leak_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     leak_url, leaked = leak_server
     private_service.start_supervisor(pool=1)
     private_service.start_api(token="console-token")
-    wait = WebDriverWait(browser, 20, poll_frequency=0.05)
-    page = browser.find_element
-    browser.get(private_service.api_url + "/#token=console-token")
-    wait.until(lambda b: page(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    page, wait = open_console(browser, private_service.api_url + "/#token=console-token")
     page(By.ID, "new-notebook").click()
     wait.until(lambda b: page(By.ID, "state").get_attribute("data-state") == "idle")
     title = browser.title
