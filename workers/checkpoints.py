@@ -58,7 +58,3 @@ class CheckpointStore:
             return None
         names = json.loads((target / "meta.json").read_text())["files"]
         return {name: (target / f"{index}.bin").read_bytes() for index, name in enumerate(names)}
-
-    def delete(self, notebook_id: str) -> None:
-        if self.directory is not None:
-            shutil.rmtree(self.directory / notebook_id, ignore_errors=True)

@@ -137,9 +137,6 @@ class EngineProcess:
             pid = children[0]
         return pid
 
-    def alive(self) -> bool:
-        return not self.death and self.process is not None and self.process.poll() is None
-
     def interrupt(self) -> None:
         """SIGINT to the engine: KeyboardInterrupt in the running cell, nothing between cells."""
         if self._pidfd >= 0 and not self.death:

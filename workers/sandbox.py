@@ -27,7 +27,7 @@ from taskkernel.exceptions import ConfigurationError
 from taskkernel.settings import Settings
 from taskkernel.workers import cgroups
 
-BUBBLEWRAP, NONE = "bubblewrap", "none"
+NONE = "none"  # TASKKERNEL_SANDBOX=none: engines as plain child processes
 NETWORKS = ("none", "outbound", "host")
 SLIRP_DNS = "10.0.2.3"  # slirp4netns's DNS forwarder, inside the engine's network namespace
 HOME = "/home/notebook"  # the engine's HOME and working directory, inside the sandbox
