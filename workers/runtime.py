@@ -87,9 +87,9 @@ ATTACH_RECORD_BYTES = 16 * 1024
 TRUNCATED = "\n[taskkernel: output truncated, the cell exceeded {limit} bytes of output]\n"
 # published at once (watchers see output live); the rest go out with the reply or a live flush
 LIVE_TYPES = ("stream", "display_data", "update_display_data", "clear_output")
-# what an engine may send during a cell; the rich ones count against the cell's output limit
-ENGINE_EVENTS = ("execute_input", "execute_result", "display_data", "update_display_data", "clear_output",
-                 "error")
+# what the worker takes from an engine during a cell (not execute_input: the worker announces the
+# cell itself at the claim); the rich ones count against the cell's output limit
+ENGINE_EVENTS = ("execute_result", "display_data", "update_display_data", "clear_output", "error")
 CAPPED_TYPES = ("execute_result", "display_data", "update_display_data", "error")
 # A cell's start (busy, execute_input) is published when it has run this long, or with its first
 # live output or its reply if that comes sooner: watchers see a long cell start at once, while a
@@ -305,13 +305,7 @@ class Runtime:
         # can count on the log line being written
         log.info("cell %s: %s", reply["status"], reply.get("ename", ""), extra=context)
         if death:
-            try:  # new cells wait for the next worker, this cell is answered, the queue is aborted
-                detached = self.store.detach(notebook_id, self.worker_id)
-                self._complete(run, reply, claim)
-                if detached:
-                    self.store.finish_restart(notebook_id, detached, reason=death, running_cell="")
-            finally:
-                self._engine_gone(death)
+            self._end_after_death(run, reply, claim, death)  # does not return
         self._complete(run, reply, claim)
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
@@ -332,6 +326,17 @@ class Runtime:
         run.error = error
         return {"status": "error", "execution_count": None, **error}
 
+    def _end_after_death(self, run: CellRun, reply: dict, claim: str, death: str) -> None:
+        """Answer the cell the engine died under and end this worker: new cells wait for the next
+        worker (detach first), then this cell's reply, then the queue is aborted and a fresh worker pinned."""
+        try:
+            detached = self.store.detach(run.notebook_id, self.worker_id)
+            self._complete(run, reply, claim)
+            if detached:
+                self.store.finish_restart(run.notebook_id, detached, reason=death, running_cell="")
+        finally:
+            self._engine_gone(death)
+
     def _on_engine_death(self, reason: str) -> None:
         """The engine died between cells (or before the first): leave; the supervisor restarts the notebook."""
         if self._run is None:
@@ -340,7 +345,7 @@ class Runtime:
     def _engine_gone(self, reason: str) -> None:
         """Record why the engine died (for the supervisor's restart) and end this worker at once."""
         if not self._gone.acquire(blocking=False):
-            return
+            self._gone.acquire()  # another thread is ending this worker: nothing returns from here
         log.warning("engine of worker %s died: %s", self.worker_id, reason)
         try:
             self.redis.hset(keys.worker(self.worker_id), "died", reason)
@@ -423,7 +428,7 @@ class Runtime:
             with self._budget_lock:
                 self._truncate(run)
             return
-        if msg_type not in ENGINE_EVENTS or msg_type == "execute_input":  # (the worker announced it)
+        if msg_type not in ENGINE_EVENTS:
             return
         if msg_type in CAPPED_TYPES:
             size = len(json.dumps(content, default=repr))
