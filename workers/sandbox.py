@@ -94,8 +94,10 @@ def remove_directory(root: Path, worker_id: str) -> None:
 
     def make_writable(function, path, _exc):
         try:
-            os.chmod(os.path.dirname(path), 0o700)
-            os.chmod(path, 0o700)
+            # chmod follows links: never through one an engine planted (to /etc/shadow, say)
+            for target in (os.path.dirname(path), path):
+                if not os.path.islink(target):
+                    os.chmod(target, 0o700)
             function(path)
         except OSError:
             pass
