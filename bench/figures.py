@@ -22,7 +22,7 @@ from bench.stats import percentile
 from bench.taskkernel_side import HttpEvaluator, result_text, stream_lines
 from taskkernel.client import ApiError, Notebook
 
-FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge")
+FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge", "nbclient")
 
 F_RT = "1. round trip of `1+1`"
 F_OPEN = "2. notebook open"
@@ -32,6 +32,8 @@ F_MEM = "5. memory"
 F_SCALE = "6. scale"
 F_COMPLETE = "7. completion"
 F_BRIDGE = "8. Jupyter bridge"
+F_NBCLIENT = "9. nbclient's test suite"
+NBCLIENT_PASSED = "tests passed"
 BRIDGE = "taskkernel kernel (Jupyter bridge, jupyter_client)"
 
 OURS_HTTP = "taskkernel (HTTP evaluate, wait)"
@@ -45,7 +47,8 @@ FLOOR_PING = "floor: Redis PING"
 FLOOR_PUBSUB = "floor: Redis PUBLISH -> subscriber"
 
 TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_STREAM, "memory": F_MEM,
-          "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE}
+          "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE,
+          "nbclient": F_NBCLIENT}
 
 COMPLETION_CODE = "import math; math.sq"
 
@@ -384,6 +387,39 @@ class Bench:
         results.note(F_BRIDGE, f"taskkernel.jupyter.cost.bridge_round_trip: a fresh kernel per repetition, "
                                f"5 warm-up cells, then {runs} round trips of `1+1`, each done when its "
                                "execute_reply and IOPub idle are in")
+
+    # --- 9. nbclient's own test suite ------------------------------------------------------------
+
+    def figure_nbclient(self) -> None:
+        """nbclient's tests/test_client.py (fetched from PyPI) on ipykernel and on the bridge, one
+        engine after the other, in this run (see bench/nbclient_suite.py)."""
+        from bench import nbclient_suite
+
+        results = self.results
+        systems = [(PEER_A, None), (f"{BRIDGE}, ipython engine", "ipython"), (f"{BRIDGE}, python engine", "python")]
+        why = "not run with --quick (the suite takes minutes)" if self.plan.quick else nbclient_suite.missing_tools()
+        if why:
+            for system, _ in systems:
+                results.missing(F_NBCLIENT, system, NBCLIENT_PASSED, "tests", why)
+            return
+        workdir = self.processes.dir / "nbclient-suite"
+        suite = nbclient_suite.fetch_suite(workdir / "sdist")
+        for system, engine in systems:
+            jupyter_path = None
+            if engine is not None:
+                jupyter_path = nbclient_suite.install_as_python3(self.stack.url, engine, workdir / f"spec-{engine}")
+            run = nbclient_suite.run_suite(suite, system, workdir / (engine or "ipykernel"), jupyter_path)
+            self.log(run.line())
+            results.add(F_NBCLIENT, system, NBCLIENT_PASSED, "tests", [run.passed],
+                        note=f"of {run.total}; {run.failed} failed, {run.errors} errors {run.note}".strip(),
+                        higher_is_better=True)
+            for failure in run.failures:
+                results.note(F_NBCLIENT, f"{'ipython' if engine == 'ipython' else engine or 'ipykernel'} "
+                                         f"fails {failure}")
+        results.note(F_NBCLIENT, f"nbclient {suite.name.split('-')[-1]}'s sdist from PyPI, its tests/test_client.py "
+                                 "run with its own pytest configuration; for taskkernel the bridge kernelspec is "
+                                 "installed as `python3` in a private JUPYTER_PATH, so every kernel the suite starts "
+                                 "runs its cells on this run's service; one run per system (a count, not a timing)")
 
     # --- 4. streaming ----------------------------------------------------------------------------
 
@@ -776,5 +812,8 @@ def targets(plan: Plan) -> list[Target]:
                f"open notebooks held with p99 < {plan.scale_p99_ms:g} ms at {plan.scale_rate_per_s:g} cells/s",
                OURS, at_least=200,
                skip="not judged with --quick (a tiny step only)" if plan.quick else ""),
+        Target("nbclient's test suite: as many tests pass on the bridge (ipython engine) as on ipykernel",
+               F_NBCLIENT, NBCLIENT_PASSED, f"{BRIDGE}, ipython engine", PEER_A, 1.0, higher_is_better=True,
+               skip="not run with --quick" if plan.quick else ""),
     ]
     return found

@@ -43,6 +43,7 @@ class Target:
     factor: float = 1.0
     at_least: float | None = None  # absolute lower bound on ours (scale)
     require_all_true: bool = False  # ours' values are 1/0 flags that must all be 1
+    higher_is_better: bool = False  # then peer <= factor x ours is judged (a pass count)
     skip: str = ""  # why this run does not judge the target
     verdict: str = ""
     ratio: float | None = None
@@ -115,6 +116,12 @@ class Results:
             if peer is None or not peer.values:
                 target.verdict = "n/a"
                 target.detail = (peer.note if peer is not None else "") or "peer not measured"
+                continue
+            if target.higher_is_better:
+                target.ratio = peer.median / mine.median if mine.median else math.inf
+                target.verdict = "PASS" if target.ratio <= target.factor else "MISS"
+                target.detail = (f"{mine.median:.4g} / {peer.median:.4g} {mine.unit} "
+                                 f"(target: at least {1 / target.factor:g} x the peer's)")
                 continue
             target.ratio = mine.median / peer.median
             target.verdict = "PASS" if target.ratio <= target.factor else "MISS"
