@@ -205,6 +205,22 @@ def test_sigint_to_the_kernel_process_interrupts_the_cell_on_the_worker(jupyter_
         manager.shutdown_kernel()
 
 
+def test_requests_queued_behind_a_failed_cell_are_aborted_and_one_sent_after_its_reply_runs(kernel):
+    """ipykernel's stop_on_error: what was sent before the error's reply is aborted, nothing after.
+
+    The second half is the race a loaded machine showed (the cell after an interrupt aborted):
+    each request here goes out the moment the failed cell's reply arrives.
+    """
+    _, client = kernel
+    failing, queued = client.execute("raise ValueError('first')"), client.execute("'never run'")
+    assert shell_reply(client, failing)["content"]["status"] == "error"
+    assert shell_reply(client, queued)["content"]["status"] == "aborted"
+    for attempt in range(5):
+        assert shell_reply(client, client.execute("raise ValueError('again')"))["content"]["status"] == "error"
+        after = shell_reply(client, client.execute(f"{attempt} + 40"))["content"]
+        assert after["status"] == "ok", f"attempt {attempt}: the request sent after the reply was {after['status']}"
+
+
 def test_introspection_answers_while_a_cell_runs(kernel):
     """ipykernel would queue these behind the cell; the worker answers them from its side thread."""
     _, client = kernel

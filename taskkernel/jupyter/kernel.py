@@ -49,6 +49,7 @@ SIDE_REQUESTS = frozenset({"complete_request", "inspect_request", "is_complete_r
                            "kernel_info_request", "history_request"})
 HISTORY_SESSION = 1
 SIDECAR_SUFFIX = ".taskkernel.json"
+ABORT_MARKER_WAIT_S = 5.0  # the shell channel thread queues the stop-aborting marker within this
 
 
 class TaskkernelKernel(Kernel):
@@ -85,6 +86,7 @@ class TaskkernelKernel(Kernel):
         self._released = False
         self.shutdown_requested = False
         self._opening = threading.Lock()  # execute and introspection may both find no notebook yet
+        self._abort_done_before_reply = False
 
     @property
     def banner(self) -> str:
@@ -164,6 +166,8 @@ class TaskkernelKernel(Kernel):
         # The wait for the worker runs on a thread that carries this request's context (and so its
         # parent header, which send_response reads), leaving the event loop free for SIDE_REQUESTS.
         reply, output = await asyncio.to_thread(self._run_cell, code, silent)
+        if reply.get("status") == "error" and not silent and self._stops_on_error():
+            await self._abort_queued_before_reply()
         if isinstance(reply.get("execution_count"), int):
             self.execution_count = reply["execution_count"]  # the worker's numbering wins
         else:  # an aborted cell, or one whose worker died, has no number of its own
@@ -177,6 +181,44 @@ class TaskkernelKernel(Kernel):
                 for name in user_expressions
             }
         return reply
+
+    def _stops_on_error(self) -> bool:
+        parent = self.get_parent("shell") or {}
+        header, content = parent.get("header") or {}, parent.get("content") or {}
+        return header.get("subshell_id") is None and content.get("stop_on_error", True)
+
+    async def _abort_queued_before_reply(self) -> None:
+        """Abort the execute requests queued behind a failed cell, ordered before its reply is sent.
+
+        ipykernel does it after sending the reply: it sets its aborting flag and asks the shell
+        channel thread to queue the "stop aborting" marker. A client that answers the reply with
+        its next request at once (run_cell after an interrupt) races that marker through the same
+        thread and, on a loaded machine, its request is forwarded first and aborted. Queued here,
+        before the reply exists, the marker is behind every request sent before the error and
+        ahead of every request sent after it, whatever the scheduling.
+        """
+        channel = getattr(self, "shell_channel_thread", None)
+        if channel is None:
+            return  # an ipykernel without one aborts on its own event loop: left to it
+        posted = threading.Event()
+
+        def post_marker():
+            try:
+                self._post_dummy_stop_aborting_message(None)
+            finally:
+                posted.set()
+
+        self._aborting = True
+        channel.io_loop.add_callback(post_marker)
+        await asyncio.to_thread(posted.wait, ABORT_MARKER_WAIT_S)
+        self._abort_done_before_reply = True
+
+    def _abort_queues(self, subshell_id: str | None = None):
+        """ipykernel's abort after a failed reply: already done by `_abort_queued_before_reply`."""
+        if subshell_id is None and self._abort_done_before_reply:
+            self._abort_done_before_reply = False
+            return
+        super()._abort_queues(subshell_id)
 
     def _run_cell(self, code: str, silent: bool) -> tuple[dict, str | None]:
         """Queue the cell, re-publish its outputs live; return (execute_reply content, text result)."""
