@@ -11,12 +11,24 @@ import email.utils
 import mimetypes
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.routing import PathConverter
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from taskkernel import files
 from taskkernel.exceptions import BadRequest, FileTooLarge, RangeNotSatisfiable
 
 blueprint = Blueprint("files", __name__)
+
+
+class FilePathConverter(PathConverter):
+    """Everything after .../files/, as sent: a leading '/' or '//' reaches check_path (a 400), and
+    is never merged into a redirect to some other path."""
+
+    regex = ".*"
+    part_isolating = False
+
+
+blueprint.record_once(lambda state: state.app.url_map.converters.setdefault("filepath", FilePathConverter))
 
 READ_BYTES = files.CHUNK_BYTES
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
@@ -32,7 +44,7 @@ def _worker(notebook_id: str) -> str:
 
 
 @blueprint.get("/notebooks/<hexid:notebook_id>/files/", defaults={"path": ""})
-@blueprint.get("/notebooks/<hexid:notebook_id>/files/<path:path>")
+@blueprint.get("/notebooks/<hexid:notebook_id>/files/<filepath:path>", merge_slashes=False)
 def get_file(notebook_id: str, path: str):
     """A directory's listing (a path ending in '/', or none), else the file's bytes."""
     if path == "" or path.endswith("/"):
@@ -42,7 +54,7 @@ def get_file(notebook_id: str, path: str):
     return _download(notebook_id, files.check_path(path))
 
 
-@blueprint.put("/notebooks/<hexid:notebook_id>/files/<path:path>")
+@blueprint.put("/notebooks/<hexid:notebook_id>/files/<filepath:path>", merge_slashes=False)
 def put_file(notebook_id: str, path: str):
     """Write the body (raw, or the first file of a multipart form) to `path`, making its parents."""
     path = files.check_path(path)
@@ -60,7 +72,7 @@ def put_file(notebook_id: str, path: str):
     return response
 
 
-@blueprint.delete("/notebooks/<hexid:notebook_id>/files/<path:path>")
+@blueprint.delete("/notebooks/<hexid:notebook_id>/files/<filepath:path>", merge_slashes=False)
 def delete_file(notebook_id: str, path: str):
     """Remove a file, a symlink (never its target) or a directory with its contents."""
     path = files.check_path(path.rstrip("/"))

@@ -164,3 +164,131 @@ def test_files_are_served_while_a_cell_runs(notebook):
     notebook.write_file("during.txt", b"while busy")
     assert notebook.read_file("during.txt") == b"while busy"
     assert notebook.cell(running["id"])["state"] != "done"
+
+
+# --- whatever a cell plants in its directory, the API never leaves it -------------------------------
+
+def host_directory(service, notebook) -> str:
+    """The notebook's directory as the host sees it (where its worker's sandbox binds HOME from)."""
+    import glob
+
+    worker = notebook.refresh()["worker"]["id"]
+    found = glob.glob(f"/tmp/taskkernel-*/{worker}/home")
+    assert len(found) == 1, found
+    return found[0]
+
+
+def refused(call, status: int, code: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        call()
+    assert (caught.value.status, caught.value.code) == (status, code), caught.value
+
+
+def test_a_symlink_to_etc_shadow_is_not_followed(notebook):
+    value(notebook.evaluate("import os; os.symlink('/etc/shadow', 'shadow'); os.symlink('/etc', 'etc'); 1"))
+    refused(lambda: notebook.read_file("shadow"), 400, "unsafe_path")
+    refused(lambda: notebook.read_file("etc/passwd"), 400, "unsafe_path")
+    refused(lambda: notebook.files("etc"), 400, "unsafe_path")
+    refused(lambda: notebook.write_file("etc/planted", b"x"), 400, "unsafe_path")
+    assert not os.path.exists("/etc/planted")
+    listed = {e["name"]: e["type"] for e in notebook.files()}
+    assert listed["shadow"] == "symlink" and listed["etc"] == "symlink"
+
+
+def test_a_symlink_into_another_notebooks_directory_is_not_followed(service, client, notebook):
+    with client.start("python") as other:
+        other.write_file("secret.txt", b"not yours")
+        target = host_directory(service, other)
+        value(notebook.evaluate(f"import os; os.symlink({target!r}, 'other'); "
+                                f"os.symlink({target + '/secret.txt'!r}, 'secret'); 1"))
+        refused(lambda: notebook.read_file("other/secret.txt"), 400, "unsafe_path")
+        refused(lambda: notebook.read_file("secret"), 400, "unsafe_path")
+        refused(lambda: notebook.files("other"), 400, "unsafe_path")
+        refused(lambda: notebook.write_file("other/secret.txt", b"overwritten"), 400, "unsafe_path")
+        refused(lambda: notebook.delete_file("other/secret.txt"), 400, "unsafe_path")
+        assert other.read_file("secret.txt") == b"not yours"
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "a/../../../etc/passwd",
+                                  "./x", "%2Fetc%2Fpasswd", "a//b", "a/./b"])
+def test_dot_dot_absolute_and_odd_paths_are_refused(service, notebook, path):
+    notebook.write_file("a/b", b"inside")
+    for method in ("GET", "PUT", "DELETE"):
+        status, _, body = raw_request(service.api_url, method, f"/api/notebooks/{notebook.id}/files/{path}",
+                                      body=b"x" if method == "PUT" else None)
+        assert status in (400, 404), (method, path, status, body)
+        assert b"root:" not in body
+        if status == 400:
+            assert b'"invalid_path"' in body, body
+    assert notebook.read_file("a/b") == b"inside"
+
+
+def test_a_fifo_and_a_socket_are_listed_but_never_opened(notebook):
+    value(notebook.evaluate("import os, socket; os.mkfifo('pipe'); s = socket.socket(socket.AF_UNIX); "
+                            "s.bind('sock'); 1"))
+    refused(lambda: notebook.read_file("pipe"), 400, "unsafe_path")  # opening it would block forever
+    refused(lambda: notebook.read_file("sock"), 400, "unsafe_path")
+    refused(lambda: notebook.write_file("pipe/x", b"x"), 400, "not_a_directory")
+    assert {e["name"]: e["type"] for e in notebook.files()}.items() >= {"pipe": "other", "sock": "other"}.items()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_node_in_the_directory_is_never_opened(service, notebook):
+    import stat
+
+    os.mknod(os.path.join(host_directory(service, notebook), "zero"), 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+    refused(lambda: notebook.read_file("zero"), 400, "unsafe_path")  # /dev/zero would stream forever
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the engine has a uid of its own only when the service runs as root")
+def test_file_operations_run_as_the_engines_user_not_the_services(notebook):
+    notebook.write_file("mine.txt", b"x")
+    assert value(notebook.evaluate("import os; os.stat('mine.txt').st_uid == os.getuid() != 0")) == "True"
+    value(notebook.evaluate("open('locked', 'w').write('secret'); import os; os.chmod('locked', 0); 1"))
+    # root could read it; the engine's user cannot, so neither can the API
+    refused(lambda: notebook.read_file("locked"), 400, "unsafe_path")
+
+
+def test_a_directory_is_not_downloaded_and_a_file_is_not_listed(notebook):
+    notebook.write_file("d/f", b"x")
+    refused(lambda: notebook.read_file("d"), 400, "is_a_directory")
+    refused(lambda: notebook.files("d/f"), 400, "not_a_directory")
+    refused(lambda: notebook.write_file("d", b"x"), 400, "is_a_directory")
+    refused(lambda: notebook.read_file("missing"), 404, "file_not_found")
+
+
+# --- caps -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def capped(private_service):
+    """A service whose files are capped at 100,000 bytes each and 250,000 per notebook."""
+    caps = {"max_file_bytes": 100_000, "max_notebook_files_bytes": 250_000}
+    private_service.start_supervisor("capped", pool=1, **caps)
+    private_service.start_api(**caps)
+    with private_service.client().start("python") as nb:
+        yield private_service, nb
+
+
+def test_a_file_over_the_per_file_cap_is_refused_with_413(capped):
+    service, notebook = capped
+    notebook.write_file("fits", b"x" * 100_000)
+    refused(lambda: notebook.write_file("too_big", b"x" * 100_001), 413, "file_too_large")
+
+    def chunked():  # no Content-Length: the cap is enforced while the body streams
+        for _ in range(11):
+            yield b"y" * 10_000
+
+    status, _, body = raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/streamed",
+                                  body=chunked())  # http.client sends it chunked
+    assert (status, b'"file_too_large"' in body) == (413, True), body
+    assert sorted(e["name"] for e in notebook.files()) == ["fits"]  # nothing half-written is left
+
+
+def test_the_notebooks_files_are_capped_in_total(capped):
+    _, notebook = capped
+    notebook.write_file("one", b"1" * 100_000)
+    notebook.write_file("two", b"2" * 100_000)
+    refused(lambda: notebook.write_file("three", b"3" * 60_000), 413, "notebook_storage_full")
+    notebook.delete_file("one")
+    notebook.write_file("three", b"3" * 60_000)
+    assert sorted(e["name"] for e in notebook.files()) == ["three", "two"]

@@ -134,8 +134,12 @@ class Helper:
         return path or "."
 
     def _open_path(self, path: str) -> tuple[int, os.stat_result]:
-        fd = openat2(self.root, path, os.O_PATH | os.O_NOFOLLOW)
-        return fd, os.fstat(fd)
+        fd = openat2(self.root, path, os.O_PATH | os.O_NOFOLLOW)  # a final symlink is opened itself...
+        info = os.fstat(fd)
+        if stat.S_ISLNK(info.st_mode):  # ...and refused, as one on the way is (ELOOP)
+            os.close(fd)
+            raise Refused("unsafe_path", "the path is a symlink, which is never followed")
+        return fd, info
 
     def _parent(self, path: str, create: bool) -> tuple[int, str]:
         """An O_PATH fd of the path's parent directory (made, as the engine's user, when `create`)."""
