@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import select
 import socket
 import threading
@@ -25,6 +26,7 @@ class ApiError(TaskkernelError):
         self.code = body.get("error", "http_error")
 
 
+STREAM_BLOCK_BYTES = 1024 * 1024  # what a file transfer reads and sends at a time
 # methods HTTP defines as idempotent: repeating one after a connection reset changes nothing more
 SAFE_TO_REPEAT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
@@ -94,6 +96,31 @@ class Client:
         if response.status >= 400:
             raise ApiError(response.status, decoded or {})
         return response.status, decoded
+
+    def stream(self, method: str, path: str, body=None, headers: dict[str, str] | None = None,
+               timeout_s: float | None = None) -> http.client.HTTPResponse:
+        """Send one request on a connection of its own (a file object `body` is streamed) and return
+        the response unread, for the caller to stream; raises ApiError on 4xx/5xx."""
+        headers = {**(headers or {})}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s or self._timeout_s,
+                                          blocksize=STREAM_BLOCK_BYTES)
+        try:
+            conn.request(method, "/api" + path, body=body, headers=headers)
+            response = conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+        if response.status >= 400:
+            data = response.read()
+            conn.close()
+            try:
+                decoded = json.loads(data) if data else {}
+            except ValueError:
+                decoded = {"message": data.decode(errors="replace")}
+            raise ApiError(response.status, decoded)
+        return response
 
     def engines(self) -> list[dict]:
         return self.request("GET", "/engines")[1]["engines"]
@@ -304,6 +331,51 @@ class Notebook:
     def restore(self, timeout: float = 60.0) -> dict:
         return self.client.request("POST", f"/notebooks/{self.id}/restore", {"timeout": timeout},
                                    timeout_s=timeout + 30)[1]
+
+    # --- files in the notebook's directory ----------------------------------------------------------
+
+    def upload(self, local, remote: str) -> dict:
+        """Copy the local file `local` (a path) to `remote` in the notebook's directory (parents are
+        made, an existing file is replaced); returns {"path", "size"}."""
+        with open(local, "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            response = self.client.stream("PUT", self._file_url(remote), body=source, headers={
+                "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+            with response:
+                return json.loads(response.read())
+
+    def download(self, remote: str, local) -> int:
+        """Copy `remote` from the notebook's directory to the local path `local`; returns its size."""
+        response = self.client.stream("GET", self._file_url(remote))
+        written = 0
+        with response, open(local, "wb") as target:
+            while chunk := response.read(STREAM_BLOCK_BYTES):
+                target.write(chunk)
+                written += len(chunk)
+        return written
+
+    def read_file(self, remote: str) -> bytes:
+        """The bytes of `remote` (for small files: they are held in memory)."""
+        with self.client.stream("GET", self._file_url(remote)) as response:
+            return response.read()
+
+    def write_file(self, remote: str, data: bytes) -> dict:
+        """Write `data` to `remote` (parents are made)."""
+        with self.client.stream("PUT", self._file_url(remote), body=data,
+                                headers={"Content-Type": "application/octet-stream"}) as response:
+            return json.loads(response.read())
+
+    def files(self, directory: str = "") -> list[dict]:
+        """The entries (name, type, size, mtime) of a directory of the notebook ("": its own)."""
+        path = self._file_url(directory.strip("/") + "/" if directory.strip("/") else "")
+        return self.client.request("GET", path)[1]["entries"]
+
+    def delete_file(self, remote: str) -> None:
+        """Remove a file or a directory (with its contents) from the notebook's directory."""
+        self.client.request("DELETE", self._file_url(remote))
+
+    def _file_url(self, remote: str) -> str:
+        return f"/notebooks/{self.id}/files/" + urllib.parse.quote(remote, safe="/")
 
     def _feed_from_redis(self, redis_url: str, after: str, timeout: float | None) -> Iterator[dict]:
         import redis

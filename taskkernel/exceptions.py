@@ -212,3 +212,56 @@ class NoLease(TaskkernelError):
 
     code = "no_lease"
     status = 409
+
+
+# --- files in a notebook's directory (taskkernel.files) -------------------------------------------
+
+class InvalidPath(BadRequest):
+    """A file path must be relative, without '..', '.', empty parts or NUL."""
+
+    code = "invalid_path"
+
+
+class UnsafePath(BadRequest):
+    """The path leads through or to a symlink, a device, a FIFO or a socket: never followed or opened."""
+
+    code = "unsafe_path"
+
+
+class IsADirectory(BadRequest):
+    """The path names a directory: list it with a trailing '/'."""
+
+    code = "is_a_directory"
+
+
+class NotADirectory(BadRequest):
+    """The path (or a part of it) is not a directory."""
+
+    code = "not_a_directory"
+
+
+class FileNotFound(NotFound):
+    """No such file or directory in the notebook."""
+
+    code = "file_not_found"
+
+
+class FileTooLarge(TaskkernelError):
+    """The file is larger than the per-file cap (max_file_bytes)."""
+
+    code = "file_too_large"
+    status = 413
+
+
+class NotebookStorageFull(TaskkernelError):
+    """The notebook's files would exceed its cap (max_notebook_files_bytes)."""
+
+    code = "notebook_storage_full"
+    status = 413
+
+
+class RangeNotSatisfiable(TaskkernelError):
+    """The requested byte range lies outside the file."""
+
+    code = "range_not_satisfiable"
+    status = 416

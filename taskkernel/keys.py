@@ -16,6 +16,9 @@
     taskkernel:worker:<w>                hash   a worker process (host, pid, engine, queue, state, notebook, cell)
     taskkernel:worker:<w>:rpc            list   side-channel requests (complete, inspect, interrupt, ...)
     taskkernel:reply:<request>           list   one side-channel answer
+    taskkernel:worker:<w>:files          list   file requests for the worker's file service (put, get, list, ...)
+    taskkernel:transfer:<t>:up           list   one file transfer's frames to the worker (chunks, credits; expires)
+    taskkernel:transfer:<t>:down         list   the same transfer's frames from the worker (replies, chunks)
     taskkernel:idle:<engine>:<host>      set    idle warm workers of an engine on a host
     taskkernel:hosts                     set    supervisor host names
     taskkernel:host:<host>               hash   a host's pools and counts; expires unless heartbeated
@@ -82,6 +85,15 @@ def worker(w: str) -> str:
 
 def worker_rpc(w: str) -> str:
     return f"{PREFIX}:worker:{w}:rpc"
+
+
+def worker_files(w: str) -> str:
+    return f"{PREFIX}:worker:{w}:files"
+
+
+def transfer(transfer_id: str, direction: str) -> str:
+    """One file transfer's list of frames: direction "up" (API -> worker) or "down" (worker -> API)."""
+    return f"{PREFIX}:transfer:{transfer_id}:{direction}"
 
 
 def reply(request_id: str) -> str:

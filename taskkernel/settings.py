@@ -54,6 +54,8 @@ class Settings:
     interrupt_grace_s: float = 5.0  # after an unheeded interrupt, kill and restart
     max_output_bytes: int = 4 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
+    max_file_bytes: int = 1024 * 1024 * 1024  # one file uploaded to a notebook (413 beyond)
+    max_notebook_files_bytes: int = 4 * 1024 * 1024 * 1024  # all files of a notebook's directory, at upload
     ack_emulation: int = 0  # 1: kombu keeps delivered messages in an unacked hash and redelivers them
     visibility_timeout_s: int = 30 * 24 * 3600  # with ack_emulation: far longer than any cell
     unacked_restore_interval_s: int = 60  # how often kombu sweeps for messages to redeliver

@@ -23,6 +23,7 @@ from taskkernel.workers import cgroups, sandbox
 from taskkernel.workers.capture import OutputCapture
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
+from taskkernel.workers.files import FileService
 from taskkernel.workers.runtime import Runtime
 
 
@@ -56,10 +57,13 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
                       rpc_timeout_s=settings.rpc_timeout_s, stream_maxlen=settings.feed_stream_maxlen,
                       checkpoints=CheckpointStore(client, settings.checkpoint_dir))
     app.taskkernel_runtime = runtime
+    file_service = FileService(client, worker_id, directory / "home", uid, max_file_bytes=settings.max_file_bytes,
+                               max_notebook_bytes=settings.max_notebook_files_bytes)
 
     def on_ready(**_):
         runtime.install_interrupt_handler()
         runtime.serve_side_channel()
+        file_service.start()
         runtime.announce_starts()
         runtime.announce_idle(spec["name"], settings.host_name, os.getpid())
 

@@ -107,7 +107,7 @@ class Supervisor:
         self.app.finalize(auto=True)
         for attribute in ("Worker", "WorkController", "amqp", "log", "events", "control", "conf"):
             getattr(self.app, attribute)  # lazy parts each worker would build after its fork
-        from taskkernel.workers import checkpoints, engine, runtime, sandbox  # noqa: F401
+        from taskkernel.workers import checkpoints, engine, files, runtime, sandbox  # noqa: F401
 
         self._scan_engines()
         for module in WORKER_MODULES:  # what a worker would otherwise import after every fork

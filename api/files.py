@@ -1,0 +1,151 @@
+"""Files in a notebook's directory: upload (PUT), download (GET, ranges), list (GET .../), delete.
+
+Bytes are streamed both ways through Redis to the notebook's worker (taskkernel.files), at most a
+window of chunks at a time, so the API's memory stays flat whatever the file's size. Flask's
+MAX_CONTENT_LENGTH (for JSON bodies) does not apply here: a file's cap is max_file_bytes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import mimetypes
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.routing import PathConverter
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+from taskkernel import files
+from taskkernel.exceptions import BadRequest, FileTooLarge, RangeNotSatisfiable
+
+blueprint = Blueprint("files", __name__)
+
+
+class FilePathConverter(PathConverter):
+    """Everything after .../files/, as sent: a leading '/' or '//' reaches check_path (a 400), and
+    is never merged into a redirect to some other path."""
+
+    regex = ".*"
+    part_isolating = False
+
+
+blueprint.record_once(lambda state: state.app.url_map.converters.setdefault("filepath", FilePathConverter))
+
+READ_BYTES = files.CHUNK_BYTES
+MULTIPART_OVERHEAD_BYTES = 1024 * 1024
+
+
+def services():
+    return current_app.extensions["taskkernel"]
+
+
+def _worker(notebook_id: str) -> str:
+    svc = services()
+    return svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)["worker"]["id"]
+
+
+@blueprint.get("/notebooks/<hexid:notebook_id>/files/", defaults={"path": ""})
+@blueprint.get("/notebooks/<hexid:notebook_id>/files/<filepath:path>", merge_slashes=False)
+def get_file(notebook_id: str, path: str):
+    """A directory's listing (a path ending in '/', or none), else the file's bytes."""
+    if path == "" or path.endswith("/"):
+        directory = files.check_path(path.rstrip("/"), directory=True)
+        reply = files.call(services().redis, _worker(notebook_id), notebook_id, "list", directory)
+        return jsonify({"path": directory, "entries": reply["entries"]})
+    return _download(notebook_id, files.check_path(path))
+
+
+@blueprint.put("/notebooks/<hexid:notebook_id>/files/<filepath:path>", merge_slashes=False)
+def put_file(notebook_id: str, path: str):
+    """Write the body (raw, or the first file of a multipart form) to `path`, making its parents."""
+    path = files.check_path(path)
+    svc = services()
+    cap = svc.settings.max_file_bytes
+    # JSON's cap is not a file's: the file's is checked here and again as it streams (a multipart
+    # body's parts and boundaries get some room of their own)
+    request.max_content_length = cap + MULTIPART_OVERHEAD_BYTES
+    if request.content_length is not None and request.content_length > cap and not _is_multipart():
+        raise FileTooLarge(f"the file is larger than the cap of {cap} bytes", max_file_bytes=cap)
+    chunks = _multipart_file(request.stream) if _is_multipart() else _raw(request.stream)
+    reply = files.upload(svc.redis, _worker(notebook_id), notebook_id, path, chunks, max_file_bytes=cap)
+    response = jsonify({"path": path, "size": reply["size"]})
+    response.status_code = 201
+    return response
+
+
+@blueprint.delete("/notebooks/<hexid:notebook_id>/files/<filepath:path>", merge_slashes=False)
+def delete_file(notebook_id: str, path: str):
+    """Remove a file, a symlink (never its target) or a directory with its contents."""
+    path = files.check_path(path.rstrip("/"))
+    files.call(services().redis, _worker(notebook_id), notebook_id, "delete", path)
+    return "", 204
+
+
+def _download(notebook_id: str, path: str) -> Response:
+    byte_range = _requested_range()
+    try:
+        header, chunks = files.download(services().redis, _worker(notebook_id), notebook_id, path,
+                                        byte_range=byte_range)
+    except RangeNotSatisfiable as exc:
+        response = jsonify(exc.to_dict())
+        response.status_code = exc.status
+        response.headers["Content-Range"] = f"bytes */{exc.details.get('size', '*')}"
+        return response
+    length = header["end"] - header["start"]
+    response = Response(chunks, status=206 if byte_range else 200, direct_passthrough=True,
+                        mimetype=mimetypes.guess_type(path)[0] or "application/octet-stream")
+    response.headers["Content-Length"] = str(length)
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["Last-Modified"] = email.utils.formatdate(header["mtime"], usegmt=True)
+    if byte_range:
+        response.headers["Content-Range"] = f"bytes {header['start']}-{header['end'] - 1}/{header['size']}"
+    return response
+
+
+def _requested_range() -> tuple[int, int | None] | None:
+    """One byte range of the Range header, as (start, stop) or (-n, None); None for the whole file."""
+    if "Range" not in request.headers:
+        return None
+    parsed = request.range
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        raise BadRequest("only one byte range is served (Range: bytes=start-end)")
+    start, stop = parsed.ranges[0]
+    return start, stop
+
+
+def _is_multipart() -> bool:
+    return request.mimetype == "multipart/form-data"
+
+
+def _raw(stream):
+    while chunk := stream.read(READ_BYTES):
+        yield chunk
+
+
+def _multipart_file(stream):
+    """The bytes of the form's first file part, parsed as they arrive (never spooled)."""
+    boundary = request.mimetype_params.get("boundary", "").encode()
+    if not boundary:
+        raise BadRequest("a multipart body needs a boundary")
+    decoder = MultipartDecoder(boundary, max_form_memory_size=64 * 1024)
+    in_file, seen_file, done = False, False, False
+    while not done:
+        chunk = stream.read(READ_BYTES)
+        decoder.receive_data(chunk or None)
+        while True:
+            event = decoder.next_event()
+            if isinstance(event, NeedData):
+                break
+            if isinstance(event, Epilogue):
+                done = True
+                break
+            if isinstance(event, File):
+                in_file = not seen_file
+                seen_file = True
+            elif isinstance(event, Field):
+                in_file = False
+            elif isinstance(event, Data) and in_file:
+                yield event.data
+        if not chunk and not done:
+            raise BadRequest("the multipart body ended before its closing boundary")
+    if not seen_file:
+        raise BadRequest("the multipart form has no file part")

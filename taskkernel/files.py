@@ -1,0 +1,255 @@
+"""Files in a notebook's directory: the transfer protocol between the API and the notebook's worker.
+
+The API may run on another host than the worker, so bytes go through Redis, as everything else
+does. A request `{"id", "op", "notebook", "path", ...}` is pushed on the worker's file list
+(keys.worker_files); the transfer then has two lists of frames, `up` (API -> worker) and
+`down` (worker -> API). A frame is one byte of kind and a body:
+
+    j  a JSON reply: {"ok": true, ...} or {"ok": false, "code", "error"}
+    d  a chunk of the file (at most CHUNK_BYTES)
+    e  the end of the file
+    c  a credit: the receiver has taken one chunk, the sender may push another
+    x  the receiver gave up (a client that disconnected): the sender stops
+
+The sender of chunks holds at most WINDOW of them in Redis, so a 100 MB file never costs the
+API, Redis or the worker more than WINDOW * CHUNK_BYTES, whatever the speed of either end.
+The worker serves these requests from a thread (taskkernel.workers.files), so they are answered
+while a cell runs, and opens every path through its file helper, as the engine's user.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+
+import redis
+
+from taskkernel import keys
+from taskkernel.exceptions import (
+    BadRequest,
+    EngineUnavailable,
+    FileNotFound,
+    FileTooLarge,
+    InvalidPath,
+    IsADirectory,
+    NotADirectory,
+    NotebookGone,
+    NotebookStorageFull,
+    RangeNotSatisfiable,
+    TaskkernelError,
+    UnsafePath,
+)
+from taskkernel.messages import new_id
+
+CHUNK_BYTES = 1024 * 1024
+WINDOW = 8  # chunks in flight per transfer
+TRANSFER_TTL_S = 60  # a transfer's lists expire when both ends vanish
+IDLE_TIMEOUT_S = 30.0  # a transfer whose other end sends nothing for this long is abandoned
+MAX_BLOCK_S = 4.0  # one blocking pop, below redis-py's socket timeouts
+MAX_PATH_CHARS = 4096
+
+REPLY, DATA, END, CREDIT, CANCEL = b"j", b"d", b"e", b"c", b"x"
+
+# error codes of the worker and its helper -> the exception the API raises
+ERRORS: dict[str, type[TaskkernelError]] = {
+    cls.code: cls for cls in (InvalidPath, UnsafePath, IsADirectory, NotADirectory, FileNotFound, FileTooLarge,
+                              NotebookStorageFull, RangeNotSatisfiable, NotebookGone, BadRequest)
+}
+
+
+def check_path(path: str, *, directory: bool = False) -> str:
+    """`path` as the helper takes it: relative, '/'-separated, no '..', '.', empty parts or NUL.
+
+    With `directory`, "" (the notebook's directory itself) is allowed. Raises InvalidPath.
+    """
+    if path == "" and directory:
+        return path
+    parts = path.split("/")
+    if (not path or path.startswith("/") or "\0" in path or len(path) > MAX_PATH_CHARS
+            or any(part in ("", ".", "..") for part in parts)):
+        raise InvalidPath(f"{path!r} is not a path inside the notebook: it must be relative, "
+                          "without '..', '.' or empty parts", path=path)
+    return path
+
+
+def error_from(reply: dict) -> TaskkernelError:
+    """The exception for a worker's error reply."""
+    cls = ERRORS.get(reply.get("code", ""), EngineUnavailable)
+    error = cls(reply.get("error", "the file operation failed"))
+    if reply.get("size") is not None:
+        error.details["size"] = reply["size"]
+    return error
+
+
+class Transfer:
+    """One file request to a notebook's worker and its frames, seen from either end."""
+
+    def __init__(self, client: redis.Redis, transfer_id: str, *, sending: str, receiving: str):
+        self.redis = client
+        self.id = transfer_id
+        self.out_key = keys.transfer(transfer_id, sending)
+        self.in_key = keys.transfer(transfer_id, receiving)
+
+    @classmethod
+    def for_api(cls, client: redis.Redis, transfer_id: str | None = None) -> "Transfer":
+        return cls(client, transfer_id or new_id(), sending="up", receiving="down")
+
+    @classmethod
+    def for_worker(cls, client: redis.Redis, transfer_id: str) -> "Transfer":
+        return cls(client, transfer_id, sending="down", receiving="up")
+
+    def send(self, kind: bytes, body: bytes = b"") -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(self.out_key, kind + body)
+        pipe.expire(self.out_key, TRANSFER_TTL_S)
+        pipe.execute()
+
+    def send_json(self, reply: dict) -> None:
+        self.send(REPLY, json.dumps(reply).encode())
+
+    def receive(self, timeout_s: float = IDLE_TIMEOUT_S) -> tuple[bytes, bytes]:
+        """The next frame (kind, body); EngineUnavailable when none comes within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            item = self.redis.blpop([self.in_key], timeout=max(0.01, min(MAX_BLOCK_S, deadline - time.monotonic())))
+            if item is not None:
+                frame = item[1]
+                return frame[:1], frame[1:]
+            if time.monotonic() >= deadline:
+                raise EngineUnavailable(f"the notebook's worker did not answer the file transfer within "
+                                        f"{timeout_s:g} s", op="files")
+
+    def close(self) -> None:
+        self.redis.delete(self.out_key, self.in_key)
+
+    def cancel(self) -> None:
+        """Tell the other end to stop: what was queued for it is dropped, a CANCEL is left instead."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.out_key, self.in_key)
+        pipe.rpush(self.out_key, CANCEL)
+        pipe.expire(self.out_key, TRANSFER_TTL_S)
+        pipe.execute()
+
+
+# --- the API's side ----------------------------------------------------------------------------------
+
+def request(client: redis.Redis, worker_id: str, notebook_id: str, op: str, path: str, **args) -> Transfer:
+    """Start a transfer: push the request on the worker's file list."""
+    transfer = Transfer.for_api(client)
+    body = {"id": transfer.id, "op": op, "notebook": notebook_id, "path": path, **args}
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(keys.worker_files(worker_id), json.dumps(body))
+    pipe.expire(keys.worker_files(worker_id), TRANSFER_TTL_S)
+    pipe.execute()
+    return transfer
+
+
+def wait_reply(transfer: Transfer, timeout_s: float = IDLE_TIMEOUT_S) -> dict:
+    """The next JSON reply of the worker (skipping credits); raises its error."""
+    while True:
+        kind, body = transfer.receive(timeout_s)
+        if kind == REPLY:
+            reply = json.loads(body)
+            if not reply.get("ok"):
+                raise error_from(reply)
+            return reply
+        if kind != CREDIT:
+            raise EngineUnavailable(f"unexpected frame {kind!r} from the worker", op="files")
+
+
+def call(client: redis.Redis, worker_id: str, notebook_id: str, op: str, path: str, *,
+         timeout_s: float = IDLE_TIMEOUT_S, **args) -> dict:
+    """A request answered with one reply (list, stat, delete)."""
+    transfer = request(client, worker_id, notebook_id, op, path, **args)
+    try:
+        return wait_reply(transfer, timeout_s)
+    finally:
+        transfer.close()
+
+
+def upload(client: redis.Redis, worker_id: str, notebook_id: str, path: str, chunks: Iterable[bytes], *,
+           max_file_bytes: int, timeout_s: float = IDLE_TIMEOUT_S) -> dict:
+    """Stream `chunks` into `path`; the worker's final reply ({"size"}). Raises FileTooLarge past
+    `max_file_bytes` (nothing is written then), and the worker's errors."""
+    transfer = request(client, worker_id, notebook_id, "put", path)
+    done = False
+    try:
+        credits, sent = WINDOW, 0
+        for chunk in _rechunk(chunks):
+            sent += len(chunk)
+            if sent > max_file_bytes:
+                raise FileTooLarge(f"the file is larger than the cap of {max_file_bytes} bytes",
+                                   max_file_bytes=max_file_bytes)
+            while credits == 0:
+                kind, body = transfer.receive(timeout_s)
+                if kind == CREDIT:
+                    credits += 1
+                elif kind == REPLY:  # the worker refused (a bad path, the notebook's cap)
+                    raise error_from(json.loads(body))
+            transfer.send(DATA, chunk)
+            credits -= 1
+        transfer.send(END)
+        reply = wait_reply(transfer, timeout_s)
+        done = True
+        return reply
+    finally:
+        if done:
+            transfer.close()
+        else:
+            transfer.cancel()  # the worker drops its temporary file
+
+
+def download(client: redis.Redis, worker_id: str, notebook_id: str, path: str, *,
+             byte_range: tuple[int, int | None] | None = None,
+             timeout_s: float = IDLE_TIMEOUT_S) -> tuple[dict, Iterator[bytes]]:
+    """The file's header ({"size", "mtime", "start", "end"}) and an iterator of its bytes.
+
+    `byte_range`: (start, stop) with stop exclusive or None (to the end), or (-n, None) for the
+    last n bytes. The iterator must be exhausted or closed (closing tells the worker to stop).
+    """
+    transfer = request(client, worker_id, notebook_id, "get", path,
+                       range=list(byte_range) if byte_range else None)
+    try:
+        header = wait_reply(transfer, timeout_s)
+    except BaseException:
+        transfer.close()
+        raise
+
+    def chunks() -> Iterator[bytes]:
+        finished = False
+        try:
+            while True:
+                kind, body = transfer.receive(timeout_s)
+                if kind == DATA:
+                    transfer.send(CREDIT)
+                    yield body
+                elif kind == END:
+                    finished = True
+                    return
+                elif kind == REPLY:
+                    raise error_from(json.loads(body))
+        finally:
+            if finished:
+                transfer.close()
+            else:
+                transfer.cancel()
+
+    return header, chunks()
+
+
+def _rechunk(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """`chunks` regrouped into frames of CHUNK_BYTES (the last may be shorter); empty ones dropped."""
+    pending = bytearray()
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if not pending and len(chunk) == CHUNK_BYTES:
+            yield bytes(chunk)
+            continue
+        pending += chunk
+        while len(pending) >= CHUNK_BYTES:
+            yield bytes(pending[:CHUNK_BYTES])
+            del pending[:CHUNK_BYTES]
+    if pending:
+        yield bytes(pending)

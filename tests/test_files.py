@@ -1,0 +1,294 @@
+"""Files in and out of a notebook: PUT/GET/DELETE .../files/<path>, listings, ranges, caps, attacks."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import threading
+import urllib.parse
+
+import pytest
+
+from taskkernel.client import ApiError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def raw_request(api_url: str, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """One request with the path sent exactly as given (no client normalises '..' away)."""
+    parsed = urllib.parse.urlsplit(api_url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def value(cell: dict) -> str:
+    assert cell["status"] == "ok", cell.get("error")
+    return next(o["data"]["text/plain"] for o in cell["outputs"] if o["output_type"] == "execute_result")
+
+
+# --- round trips ------------------------------------------------------------------------------------
+
+def test_a_small_text_file_goes_in_and_comes_out_the_same(notebook, tmp_path):
+    local = tmp_path / "notes.txt"
+    local.write_text("héllo\nwörld\n", encoding="utf-8")
+    assert notebook.upload(local, "notes.txt") == {"path": "notes.txt", "size": local.stat().st_size}
+    back = tmp_path / "back.txt"
+    assert notebook.download("notes.txt", back) == local.stat().st_size
+    assert back.read_bytes() == local.read_bytes()
+
+
+def test_binary_bytes_of_every_value_round_trip(notebook):
+    data = bytes(range(256)) * 4099
+    notebook.write_file("data/blob.bin", data)
+    assert notebook.read_file("data/blob.bin") == data
+
+
+def test_an_empty_file_round_trips(notebook):
+    notebook.write_file("empty", b"")
+    assert notebook.read_file("empty") == b""
+    assert [e["size"] for e in notebook.files() if e["name"] == "empty"] == [0]
+
+
+@pytest.mark.timeout(300)
+def test_a_100_mb_file_round_trips_streamed(notebook, tmp_path):
+    local = tmp_path / "big.bin"
+    digest = hashlib.sha256()
+    with open(local, "wb") as out:
+        for i in range(100):
+            block = os.urandom(1024 * 1024)
+            digest.update(block)
+            out.write(block)
+    assert notebook.upload(local, "big.bin")["size"] == 100 * 1024 * 1024
+    back = tmp_path / "back.bin"
+    assert notebook.download("big.bin", back) == 100 * 1024 * 1024
+    copied = hashlib.sha256()
+    with open(back, "rb") as source:
+        while block := source.read(1024 * 1024):
+            copied.update(block)
+    assert copied.hexdigest() == digest.hexdigest()
+
+
+def test_a_download_has_its_content_type_and_length(service, notebook):
+    notebook.write_file("table.csv", b"a,b\n1,2\n")
+    status, headers, body = raw_request(service.api_url, "GET", f"/api/notebooks/{notebook.id}/files/table.csv")
+    assert status == 200 and body == b"a,b\n1,2\n"
+    assert headers["Content-Type"].startswith("text/csv")
+    assert headers["Content-Length"] == "8" and headers["Accept-Ranges"] == "bytes"
+
+
+def test_range_requests_serve_parts_of_a_file(service, notebook):
+    notebook.write_file("digits", b"0123456789")
+    url = f"/api/notebooks/{notebook.id}/files/digits"
+    status, headers, body = raw_request(service.api_url, "GET", url, headers={"Range": "bytes=2-5"})
+    assert (status, body, headers["Content-Range"], headers["Content-Length"]) == (206, b"2345", "bytes 2-5/10", "4")
+    assert raw_request(service.api_url, "GET", url, headers={"Range": "bytes=7-"})[2] == b"789"
+    assert raw_request(service.api_url, "GET", url, headers={"Range": "bytes=-3"})[2] == b"789"
+    status, headers, body = raw_request(service.api_url, "GET", url, headers={"Range": "bytes=10-20"})
+    assert status == 416 and headers["Content-Range"] == "bytes */10"
+
+
+def test_a_multipart_upload_stores_the_file_part(service, notebook):
+    boundary = "xyzBOUNDARYxyz"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nignored\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + b"\x00multi\r\npart\xff" + \
+        f"\r\n--{boundary}--\r\n".encode()
+    status, _, answer = raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/up/m.bin",
+                                    body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 201, answer
+    assert notebook.read_file("up/m.bin") == b"\x00multi\r\npart\xff"
+
+
+def test_listings_give_name_type_size_and_mtime(notebook):
+    notebook.write_file("a.txt", b"abc")
+    notebook.write_file("sub/deeper/b.txt", b"12345")
+    root = {e["name"]: e for e in notebook.files()}
+    assert root["a.txt"]["type"] == "file" and root["a.txt"]["size"] == 3 and root["a.txt"]["mtime"] > 0
+    assert root["sub"]["type"] == "directory"
+    assert [(e["name"], e["type"]) for e in notebook.files("sub")] == [("deeper", "directory")]
+    assert [(e["name"], e["size"]) for e in notebook.files("sub/deeper")] == [("b.txt", 5)]
+
+
+def test_delete_removes_files_and_directories(notebook):
+    notebook.write_file("gone.txt", b"x")
+    notebook.write_file("tree/a/b.txt", b"y")
+    notebook.delete_file("gone.txt")
+    notebook.delete_file("tree")
+    assert {e["name"] for e in notebook.files()}.isdisjoint({"gone.txt", "tree"})
+    with pytest.raises(ApiError) as missing:
+        notebook.read_file("gone.txt")
+    assert (missing.value.status, missing.value.code) == (404, "file_not_found")
+
+
+def test_a_cell_reads_an_uploaded_file_and_writes_one_the_client_downloads(notebook):
+    notebook.write_file("input.csv", b"x\n1\n2\n3\n")
+    cell = notebook.evaluate(
+        "import csv\n"
+        "rows = [int(r['x']) for r in csv.DictReader(open('input.csv'))]\n"
+        "open('out/total.txt', 'w').write(str(sum(rows))) if __import__('os').makedirs('out', exist_ok=True) is None "
+        "else None\n"
+        "sum(rows)")
+    assert value(cell) == "6"
+    assert notebook.read_file("out/total.txt") == b"6"
+
+
+def test_concurrent_uploads_to_one_notebook_all_land(notebook):
+    blobs = {f"c{i}.bin": os.urandom(300_000 + i) for i in range(6)}
+    errors = []
+
+    def put(name, data):
+        try:
+            notebook.write_file(name, data)
+        except Exception as exc:  # reported below, with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put, args=item) for item in blobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    for name, data in blobs.items():
+        assert notebook.read_file(name) == data
+
+
+def test_files_are_served_while_a_cell_runs(notebook):
+    running = notebook.evaluate("import time; time.sleep(5)", wait=False)
+    notebook.write_file("during.txt", b"while busy")
+    assert notebook.read_file("during.txt") == b"while busy"
+    assert notebook.cell(running["id"])["state"] != "done"
+
+
+# --- whatever a cell plants in its directory, the API never leaves it -------------------------------
+
+def host_directory(service, notebook) -> str:
+    """The notebook's directory as the host sees it (where its worker's sandbox binds HOME from)."""
+    import glob
+
+    worker = notebook.refresh()["worker"]["id"]
+    found = glob.glob(f"/tmp/taskkernel-*/{worker}/home")
+    assert len(found) == 1, found
+    return found[0]
+
+
+def refused(call, status: int, code: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        call()
+    assert (caught.value.status, caught.value.code) == (status, code), caught.value
+
+
+def test_a_symlink_to_etc_shadow_is_not_followed(notebook):
+    value(notebook.evaluate("import os; os.symlink('/etc/shadow', 'shadow'); os.symlink('/etc', 'etc'); 1"))
+    refused(lambda: notebook.read_file("shadow"), 400, "unsafe_path")
+    refused(lambda: notebook.read_file("etc/passwd"), 400, "unsafe_path")
+    refused(lambda: notebook.files("etc"), 400, "unsafe_path")
+    refused(lambda: notebook.write_file("etc/planted", b"x"), 400, "unsafe_path")
+    assert not os.path.exists("/etc/planted")
+    listed = {e["name"]: e["type"] for e in notebook.files()}
+    assert listed["shadow"] == "symlink" and listed["etc"] == "symlink"
+
+
+def test_a_symlink_into_another_notebooks_directory_is_not_followed(service, client, notebook):
+    with client.start("python") as other:
+        other.write_file("secret.txt", b"not yours")
+        target = host_directory(service, other)
+        value(notebook.evaluate(f"import os; os.symlink({target!r}, 'other'); "
+                                f"os.symlink({target + '/secret.txt'!r}, 'secret'); 1"))
+        refused(lambda: notebook.read_file("other/secret.txt"), 400, "unsafe_path")
+        refused(lambda: notebook.read_file("secret"), 400, "unsafe_path")
+        refused(lambda: notebook.files("other"), 400, "unsafe_path")
+        refused(lambda: notebook.write_file("other/secret.txt", b"overwritten"), 400, "unsafe_path")
+        refused(lambda: notebook.delete_file("other/secret.txt"), 400, "unsafe_path")
+        assert other.read_file("secret.txt") == b"not yours"
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "a/../../../etc/passwd",
+                                  "./x", "%2Fetc%2Fpasswd", "a//b", "a/./b"])
+def test_dot_dot_absolute_and_odd_paths_are_refused(service, notebook, path):
+    notebook.write_file("a/b", b"inside")
+    for method in ("GET", "PUT", "DELETE"):
+        status, _, body = raw_request(service.api_url, method, f"/api/notebooks/{notebook.id}/files/{path}",
+                                      body=b"x" if method == "PUT" else None)
+        assert status in (400, 404), (method, path, status, body)
+        assert b"root:" not in body
+        if status == 400:
+            assert b'"invalid_path"' in body, body
+    assert notebook.read_file("a/b") == b"inside"
+
+
+def test_a_fifo_and_a_socket_are_listed_but_never_opened(notebook):
+    value(notebook.evaluate("import os, socket; os.mkfifo('pipe'); s = socket.socket(socket.AF_UNIX); "
+                            "s.bind('sock'); 1"))
+    refused(lambda: notebook.read_file("pipe"), 400, "unsafe_path")  # opening it would block forever
+    refused(lambda: notebook.read_file("sock"), 400, "unsafe_path")
+    refused(lambda: notebook.write_file("pipe/x", b"x"), 400, "not_a_directory")
+    assert {e["name"]: e["type"] for e in notebook.files()}.items() >= {"pipe": "other", "sock": "other"}.items()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_node_in_the_directory_is_never_opened(service, notebook):
+    import stat
+
+    os.mknod(os.path.join(host_directory(service, notebook), "zero"), 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+    refused(lambda: notebook.read_file("zero"), 400, "unsafe_path")  # /dev/zero would stream forever
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the engine has a uid of its own only when the service runs as root")
+def test_file_operations_run_as_the_engines_user_not_the_services(notebook):
+    notebook.write_file("mine.txt", b"x")
+    assert value(notebook.evaluate("import os; os.stat('mine.txt').st_uid == os.getuid() != 0")) == "True"
+    value(notebook.evaluate("open('locked', 'w').write('secret'); import os; os.chmod('locked', 0); 1"))
+    # root could read it; the engine's user cannot, so neither can the API
+    refused(lambda: notebook.read_file("locked"), 400, "unsafe_path")
+
+
+def test_a_directory_is_not_downloaded_and_a_file_is_not_listed(notebook):
+    notebook.write_file("d/f", b"x")
+    refused(lambda: notebook.read_file("d"), 400, "is_a_directory")
+    refused(lambda: notebook.files("d/f"), 400, "not_a_directory")
+    refused(lambda: notebook.write_file("d", b"x"), 400, "is_a_directory")
+    refused(lambda: notebook.read_file("missing"), 404, "file_not_found")
+
+
+# --- caps -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def capped(private_service):
+    """A service whose files are capped at 100,000 bytes each and 250,000 per notebook."""
+    caps = {"max_file_bytes": 100_000, "max_notebook_files_bytes": 250_000}
+    private_service.start_supervisor("capped", pool=1, **caps)
+    private_service.start_api(**caps)
+    with private_service.client().start("python") as nb:
+        yield private_service, nb
+
+
+def test_a_file_over_the_per_file_cap_is_refused_with_413(capped):
+    service, notebook = capped
+    notebook.write_file("fits", b"x" * 100_000)
+    refused(lambda: notebook.write_file("too_big", b"x" * 100_001), 413, "file_too_large")
+
+    def chunked():  # no Content-Length: the cap is enforced while the body streams
+        for _ in range(11):
+            yield b"y" * 10_000
+
+    status, _, body = raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/streamed",
+                                  body=chunked())  # http.client sends it chunked
+    assert (status, b'"file_too_large"' in body) == (413, True), body
+    assert sorted(e["name"] for e in notebook.files()) == ["fits"]  # nothing half-written is left
+
+
+def test_the_notebooks_files_are_capped_in_total(capped):
+    _, notebook = capped
+    notebook.write_file("one", b"1" * 100_000)
+    notebook.write_file("two", b"2" * 100_000)
+    refused(lambda: notebook.write_file("three", b"3" * 60_000), 413, "notebook_storage_full")
+    notebook.delete_file("one")
+    notebook.write_file("three", b"3" * 60_000)
+    assert sorted(e["name"] for e in notebook.files()) == ["three", "two"]

@@ -1,0 +1,235 @@
+"""The worker's file service: serves its notebook's directory to the API while cells run.
+
+A thread waits on the worker's file list (keys.worker_files) and gives each request a thread of
+its own, so an upload, a download and a listing proceed side by side and none waits for the
+running cell. Paths are never opened here: the file helper (taskkernel.workers.files_helper),
+running as the engine's user, resolves them and hands back open fds; this process only moves
+bytes between those fds and Redis (the protocol is taskkernel.files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from taskkernel import files as protocol
+from taskkernel import keys
+from taskkernel.files import CANCEL, CHUNK_BYTES, CREDIT, DATA, END, WINDOW, Transfer
+
+log = logging.getLogger("taskkernel.files")
+
+MAX_TRANSFERS = 8  # requests served at once; more wait on the list
+HELPER_REPLY_BYTES = 1024 * 1024
+
+
+class HelperFailed(Exception):
+    """The file helper died or answered nonsense."""
+
+
+class FileService:
+    """One worker's file service; `start()` runs it in daemon threads."""
+
+    def __init__(self, client: redis.Redis, worker_id: str, directory: Path, uid: int | None, *,
+                 max_file_bytes: int, max_notebook_bytes: int):
+        self.redis = client
+        self.worker_id = worker_id
+        self.directory = directory
+        self.uid = uid
+        self.max_file_bytes = max_file_bytes
+        self.max_notebook_bytes = max_notebook_bytes
+        self._slots = threading.BoundedSemaphore(MAX_TRANSFERS)
+        self._helper_lock = threading.Lock()
+        self._helper: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._loop, name="taskkernel-files", daemon=True)
+        thread.start()
+        return thread
+
+    def _loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        while True:
+            self._slots.acquire()
+            try:
+                item = self.redis.blpop([keys.worker_files(self.worker_id)], timeout=protocol.MAX_BLOCK_S)
+            except redis.RedisError as exc:
+                self._slots.release()
+                log.warning("file service: %r", exc)
+                time.sleep(0.5)
+                continue
+            if item is None:
+                self._slots.release()
+                continue
+            threading.Thread(target=self._serve, args=(json.loads(item[1]),), name="taskkernel-file",
+                             daemon=True).start()
+
+    def _serve(self, request: dict) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        transfer = Transfer.for_worker(self.redis, request["id"])
+        try:
+            notebook = self.redis.hget(keys.worker(self.worker_id), "notebook")
+            if not notebook or notebook.decode() != request.get("notebook"):
+                transfer.send_json({"ok": False, "code": "notebook_gone",
+                                    "error": "this worker no longer serves the notebook"})
+                return
+            op = request.get("op")
+            if op == "put":
+                self._put(transfer, request)
+            elif op == "get":
+                self._get(transfer, request)
+            elif op in ("list", "delete", "stat"):
+                reply, _ = self._helper_call({"op": op, "path": request["path"]})
+                transfer.send_json(reply)
+            else:
+                transfer.send_json({"ok": False, "code": "bad_request", "error": f"unknown file op {op!r}"})
+        except (redis.RedisError, HelperFailed, protocol.EngineUnavailable) as exc:
+            log.warning("file %s of %s failed: %r", request.get("op"), request.get("path"), exc)
+            try:
+                transfer.send_json({"ok": False, "code": "file_error", "error": f"the transfer failed: {exc}"})
+            except redis.RedisError:
+                pass
+        finally:
+            self._slots.release()
+
+    # --- operations --------------------------------------------------------------------------------
+
+    def _put(self, transfer: Transfer, request: dict) -> None:
+        usage, _ = self._helper_call({"op": "usage", "path": ""})
+        used = usage.get("bytes", 0)
+        reply, fd = self._helper_call({"op": "create", "path": request["path"]})
+        if fd is None:
+            transfer.send_json(reply)
+            return
+        temp, committed, written = reply["temp"], False, 0
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                while True:
+                    kind, body = transfer.receive()
+                    if kind == CANCEL:
+                        return
+                    if kind == END:
+                        break
+                    if kind != DATA:
+                        continue
+                    written += len(body)
+                    if written > self.max_file_bytes:
+                        transfer.send_json({"ok": False, "code": "file_too_large", "error":
+                                            f"the file is larger than the cap of {self.max_file_bytes} bytes"})
+                        return
+                    if used + written > self.max_notebook_bytes:
+                        transfer.send_json({"ok": False, "code": "notebook_storage_full", "error":
+                                            f"the notebook's files would exceed {self.max_notebook_bytes} bytes"})
+                        return
+                    _write_all(out, body)
+                    transfer.send(CREDIT)
+            reply, _ = self._helper_call({"op": "commit", "path": request["path"], "temp": temp})
+            committed = reply["ok"]
+            transfer.send_json({**reply, "size": written} if committed else reply)
+        finally:
+            if not committed:
+                self._helper_call({"op": "abort", "path": request["path"], "temp": temp})
+
+    def _get(self, transfer: Transfer, request: dict) -> None:
+        reply, fd = self._helper_call({"op": "open", "path": request["path"]})
+        if fd is None:
+            transfer.send_json(reply)
+            return
+        with os.fdopen(fd, "rb", buffering=0) as source:
+            size = reply["size"]
+            bounds = _resolve_range(request.get("range"), size)
+            if bounds is None:
+                transfer.send_json({"ok": False, "code": "range_not_satisfiable", "size": size,
+                                    "error": f"the range lies outside the file's {size} bytes"})
+                return
+            start, stop = bounds
+            transfer.send_json({"ok": True, "size": size, "mtime": reply["mtime"], "start": start, "end": stop})
+            source.seek(start)
+            remaining, credits = stop - start, WINDOW
+            while remaining > 0:
+                while credits == 0:
+                    kind, _ = transfer.receive()
+                    if kind == CANCEL:
+                        return
+                    credits += kind == CREDIT
+                chunk = source.read(min(CHUNK_BYTES, remaining))
+                if not chunk:
+                    break  # the file shrank meanwhile: the API's client sees a short body
+                transfer.send(DATA, chunk)
+                credits -= 1
+                remaining -= len(chunk)
+            transfer.send(END)
+
+    # --- the helper --------------------------------------------------------------------------------
+
+    def _helper_call(self, request: dict) -> tuple[dict, int | None]:
+        """Ask the helper; its reply and the fd it passed (if any). One request at a time."""
+        with self._helper_lock:
+            if self._helper is None or self._helper.poll() is not None:
+                self._start_helper()
+            try:
+                self._sock.sendmsg([json.dumps(request).encode()])
+                data, fds, _, _ = socket.recv_fds(self._sock, HELPER_REPLY_BYTES, 1)
+            except OSError as exc:
+                self._stop_helper()
+                raise HelperFailed(f"the file helper failed: {exc!r}") from exc
+            if not data:
+                self._stop_helper()
+                raise HelperFailed("the file helper exited")
+        try:
+            return json.loads(data), (fds[0] if fds else None)
+        except ValueError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise HelperFailed(f"the file helper answered nonsense: {exc}") from exc
+
+    def _start_helper(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [sys.executable, "-I", "-m", "taskkernel.workers.files_helper", "--socket-fd", str(theirs.fileno()),
+                "--directory", str(self.directory), "--uid", str(-1 if self.uid is None else self.uid)]
+        try:
+            # no environment: the helper inherits nothing of the worker's (the Redis URL, tokens)
+            self._helper = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env={}, cwd="/",
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._sock = ours
+
+    def _stop_helper(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._helper is not None:
+            if self._helper.poll() is None:
+                self._helper.kill()
+            self._helper.wait(5)
+            self._helper = None
+
+
+def _write_all(out, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
+def _resolve_range(spec, size: int) -> tuple[int, int] | None:
+    """[start, stop) of a byte range over a file of `size` bytes; None when none of it is inside."""
+    if not spec:
+        return 0, size
+    start, stop = int(spec[0]), spec[1]
+    if start < 0:  # the last -start bytes
+        return (max(0, size + start), size) if size else None
+    stop = size if stop is None else min(int(stop), size)
+    if start >= size or stop <= start:
+        return None
+    return start, stop
