@@ -85,6 +85,24 @@ def cmd_scale(args) -> int:
     return 0
 
 
+# What the service imports that a client-only install (`pip install taskkernel`) lacks
+SERVER_MODULES = ("celery", "kombu", "redis", "flask", "gunicorn", "IPython", "jedi", "prometheus_client",
+                  "fastjsonschema")
+
+
+def require_server(command: str) -> None:
+    """ConfigurationError naming the extra to install when the server's dependencies are missing."""
+    import importlib.util
+
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        from taskkernel.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"`taskkernel {command}` runs the service, whose dependencies are not installed "
+            f"(no {', '.join(missing)}): pip install 'taskkernel[server]'")
+
+
 def _require_redis(settings: Settings) -> None:
     if not settings.redis_url:
         from taskkernel.exceptions import ConfigurationError
@@ -93,6 +111,7 @@ def _require_redis(settings: Settings) -> None:
 
 
 def cmd_worker(settings: Settings) -> int:
+    require_server("worker")
     _require_redis(settings)
     from taskkernel.workers import supervisor
 
@@ -101,6 +120,7 @@ def cmd_worker(settings: Settings) -> int:
 
 
 def cmd_api(settings: Settings) -> int:
+    require_server("api")
     _require_redis(settings)
     from gunicorn.app.base import BaseApplication
 
@@ -126,6 +146,7 @@ def cmd_api(settings: Settings) -> int:
 
 def cmd_up(settings: Settings) -> int:
     """Run everything in the foreground; Ctrl-C or SIGTERM stops all of it."""
+    require_server("up")
     from taskkernel.redis_server import RedisServer
 
     redis_server = None
