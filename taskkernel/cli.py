@@ -124,7 +124,9 @@ def cmd_api(settings: Settings) -> int:
     _require_redis(settings)
     from gunicorn.app.base import BaseApplication
 
-    from taskkernel.api import create_app
+    from taskkernel.api import create_app, server
+
+    server.configure_logging(settings)
 
     class _Server(BaseApplication):
         def load_config(self):
@@ -136,9 +138,13 @@ def cmd_api(settings: Settings) -> int:
             self.cfg.set("keepalive", 30)
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("logger_class", server.GunicornLogger)
 
         def load(self):
-            return create_app(settings)
+            app = create_app(settings)
+            server.log.info("API on http://%s:%s, redis %s, %d threads", settings.api_host, settings.api_port,
+                            settings.redis_url, settings.api_threads)
+            return app
 
     _Server().run()
     return 0
