@@ -139,6 +139,8 @@ def cmd_api(settings: Settings) -> int:
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("logger_class", server.GunicornLogger)
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 26: one ~/.gunicorn/gunicorn.ctl
+                self.cfg.set("control_socket_disable", True)  # shared by every API process on the machine
 
         def load(self):
             app = create_app(settings)
