@@ -4,8 +4,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap slir
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . /app
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir '.[server]' \
  && useradd --create-home taskkernel
 USER taskkernel
-ENV TASKKERNEL_CONFIG_DIR=/app/config
 CMD ["taskkernel", "--help"]

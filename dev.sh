@@ -41,7 +41,7 @@ ensure_venv() {
   fi
   if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[server,test]'
     touch "$STAMP"
   fi
 }
@@ -98,7 +98,7 @@ case "$command" in
          exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) ensure_system_packages; ensure_venv
          if [ ! -f "$VENV/.installed-bench" ] || [ pyproject.toml -nt "$VENV/.installed-bench" ]; then
-           "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+           "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[server,test,bench]'
            touch "$VENV/.installed-bench"
          fi
          exec "$VENV/bin/python" -m bench "$@" ;;

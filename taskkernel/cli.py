@@ -85,6 +85,24 @@ def cmd_scale(args) -> int:
     return 0
 
 
+# What the service imports that a client-only install (`pip install taskkernel`) lacks
+SERVER_MODULES = ("celery", "kombu", "redis", "flask", "gunicorn", "IPython", "jedi", "prometheus_client",
+                  "fastjsonschema")
+
+
+def require_server(command: str) -> None:
+    """ConfigurationError naming the extra to install when the server's dependencies are missing."""
+    import importlib.util
+
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        from taskkernel.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"`taskkernel {command}` runs the service, whose dependencies are not installed "
+            f"(no {', '.join(missing)}): pip install 'taskkernel[server]'")
+
+
 def _require_redis(settings: Settings) -> None:
     if not settings.redis_url:
         from taskkernel.exceptions import ConfigurationError
@@ -93,6 +111,7 @@ def _require_redis(settings: Settings) -> None:
 
 
 def cmd_worker(settings: Settings) -> int:
+    require_server("worker")
     _require_redis(settings)
     from taskkernel.workers import supervisor
 
@@ -101,10 +120,13 @@ def cmd_worker(settings: Settings) -> int:
 
 
 def cmd_api(settings: Settings) -> int:
+    require_server("api")
     _require_redis(settings)
     from gunicorn.app.base import BaseApplication
 
-    from taskkernel.api import create_app
+    from taskkernel.api import create_app, server
+
+    server.configure_logging(settings)
 
     class _Server(BaseApplication):
         def load_config(self):
@@ -116,9 +138,15 @@ def cmd_api(settings: Settings) -> int:
             self.cfg.set("keepalive", 30)
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("logger_class", server.GunicornLogger)
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 26: one ~/.gunicorn/gunicorn.ctl
+                self.cfg.set("control_socket_disable", True)  # shared by every API process on the machine
 
         def load(self):
-            return create_app(settings)
+            app = create_app(settings)
+            server.log.info("API on http://%s:%s, redis %s, %d threads", settings.api_host, settings.api_port,
+                            settings.redis_url, settings.api_threads)
+            return app
 
     _Server().run()
     return 0
@@ -126,6 +154,7 @@ def cmd_api(settings: Settings) -> int:
 
 def cmd_up(settings: Settings) -> int:
     """Run everything in the foreground; Ctrl-C or SIGTERM stops all of it."""
+    require_server("up")
     from taskkernel.redis_server import RedisServer
 
     redis_server = None

@@ -25,6 +25,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="the API's address (default: http://<TASKKERNEL_API_HOST>:<TASKKERNEL_API_PORT>, "
                                       "i.e. http://127.0.0.1:8000)")
     parser.add_argument("--token", help="API token (default: TASKKERNEL_TOKEN)")
+    parser.add_argument("--ca-bundle", metavar="PEM", help="CA certificates to check an https:// server against "
+                                                           "(default: the system's)")
 
 
 def default_url() -> str:
@@ -39,7 +41,7 @@ def default_url() -> str:
 
 def client_from(args: argparse.Namespace) -> Client:
     token = args.token if args.token is not None else (load_settings().token or None)
-    return Client(args.url or default_url(), token=token)
+    return Client(args.url or default_url(), token=token, ca_bundle=getattr(args, "ca_bundle", None))
 
 
 def add_notebook_arguments(parser: argparse.ArgumentParser, verb: str) -> None:

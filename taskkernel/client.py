@@ -7,9 +7,11 @@ import json
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 
@@ -18,7 +20,7 @@ from taskkernel.messages import IDEMPOTENCY_HEADER
 
 
 class ApiError(TaskkernelError):
-    """The API answered with an error."""
+    """The API (or a proxy in front of it) answered with something other than a 2xx JSON answer."""
 
     def __init__(self, status: int, body: dict):
         super().__init__(body.get("message", f"HTTP {status}"), **{k: v for k, v in body.items() if k != "message"})
@@ -29,27 +31,80 @@ class ApiError(TaskkernelError):
 STREAM_BLOCK_BYTES = 1024 * 1024  # what a file transfer reads and sends at a time
 # methods HTTP defines as idempotent: repeating one after a connection reset changes nothing more
 SAFE_TO_REPEAT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# what a connection reset looks like, over TCP and over TLS
+RESET = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
     """Whether an idle connection's socket was closed (or reset) by the other end."""
     try:
         readable, _, _ = select.select([sock], [], [], 0)
+        if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK over TLS; an idle one is readable only at its end
+            return bool(readable)
         return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
     except (OSError, ValueError):
         return True
 
 
-class Client:
-    """Talks to one taskkernel API over HTTP (one keep-alive connection per thread)."""
+def _decode(status: int, reason: str, content_type: str, data: bytes):
+    """The JSON of an answer; ApiError for a non-2xx or for a body that is not the API's JSON
+    (a proxy's HTML 502, say), with the start of that body in the message."""
+    decoded = None
+    if data:
+        try:
+            decoded = json.loads(data) if "json" in content_type else None
+        except ValueError:
+            decoded = None
+        if decoded is None:
+            text = data[:200].decode(errors="replace").strip()
+            raise ApiError(status, {"error": "http_error" if status >= 300 else "invalid_response",
+                                    "message": f"HTTP {status} {reason} ({content_type or 'no content type'}): {text}"})
+    if not 200 <= status < 300:
+        body = decoded if isinstance(decoded, dict) else {"message": f"HTTP {status} {reason}"}
+        raise ApiError(status, body)
+    return decoded
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout_s: float = 60.0):
+
+class Client:
+    """Talks to one taskkernel API over HTTP or HTTPS (one keep-alive connection per thread).
+
+    `url` may carry a path prefix (a service behind a proxy at https://host/taskkernel/). HTTPS
+    checks the server's certificate against the system's CAs (SSL_CERT_FILE honoured) or
+    `ca_bundle` (a PEM file). The proxies of the environment (`https_proxy`, `http_proxy`,
+    `no_proxy`) are used as urllib uses them; loopback addresses never go through one.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout_s: float = 60.0,
+                 ca_bundle: str | None = None):
         parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https"):
+            raise ValueError(f"taskkernel URLs are http:// or https://, not {url!r}")
         self.url = url.rstrip("/")
-        self._host, self._port = parsed.hostname, parsed.port or 80
+        self._scheme = parsed.scheme
+        self._host, self._port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._prefix = parsed.path.rstrip("/")
         self._token = token
         self._timeout_s = timeout_s
+        self._tls = ssl.create_default_context(cafile=ca_bundle) if parsed.scheme == "https" else None
+        self._proxy = _proxy_for(parsed.scheme, self._host)
         self._local = threading.local()
+
+    def _new_connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        """A connection to the API, or to the proxy that reaches it."""
+        host, port = self._proxy or (self._host, self._port)
+        if self._tls is None:
+            return http.client.HTTPConnection(host, port, timeout=timeout_s)
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout_s, context=self._tls)
+        if self._proxy:  # CONNECT through the proxy; TLS (and the certificate check) is end to end
+            conn.set_tunnel(self._host, self._port)
+        return conn
+
+    def _target(self, path: str) -> str:
+        """The request target of an API path: absolute through a plain-HTTP proxy, else the path."""
+        target = f"{self._prefix}/api{path}"
+        if self._proxy and self._tls is None:
+            return f"http://{self._host}:{self._port}{target}"
+        return target
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -57,16 +112,18 @@ class Client:
             conn.close()  # the server ended the idle keep-alive connection: nothing was sent on it
             conn = None
         if conn is None:
-            conn = self._local.conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
+            conn = self._local.conn = self._new_connection(self._timeout_s)
         return conn
 
     def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None,
                 headers: dict[str, str] | None = None, retry: bool | None = None):
-        """Send one request; return (status, decoded JSON or None). Raises ApiError on 4xx/5xx.
+        """Send one request; return (status, decoded JSON or None). Raises ApiError on any non-2xx
+        answer and on an answer that is not JSON (a proxy's error page).
 
         A request whose connection is reset is sent once more only when repeating it is safe:
-        GET, PUT and DELETE, a POST with an Idempotency-Key header, or when `retry` says so. An
-        idle keep-alive connection the server has closed is replaced before sending.
+        GET, PUT and DELETE, a POST with an Idempotency-Key header, or when `retry` says so (the
+        read-only POSTs: complete, inspect, is_complete). An idle keep-alive connection the server
+        has closed is replaced before sending.
         """
         headers = {"Accept": "application/json", **(headers or {})}
         payload = None
@@ -83,18 +140,16 @@ class Client:
             if conn.sock is not None:
                 conn.sock.settimeout(conn.timeout)
             try:
-                conn.request(method, "/api" + path, body=payload, headers=headers)
+                conn.request(method, self._target(path), body=payload, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except RESET:
                 conn.close()
                 self._local.conn = None
                 if attempt == 2 or not retry:
                     raise
-        decoded = json.loads(data) if data else None
-        if response.status >= 400:
-            raise ApiError(response.status, decoded or {})
+        decoded = _decode(response.status, response.reason, response.getheader("Content-Type", ""), data)
         return response.status, decoded
 
     def stream(self, method: str, path: str, body=None, headers: dict[str, str] | None = None,
@@ -252,15 +307,17 @@ class Notebook:
         query = {"after": after}
         if timeout is not None:
             query["timeout"] = str(timeout)
-        conn = http.client.HTTPConnection(self.client._host, self.client._port, timeout=(timeout or 3600) + 30)
+        conn = self.client._new_connection((timeout or 3600) + 30)
         headers = {"Accept": "text/event-stream"}
         if self.client._token:
             headers["Authorization"] = f"Bearer {self.client._token}"
         try:
-            conn.request("GET", f"/api/notebooks/{self.id}/feed?{urllib.parse.urlencode(query)}", headers=headers)
+            conn.request("GET", self.client._target(f"/notebooks/{self.id}/feed?{urllib.parse.urlencode(query)}"),
+                         headers=headers)
             response = conn.getresponse()
-            if response.status >= 400:
-                raise ApiError(response.status, json.loads(response.read() or b"{}"))
+            if response.status != 200 or not response.getheader("Content-Type", "").startswith("text/event-stream"):
+                _decode(response.status, response.reason, response.getheader("Content-Type", ""), response.read())
+                raise ApiError(response.status, {"error": "invalid_response", "message": "not an event stream"})
             event: dict[str, str] = {}
             for raw in response:
                 line = raw.decode().rstrip("\r\n")
@@ -401,3 +458,16 @@ class Notebook:
         except ApiError as exc:
             if exc.status != 404:
                 raise
+
+
+def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
+    """(host, port) of the proxy the environment names for `scheme`, or None (none, no_proxy, loopback)."""
+    from taskkernel.settings import is_loopback
+
+    if is_loopback(host):
+        return None
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parsed.hostname, parsed.port or 80

@@ -12,7 +12,10 @@ from pathlib import Path
 from taskkernel.exceptions import ConfigurationError
 
 PREFIX = "TASKKERNEL_"
-SOURCE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+# A wheel installs config/ as taskkernel/config (package data); a checkout has it beside the package.
+_INSTALLED_CONFIG_DIR = Path(__file__).resolve().parent / "config"
+SOURCE_CONFIG_DIR = (_INSTALLED_CONFIG_DIR if (_INSTALLED_CONFIG_DIR / "engines").is_dir()
+                     else Path(__file__).resolve().parent.parent / "config")
 
 
 @dataclasses.dataclass(frozen=True)
