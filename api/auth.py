@@ -121,12 +121,18 @@ def _origin_host(origin: str) -> str:
 
 
 def _presented_token() -> str:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and given.strip():
-        return given.strip()
+    given = authorization_token(request.headers.get("Authorization", ""))
+    if given:
+        return given
     if request.method == "GET" and request.endpoint == "feed.notebook_feed":
         return request.args.get("token", "")
     return ""
+
+
+def authorization_token(header: str) -> str:
+    """The token of an Authorization header: `Bearer <t>`, or `token <t>` as Jupyter Server sends it."""
+    scheme, _, given = header.partition(" ")
+    return given.strip() if scheme.lower() in ("bearer", "token") else ""
 
 
 def _notebook_token_matches(notebook_id: str, token: str) -> bool:

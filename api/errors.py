@@ -21,6 +21,13 @@ HTTP_CODES = {
 }
 
 
+def from_redis_error(exc: redis.RedisError) -> TaskkernelError:
+    """What a failed Redis call means to a caller (the gateway answers with it too)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):  # maxmemory with noeviction
+        return RedisOutOfMemory(f"Redis is out of memory, nothing was written: {exc}")
+    return RedisUnavailable(f"Redis is unavailable: {exc}")
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(TaskkernelError)
     def taskkernel_error(exc: TaskkernelError):
@@ -34,11 +41,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def redis_error(exc: redis.RedisError):
         log.warning("redis error: %r", exc)
-        if isinstance(exc, redis.exceptions.OutOfMemoryError):  # maxmemory with noeviction
-            error = RedisOutOfMemory(f"Redis is out of memory, nothing was written: {exc}")
-        else:
-            error = RedisUnavailable(f"Redis is unavailable: {exc}")
-        return taskkernel_error(error)
+        return taskkernel_error(from_redis_error(exc))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

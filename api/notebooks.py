@@ -11,7 +11,7 @@ from taskkernel.api.auth import token_digest
 from taskkernel.api.validation import json_body
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField
-from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S
+from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S, RESTARTED_ERROR
 
 blueprint = Blueprint("notebooks", __name__)
 
@@ -70,10 +70,7 @@ def restart_notebook(notebook_id: str):
     svc = services()
     json_body({})
     svc.store.get(notebook_id)
-    svc.store.restart(notebook_id, reason="the notebook was restarted", cell_error={
-        "ename": "Restarted", "evalue": "the notebook was restarted while this cell ran",
-        "traceback": ["Restarted: the notebook was restarted while this cell ran"],
-    })
+    svc.store.restart(notebook_id, reason="the notebook was restarted", cell_error=RESTARTED_ERROR)
     return jsonify(svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s))
 
 

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="API bind address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="API port (default 8000)")
     up.add_argument("--pool", type=int, help="idle workers kept warm per engine (default 2)")
-    up.set_defaults(handler=lambda a: cmd_up(load_settings(api_host=a.host, api_port=a.port, pool_size=a.pool)))
+    up.add_argument("--gateway-port", type=int, help="the Jupyter gateway's port (default 8001)")
+    up.set_defaults(handler=lambda a: cmd_up(load_settings(api_host=a.host, api_port=a.port, pool_size=a.pool,
+                                                           gateway_port=a.gateway_port)))
 
     api = commands.add_parser("api", help="run the HTTP API (gunicorn, threads)")
     api.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -37,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--threads", type=int, help="request threads (default 32)")
     api.set_defaults(handler=lambda a: cmd_api(load_settings(api_host=a.host, api_port=a.port,
                                                             api_threads=a.threads)))
+
+    gateway = commands.add_parser("gateway", help="serve Jupyter's gateway protocol (jupyter lab --gateway-url)")
+    gateway.add_argument("--host", help="bind address (default 127.0.0.1)")
+    gateway.add_argument("--port", type=int, help="port (default 8001)")
+    gateway.set_defaults(handler=lambda a: cmd_gateway(load_settings(gateway_host=a.host, gateway_port=a.port)))
 
     worker = commands.add_parser("worker", help="run this host's worker supervisor")
     worker.add_argument("--pool", type=int, help="idle workers kept warm per engine (default 2)")
@@ -152,6 +159,22 @@ def cmd_api(settings: Settings) -> int:
     return 0
 
 
+def cmd_gateway(settings: Settings) -> int:
+    _require_redis(settings)
+    import asyncio
+    import logging
+
+    from taskkernel.gateway.app import serve
+
+    logging.basicConfig(level=settings.log_level.upper())
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: cleanly
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_up(settings: Settings) -> int:
     """Run everything in the foreground; Ctrl-C or SIGTERM stops all of it."""
     require_server("up")
@@ -174,7 +197,7 @@ def cmd_up(settings: Settings) -> int:
             redis_server = RedisServer(maxmemory_bytes=settings.redis_maxmemory_bytes).start()
             settings = settings.replace(redis_url=redis_server.url)
         env = {**os.environ, **settings_environ(settings)}
-        for command in ("worker", "api"):
+        for command in ("worker", "api", "gateway"):
             children.append(subprocess.Popen([sys.executable, "-m", "taskkernel", command], env=env,
                                              start_new_session=True))
         url = f"http://{settings.api_host}:{settings.api_port}"
@@ -182,7 +205,9 @@ def cmd_up(settings: Settings) -> int:
             idle = _wait_for_pool(settings, children, stopping)
             pools = ", ".join(f"{n} idle {engine} workers" for engine, n in sorted(idle.items()))
             print(f"taskkernel API on {url}  (redis {redact(settings.redis_url)}, {pools or 'no workers'})\n"
-                  f"taskkernel {isolation}", flush=True)
+                  f"taskkernel {isolation}\n"
+                  f"taskkernel gateway on http://{settings.gateway_host}:{settings.gateway_port}  "
+                  f"(jupyter lab --gateway-url=http://{settings.gateway_host}:{settings.gateway_port})", flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         failed = [c for c in children if c.poll() not in (None, 0)]

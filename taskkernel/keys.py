@@ -26,6 +26,8 @@
     taskkernel:host:<host>:recovery      string lock: the supervisor re-homing a dead host's notebooks
     taskkernel:metrics:cells             hash   cells run, by status (ok/error), counted by the runtime
     taskkernel:metrics:cell_seconds      hash   cell wall time: a count per histogram bucket bound, and "sum"
+    taskkernel:gateways                  zset   live gateway processes, by when their registration runs out
+    taskkernel:gateway:<g>:connections   hash   notebook -> websockets gateway process <g> holds open on it
     celery queue  taskkernel.<host>.<slot>      one per worker slot, a bounded set per host
 """
 
@@ -40,6 +42,7 @@ ENGINE_COUNTS = f"{PREFIX}:engine_counts"
 LEASES = f"{PREFIX}:leases"
 METRICS_CELLS = f"{PREFIX}:metrics:cells"
 METRICS_CELL_SECONDS = f"{PREFIX}:metrics:cell_seconds"
+GATEWAYS = f"{PREFIX}:gateways"
 
 
 def notebook(nb: str) -> str:
@@ -114,6 +117,10 @@ def host_recovery_lock(name: str) -> str:
 
 def host_commands(name: str) -> str:
     return f"{PREFIX}:host:{name}:commands"
+
+
+def gateway_connections(gateway_id: str) -> str:
+    return f"{PREFIX}:gateway:{gateway_id}:connections"
 
 
 def worker_queue(host_name: str, slot: int) -> str:

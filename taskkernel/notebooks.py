@@ -209,6 +209,9 @@ return {w, h}
 
 
 MIN_LEASE_S, MAX_LEASE_S = 0.1, 7 * 24 * 3600.0
+# what a cell that a restart killed ends with (the API's restart and the gateway's)
+RESTARTED_ERROR = {"ename": "Restarted", "evalue": "the notebook was restarted while this cell ran",
+                   "traceback": ["Restarted: the notebook was restarted while this cell ran"]}
 DELETE_TAKEOVER_S = 120.0  # a delete still 'deleting' after this long stopped half-way: another may finish it
 
 

@@ -32,6 +32,10 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_threads: int = 64
+    # the Jupyter gateway (taskkernel/gateway): Jupyter Server's --gateway-url, on its own port
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8001
+    gateway_threads: int = 16  # threads for the synchronous store calls; websockets hold none
     token: str = ""  # the service token; empty: no authentication (loopback only)
     allow_networks: str = ""  # comma-separated CIDRs allowed to call the API (empty: all)
     deny_networks: str = ""  # comma-separated CIDRs refused (403), checked before allow
@@ -86,6 +90,11 @@ class Settings:
                 f"refusing to bind the API to {self.api_host} without a token: "
                 "set TASKKERNEL_TOKEN, or bind to 127.0.0.1"
             )
+        if not 0 < self.gateway_port < 65536 or self.gateway_threads < 1:
+            raise ConfigurationError(f"gateway_port {self.gateway_port} / gateway_threads {self.gateway_threads}")
+        if not self.token and not is_loopback(self.gateway_host):
+            raise ConfigurationError(f"refusing to bind the gateway to {self.gateway_host} without a token: "
+                                     "set TASKKERNEL_TOKEN, or bind to 127.0.0.1")
         for name in ("allow_networks", "deny_networks"):
             try:
                 networks(getattr(self, name))

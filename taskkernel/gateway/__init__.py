@@ -1,0 +1,1 @@
+"""The Jupyter gateway protocol on taskkernel notebooks."""

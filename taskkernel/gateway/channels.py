@@ -1,0 +1,233 @@
+"""GET /api/kernels/<id>/channels: Jupyter's kernel websocket on a taskkernel notebook.
+
+shell: execute_request queues a cell (its outputs come back through the feed hub, hub.py);
+complete / inspect / is_complete go to the worker's side channel, so they answer while a cell runs;
+kernel_info, history (the notebook's cells) and comm_info are answered here. Each non-execute
+request gets busy and idle around its reply, on this websocket only (broadcasting them would tell
+the other front ends that a running cell had gone idle). control: interrupt_request and
+shutdown_request (restart or delete). stdin and comms are not served yet (see the TODOs).
+
+A websocket holds no thread: it is a callback on the gateway's event loop and one entry in the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import platform
+
+import redis
+import tornado.websocket
+
+from taskkernel import __version__, rpc
+from taskkernel.engines import registry
+from taskkernel.exceptions import BadRequest, TaskkernelError
+from taskkernel.gateway import framing
+from taskkernel.gateway.app import Gateway, check_request, error_body, notebook_id_of, origin_allowed
+from taskkernel.gateway.hub import KernelFeed, Request
+from taskkernel.gateway.kernels import get_notebook, interrupt, restart
+from taskkernel.workers.tasks import evaluate_message
+
+log = logging.getLogger("taskkernel.gateway")
+
+HISTORY_SESSION = 1
+# side-channel requests: msg_type -> (worker op, content fields it takes, the reply when it fails)
+WORKER_REQUESTS = {
+    "complete_request": ("complete", ("code", "cursor_pos"),
+                         {"matches": [], "cursor_start": 0, "cursor_end": 0, "metadata": {}}),
+    "inspect_request": ("inspect", ("code", "cursor_pos", "detail_level"), {"found": False, "data": {}, "metadata": {}}),
+    "is_complete_request": ("is_complete", ("code",), {"status": "unknown"}),
+}
+
+
+class ChannelsHandler(tornado.websocket.WebSocketHandler):
+    """One front end's websocket on one kernel."""
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.notebook_id = ""
+        self.feed: KernelFeed | None = None
+        self.engine = "python"
+
+    async def prepare(self) -> None:
+        try:
+            await check_request(self.gateway, self.request, self.path_kwargs.get("kernel_id"))
+            self.notebook_id = notebook_id_of(self.path_kwargs["kernel_id"])
+            self.engine = (await get_notebook(self.gateway, self.notebook_id))["engine"]
+        except (TaskkernelError, redis.RedisError) as exc:  # answered before the upgrade, as JSON
+            body, status = error_body(exc, 500)
+            self.set_status(status)
+            self.set_header("Content-Type", "application/json")
+            self.finish(body)
+
+    def check_origin(self, origin: str) -> bool:
+        return origin_allowed(self.gateway.settings, origin, self.request.host)
+
+    async def open(self, kernel_id: str) -> None:
+        self.set_nodelay(True)
+        self.feed = await self.gateway.hub.attach(self.notebook_id, self)
+
+    def on_close(self) -> None:
+        if self.feed is not None:
+            asyncio.ensure_future(self.gateway.hub.detach(self.notebook_id, self))
+
+    def send(self, msg: dict) -> None:
+        """Write a message to this front end; a closed socket drops it."""
+        frame = framing.dump(msg)
+        try:
+            self.write_message(frame, binary=isinstance(frame, bytes))
+        except tornado.websocket.WebSocketClosedError:
+            pass
+
+    async def on_message(self, frame: str | bytes) -> None:
+        """Execute requests are handled in arrival order (their cells queue in that order); the
+        others run beside them, so an interrupt or a completion never waits for a submit."""
+        try:
+            msg = framing.parse(frame)
+        except BadRequest as exc:
+            log.info("kernel %s: dropped a malformed frame: %s", self.notebook_id, exc)
+            return
+        msg_type = msg["header"].get("msg_type", "")
+        channel = msg.get("channel") or "shell"
+        if channel == "shell" and msg_type == "execute_request":
+            await self._execute_cell(msg)
+        elif channel in ("shell", "control"):
+            asyncio.ensure_future(self._answer(msg, msg_type, channel))
+        else:  # TODO(stdin): input_reply once engines can ask for input (branch `fidelity`)
+            log.debug("kernel %s: %s on %s is not served", self.notebook_id, msg_type, channel)
+
+    def _reply(self, msg: dict, msg_type: str, content: dict, channel: str = "shell") -> None:
+        self.send(framing.jupyter_message(msg_type, content, msg["header"], channel, session=self.notebook_id))
+
+    def _status(self, state: str, parent: dict) -> None:
+        self.send(framing.jupyter_message("status", {"execution_state": state}, parent, "iopub",
+                                          session=self.notebook_id))
+
+    # --- execute ----------------------------------------------------------------------------
+
+    async def _execute_cell(self, msg: dict) -> None:
+        content = msg.get("content") or {}
+        feed, gateway = self.feed, self.gateway
+        done = asyncio.get_running_loop().create_future()
+        feed.in_flight.add(done)
+        try:
+            submitted = await gateway.run(
+                gateway.store.submit, self.notebook_id, str(content.get("code", "")),
+                functools.partial(evaluate_message, gateway.celery, notebook_id=self.notebook_id),
+                stop_on_error=bool(content.get("stop_on_error", False)),
+                worker_timeout_s=gateway.settings.assign_timeout_s)
+            feed.requests[submitted.cell["id"]] = Request(msg["header"], self, bool(content.get("silent")))
+        except (TaskkernelError, redis.RedisError) as exc:  # the cell was not queued: fail this request
+            body, _ = error_body(exc, 500)
+            error = {"ename": f"taskkernel.{body['error']}", "evalue": body["message"],
+                     "traceback": [f"taskkernel.{body['error']}: {body['message']}"]}
+            self._status("busy", msg["header"])
+            self.send(framing.jupyter_message("error", error, msg["header"], "iopub", session=self.notebook_id))
+            self._reply(msg, "execute_reply", {"status": "error", "execution_count": None, **error})
+            self._status("idle", msg["header"])
+        finally:
+            done.set_result(None)
+            feed.in_flight.discard(done)
+
+    # --- everything else ----------------------------------------------------------------------
+
+    async def _answer(self, msg: dict, msg_type: str, channel: str) -> None:
+        content = msg.get("content") or {}
+        reply_type = msg_type.replace("_request", "_reply")
+        if msg_type == "interrupt_request":
+            ok, _ = await self._guarded(interrupt(self.gateway, self.notebook_id))
+            self._reply(msg, reply_type, {"status": "ok" if ok else "error"}, channel)
+            return
+        if msg_type == "shutdown_request":
+            restarting = bool(content.get("restart"))
+            work = restart(self.gateway, self.notebook_id) if restarting else \
+                self.gateway.run(self.gateway.store.delete, self.notebook_id, reason="the kernel was shut down")
+            ok, _ = await self._guarded(work)
+            self._reply(msg, reply_type, {"status": "ok" if ok else "error", "restart": restarting}, channel)
+            return
+        if not msg_type.endswith("_request"):  # TODO(comms): comm_open/comm_msg/comm_close (branch `fidelity`)
+            log.debug("kernel %s: %s is not served", self.notebook_id, msg_type)
+            return
+        self._status("busy", msg["header"])
+        try:
+            if msg_type in WORKER_REQUESTS:
+                reply = await self._ask_worker(msg_type, content)
+            elif msg_type == "kernel_info_request":
+                reply = self._kernel_info()
+            elif msg_type == "history_request":
+                reply = (await self._guarded(self._history(content), {"status": "ok", "history": []}))[1]
+            elif msg_type == "comm_info_request":
+                reply = {"status": "ok", "comms": {}}  # TODO(comms): the notebook's open comms
+            else:
+                reply = {"status": "error", "ename": "NotImplementedError", "evalue": f"{msg_type} is not served",
+                         "traceback": []}
+            self._reply(msg, reply_type, reply, channel)
+        finally:
+            self._status("idle", msg["header"])
+
+    async def _guarded(self, work, fallback=None) -> tuple[bool, object]:
+        """(True, `work`'s result), or (False, `fallback`) on a service error, logged: a front end
+        asks these all the time and gets an answer, never a broken socket."""
+        try:
+            return True, await work
+        except (TaskkernelError, redis.RedisError) as exc:
+            log.warning("kernel %s: %r", self.notebook_id, exc)
+            return False, fallback
+
+    async def _ask_worker(self, msg_type: str, content: dict) -> dict:
+        op, fields, fallback = WORKER_REQUESTS[msg_type]
+        args = {name: content[name] for name in fields if name in content}
+        args["code"] = str(args.get("code", ""))
+        if "cursor_pos" in fields:
+            cursor = args.get("cursor_pos")
+            args["cursor_pos"] = cursor if isinstance(cursor, int) and 0 <= cursor <= len(args["code"]) \
+                else len(args["code"])
+            fallback = {**fallback, "cursor_start": args["cursor_pos"], "cursor_end": args["cursor_pos"]}
+        gateway = self.gateway
+
+        def ask():
+            notebook = gateway.store.wait_for_worker(self.notebook_id, gateway.settings.assign_timeout_s)
+            return rpc.call(gateway.redis, notebook["worker"]["id"], op, args, timeout_s=gateway.settings.rpc_timeout_s)
+
+        _, answer = await self._guarded(gateway.run(ask))
+        return {"status": "ok", **fallback, **(answer or {})}
+
+    def _kernel_info(self) -> dict:
+        try:
+            spec = registry.get_spec(self.gateway.settings.config_dir, self.engine)
+        except TaskkernelError:
+            spec = {"name": self.engine}
+        language = spec.get("language", "python")
+        language_info = {"name": language}
+        if language == "python":
+            language_info.update(version=platform.python_version(), mimetype="text/x-python", file_extension=".py",
+                                 pygments_lexer="ipython3", codemirror_mode={"name": "ipython", "version": 3},
+                                 nbconvert_exporter="python")
+        return {"status": "ok", "protocol_version": framing.PROTOCOL_VERSION, "implementation": "taskkernel",
+                "implementation_version": __version__, "language_info": language_info,
+                "banner": f"taskkernel {__version__}: {spec.get('display_name', self.engine)} "
+                          f"(notebook {self.notebook_id})",
+                "help_links": [], "debugger": False}
+
+    async def _history(self, content: dict) -> dict:
+        """The notebook's cells as IPython's history: tail n, a range of execution counts, or a glob search."""
+        import fnmatch
+
+        cells = await self.gateway.run(self.gateway.store.list_cells, self.notebook_id)
+        entries = []
+        for cell in cells:
+            if cell.get("execution_count"):
+                result = next((o["data"].get("text/plain") for o in cell["outputs"]
+                               if o.get("output_type") == "execute_result"), None)
+                entries.append((HISTORY_SESSION, cell["execution_count"], cell["code"], result))
+        kind, n = content.get("hist_access_type"), content.get("n")
+        if kind == "range":
+            start, stop = content.get("start"), content.get("stop")
+            entries = [e for e in entries if (start is None or e[1] >= start) and (stop is None or e[1] < stop)]
+        elif kind == "search":
+            entries = [e for e in entries if fnmatch.fnmatchcase(e[2], content.get("pattern") or "*")]
+        if kind in ("tail", "search") and isinstance(n, int) and n > 0:
+            entries = entries[-n:]
+        output = bool(content.get("output"))
+        return {"status": "ok", "history": [(s, line, (code, out) if output else code) for s, line, code, out in entries]}
