@@ -13,6 +13,7 @@ import pytest
 
 from taskkernel.client import ApiError
 from tests.conftest import wait_for
+from tests.test_jupyter_kernel import jupyter_kernels  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,3 +91,31 @@ def test_a_refused_cwd_or_env_is_a_400_naming_the_field(client, body, field):
         client.request("POST", "/notebooks", {"engine": "python", **body})
     assert (refused.value.status, refused.value.code) == (400, "invalid_field")
     assert refused.value.details["field"] == field
+
+
+# --- through the Jupyter bridge --------------------------------------------------------------------
+
+def test_the_bridge_opens_its_notebook_with_the_kernels_working_dir_and_kernel_env(jupyter_kernels, tmp_path):  # noqa: F811
+    """jupyter_client starts a kernel with env= (Enterprise Gateway's KERNEL_* convention for what a
+    client asks for); the bridge forwards KERNEL_* and nothing else of its environment."""
+    import jupyter_client
+
+    from taskkernel.jupyter.cost import run_cell
+    from tests.test_jupyter_kernel import KERNEL_NAME
+
+    manager = jupyter_client.KernelManager(kernel_name=KERNEL_NAME)
+    manager.start_kernel(cwd=str(tmp_path), env={**os.environ, "KERNEL_WORKING_DIR": "analysis",
+                                                 "KERNEL_GREETING": "hi", "UNRELATED_SECRET": "s3cr3t"})
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        reply = run_cell(client, "import os\nopen('result.txt', 'w').write('x')\n"
+                                 "assert os.getcwd() == '/home/notebook/analysis', os.getcwd()\n"
+                                 "assert os.environ['KERNEL_GREETING'] == 'hi'\n"
+                                 "assert 'UNRELATED_SECRET' not in os.environ and 'TASKKERNEL_URL' not in os.environ")
+        assert reply["status"] == "ok", reply
+        assert not (tmp_path / "result.txt").exists()  # the kernel's host directory is not written to
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel()
