@@ -6,7 +6,7 @@ import secrets
 
 from flask import Blueprint, current_app, jsonify
 
-from taskkernel import rpc
+from taskkernel import rpc, workspace
 from taskkernel.api.auth import token_digest
 from taskkernel.api.validation import json_body
 from taskkernel.engines import registry
@@ -22,19 +22,22 @@ def services():
 
 @blueprint.post("/notebooks")
 def create_notebook():
-    body = json_body({"engine": str, "restore_on_restart": bool, "checkpoint_every_cell": bool, "lease_s": float})
+    body = json_body({"engine": str, "restore_on_restart": bool, "checkpoint_every_cell": bool, "lease_s": float,
+                      "cwd": str, "env": dict})
     engine = body.get("engine", "python")
     lease_s = body.get("lease_s", 0.0)
     if "lease_s" in body and not MIN_LEASE_S <= lease_s <= MAX_LEASE_S:
         raise InvalidField(f"field 'lease_s' must be between {MIN_LEASE_S:g} and {MAX_LEASE_S:g} s", field="lease_s")
     svc = services()
     spec = registry.get_spec(svc.settings.config_dir, engine)  # UnknownEngine -> 400
+    cwd = workspace.check_cwd(body.get("cwd", spec.get("cwd", "")))
+    env = workspace.check_env(body.get("env", {}))
     token = secrets.token_urlsafe(32)
     options = {k: body[k] for k in ("restore_on_restart", "checkpoint_every_cell") if k in body}
     notebook = svc.store.create(engine, timeout_s=svc.settings.assign_timeout_s, token_sha256=token_digest(token),
                                 max_total=svc.settings.max_notebooks,
                                 max_of_engine=int(spec.get("max_notebooks", 0)), options=options,
-                                lease_s=lease_s)
+                                lease_s=lease_s, workspace_json=workspace.encode(cwd, env) if cwd or env else "")
     response = jsonify({**notebook, "token": token})
     response.status_code = 201
     response.headers["Location"] = f"/api/notebooks/{notebook['id']}"

@@ -87,6 +87,7 @@ SCHEMAS = {
             "restarts": {"type": "integer"}, "dropped_deliveries": {"type": "integer"},
             "created": NULLABLE_STR, "last_activity": NULLABLE_STR,
             "lease_s": {"type": ["number", "null"]}, "lease_until": NULLABLE_STR,
+            "cwd": {"type": "string"}, "env": {"type": "object", "additionalProperties": {"type": "string"}},
             "token": {"type": "string", "description": "only in the create response"},
             "worker": {"oneOf": [{"type": "null"}, {
                 "type": "object", "required": ["id", "host", "pid"],
@@ -144,7 +145,13 @@ def document() -> dict:
                             body=_body({"engine": {"type": "string"}, "restore_on_restart": {"type": "boolean"},
                                         "checkpoint_every_cell": {"type": "boolean"},
                                         "lease_s": {"type": "number", "minimum": MIN_LEASE_S,
-                                                    "maximum": MAX_LEASE_S}})),
+                                                    "maximum": MAX_LEASE_S},
+                                        "cwd": {"type": "string", "description": "working directory, relative "
+                                                "to the notebook's private directory (created on demand)"},
+                                        "env": {"type": "object", "additionalProperties": {"type": "string"},
+                                                "description": "environment variables added for the cells "
+                                                "(TASKKERNEL_*, LD_*, PYTHON*, HOME, TMPDIR, PATH, USER, "
+                                                "LOGNAME refused)"}})),
             },
             "/api/notebooks/{notebook_id}": {
                 "get": _op("show a notebook", {"200": ok("the notebook", _ref("Notebook"))}, params=[NOTEBOOK_ID]),

@@ -413,9 +413,8 @@ class Bench:
             results.add(F_NBCLIENT, system, NBCLIENT_PASSED, "tests", [run.passed],
                         note=f"of {run.total}; {run.failed} failed, {run.errors} errors {run.note}".strip(),
                         higher_is_better=True)
-            for failure in run.failures:
-                results.note(F_NBCLIENT, f"{'ipython' if engine == 'ipython' else engine or 'ipykernel'} "
-                                         f"fails {failure}")
+            if run.failures:
+                results.note(F_NBCLIENT, f"fails on {engine or 'ipykernel'}: " + "; ".join(run.failures))
         results.note(F_NBCLIENT, f"nbclient {suite.name.split('-')[-1]}'s sdist from PyPI, its tests/test_client.py "
                                  "run with its own pytest configuration; for taskkernel the bridge kernelspec is "
                                  "installed as `python3` in a private JUPYTER_PATH, so every kernel the suite starts "

@@ -120,26 +120,30 @@ def run_suite(suite: Path, kernel: str, workdir: Path, jupyter_path: Path | None
 
 
 def read_report(report: Path, kernel: str) -> SuiteRun:
-    """The counts of a JUnit XML report (pytest's --junitxml)."""
+    """The counts of a JUnit XML report (pytest's --junitxml), one per test: a test the suite marks
+    flaky is reported once per attempt, and passes if any attempt did, as flaky itself judges."""
     run = SuiteRun(kernel)
     if not report.exists():
         run.note = "pytest wrote no report"
         return run
+    outcomes: dict[str, tuple[str, str]] = {}  # test id -> (passed/skipped/failure/error, reason)
     for case in ElementTree.parse(report).getroot().iter("testcase"):
-        run.total += 1
         name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
-        outcome = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)
-        if outcome is None:
+        found = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)
+        outcome = "passed" if found is None else found.tag
+        reason = "" if found is None else ((found.get("message") or "").strip().splitlines() or [found.tag])[0]
+        if outcomes.get(name, ("",))[0] != "passed":
+            outcomes[name] = (outcome, reason[:200])
+    for name, (outcome, reason) in outcomes.items():
+        run.total += 1
+        if outcome == "passed":
             run.passed += 1
-        elif outcome.tag == "skipped":
+        elif outcome == "skipped":
             run.skipped += 1
         else:
-            if outcome.tag == "failure":
-                run.failed += 1
-            else:
-                run.errors += 1
-            reason = (outcome.get("message") or "").strip().splitlines()
-            run.failures.append(f"{name}: {reason[0][:200] if reason else outcome.tag}")
+            run.failed += outcome == "failure"
+            run.errors += outcome == "error"
+            run.failures.append(f"{name}: {reason}")
     return run
 
 

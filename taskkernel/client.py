@@ -183,12 +183,18 @@ class Client:
     def notebooks(self) -> list[dict]:
         return self.request("GET", "/notebooks")[1]["notebooks"]
 
-    def start(self, engine: str = "python", lease_s: float | None = None) -> "Notebook":
+    def start(self, engine: str = "python", lease_s: float | None = None, *, cwd: str | None = None,
+              env: dict[str, str] | None = None) -> "Notebook":
         """Open a notebook on a fresh worker of `engine`. With `lease_s`, the service deletes it
-        unless `Notebook.renew_lease()` is called within every `lease_s` seconds."""
+        unless `Notebook.renew_lease()` is called within every `lease_s` seconds. `cwd` (relative to
+        the notebook's private directory) and `env` are where and with what its cells run."""
         body: dict = {"engine": engine}
         if lease_s is not None:
             body["lease_s"] = lease_s
+        if cwd is not None:
+            body["cwd"] = cwd
+        if env is not None:
+            body["env"] = env
         _, record = self.request("POST", "/notebooks", body)
         return Notebook(self, record)
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import redis
 
 from taskkernel import keys, messages
+from taskkernel import workspace
 from taskkernel.messages import as_text
 from taskkernel.exceptions import (CellNotFound, IdempotencyKeyReused, NoLease, NotebookGone, NotebookNotFound,
                                    NoWorkerAvailable, QuotaExceeded, SubmitUncertain)
@@ -250,7 +251,8 @@ class NotebookStore:
     # --- notebooks ---------------------------------------------------------------------------
 
     def create(self, engine: str, timeout_s: float, token_sha256: str = "", *, max_total: int = 0,
-               max_of_engine: int = 0, options: dict | None = None, lease_s: float = 0.0) -> dict:
+               max_of_engine: int = 0, options: dict | None = None, lease_s: float = 0.0,
+               workspace_json: str = "") -> dict:
         """Pin a new notebook to an idle worker of `engine`, waiting up to `timeout_s` for one.
 
         `options` (restore_on_restart, checkpoint_every_cell) are stored in the record. With
@@ -272,6 +274,8 @@ class NotebookStore:
         extra = {k: ("1" if v else "0") for k, v in (options or {}).items()}
         if token_sha256:
             extra["token_sha256"] = token_sha256
+        if workspace_json:  # the cwd and env its engine enters before the first cell (workspace.py)
+            extra[workspace.RECORD_FIELD] = workspace_json
         if lease_s:
             until = time.time() + lease_s
             extra.update(lease_s=repr(float(lease_s)), lease_until=repr(until))
@@ -580,6 +584,7 @@ def notebook_from_redis(raw: dict) -> dict:
         "lease_s": float(data["lease_s"]) if data.get("lease_s") else None,
         "lease_until": _iso(data.get("lease_until")),
         "worker": worker,
+        **dict(zip(("cwd", "env"), workspace.decode(data.get(workspace.RECORD_FIELD)))),
     }
 
 

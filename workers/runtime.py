@@ -24,6 +24,7 @@ import time
 import redis
 
 from taskkernel import feed, keys, messages, metrics, rpc
+from taskkernel import workspace
 from taskkernel.exceptions import EngineDied, EngineRefused
 from taskkernel.notebooks import NotebookStore
 from taskkernel.workers.capture import OutputCapture
@@ -186,6 +187,7 @@ class Runtime:
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
         self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
+        self._workspace_of = ""  # the notebook whose cwd and env the engine has entered
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -335,6 +337,8 @@ class Runtime:
         options = json.loads(claimed[4]) if len(claimed) > 4 and claimed[4] else {}
         context = {"notebook_id": notebook_id, "cell_id": cell_id}
         log.debug("cell started", extra=context)
+        if self._workspace_of != notebook_id:
+            self._enter_workspace(notebook_id)
         if claimed[2] == b"1":
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now)
@@ -459,6 +463,20 @@ class Runtime:
             raise EngineRefused("the notebook has no checkpoint to restore", "no_checkpoint")
         names = list(blobs)
         return self.engine.request("restore", names=names, buffers=[blobs[n] for n in names])[0]
+
+    def _enter_workspace(self, notebook_id: str) -> None:
+        """Before a notebook's first cell on this worker: the engine enters the notebook's working
+        directory and adds its environment (taskkernel/workspace.py); a failure is logged, and the
+        cell runs in the private home."""
+        self._workspace_of = notebook_id
+        cwd, env = workspace.decode(self.redis.hget(keys.notebook(notebook_id), workspace.RECORD_FIELD))
+        if not cwd and not env:
+            return
+        try:
+            self.engine.request("workspace", cwd=cwd, env=env)
+        except (EngineRefused, EngineDied, TimeoutError, OSError) as exc:  # a death shows in the cell
+            log.warning("notebook %s: could not enter its workspace: %r", notebook_id, exc,
+                        extra={"notebook_id": notebook_id})
 
     def _restore_after_restart(self, notebook_id: str) -> None:
         """A notebook restarted after a death asked for its last checkpoint: load it before its next cell."""

@@ -180,6 +180,8 @@ class EngineServer:
             return comms.info(request.get("target_name")), []
         if op == "input_reply":
             return {"delivered": self.stdin.answer(str(request.get("value", "")))}, []
+        if op == "workspace":
+            return enter_workspace(request["cwd"], request["env"]), []
         if ns is None:
             raise namespace.NamespaceError("not_supported", "this engine has no Python namespace")
         if op == "push":
@@ -194,6 +196,17 @@ class EngineServer:
         if op == "restore":
             return namespace.load(ns, dict(zip(request["names"], buffers))), []
         raise namespace.NamespaceError("bad_request", f"unknown operation {op!r}")
+
+
+def enter_workspace(cwd: str, env: dict[str, str]) -> dict:
+    """Change into `cwd` (relative to HOME, created on demand) and add `env` to os.environ: the
+    notebook's workspace (taskkernel/workspace.py, checked by the API), applied before its first cell."""
+    os.environ.update(env)
+    if cwd:
+        path = os.path.join(os.path.expanduser("~"), cwd)
+        os.makedirs(path, exist_ok=True)
+        os.chdir(path)
+    return {"cwd": os.getcwd()}
 
 
 def apply_limits(limits: dict) -> None:
@@ -223,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_interrupt(signum, frame):
         if getattr(engine, "running_user_code", False):
-            raise KeyboardInterrupt("interrupted by taskkernel")
+            raise KeyboardInterrupt  # no message: ipykernel's interrupted cell says `KeyboardInterrupt: `
 
     signal.signal(signal.SIGINT, on_interrupt)
     server = EngineServer(sock, engine, streams)

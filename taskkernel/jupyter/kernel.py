@@ -48,6 +48,13 @@ OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "exec
 SIDE_REQUESTS = frozenset({"complete_request", "inspect_request", "is_complete_request",
                            "kernel_info_request", "history_request"})
 HISTORY_SESSION = 1
+# The ename of the reply to a cell whose engine died under it (workers/runtime.py), and the feed
+# states that say a notebook's namespace is gone: the bridge then dies as ipykernel would.
+ENGINE_DIED = "EngineDied"
+LOST_STATES = frozenset({"restarting", "dead"})
+DEATH_EXIT_STATUS = 70
+# this process's own configuration and the Jupyter server's: never a notebook's environment
+BRIDGE_ONLY_PREFIXES = ("TASKKERNEL_", "JUPYTER_", "JPY_")
 SIDECAR_SUFFIX = ".taskkernel.json"
 ABORT_MARKER_WAIT_S = 5.0  # the shell channel thread queues the stop-aborting marker within this
 
@@ -72,6 +79,10 @@ class TaskkernelKernel(Kernel):
     engine = Unicode("ipython", help="engine of the notebook this kernel opens").tag(config=True)
     retry_s = Float(30.0, help="how long a lost feed connection is retried before the cell is "
                                "given up").tag(config=True)
+    forward_env = Unicode("KERNEL_*", help="comma-separated glob patterns of this process's environment "
+                                         "variables the notebook's cells get (names the service refuses, and "
+                                         "TASKKERNEL_*/JUPYTER_*/JPY_*, are never sent); KERNEL_WORKING_DIR, "
+                                         "when relative, is the notebook's working directory").tag(config=True)
     lease_s = Float(60.0, help="the notebook is opened with this lease and the kernel renews it every "
                                "third of it, so a killed kernel leaves no notebook behind (0: no lease)"
                     ).tag(config=True)
@@ -87,6 +98,16 @@ class TaskkernelKernel(Kernel):
         self.shutdown_requested = False
         self._opening = threading.Lock()  # execute and introspection may both find no notebook yet
         self._abort_done_before_reply = False
+        self._expected_restarts = 0  # "restarting" statuses on the feed this kernel asked for
+
+    @property
+    def kernel_info(self) -> dict:
+        """ipykernel's kernel_info, less the features this kernel lacks: a debugger (the cells run
+        on a worker, out of debugpy's reach) and subshells (a notebook runs one cell at a time)."""
+        info = super().kernel_info
+        info["supported_features"] = [f for f in info.get("supported_features", [])
+                                      if f not in ("debugger", "kernel subshells")]
+        return info
 
     @property
     def banner(self) -> str:
@@ -112,9 +133,26 @@ class TaskkernelKernel(Kernel):
         """The kernel's notebook: taken over from a restarted predecessor, or newly opened."""
         with self._opening:
             if self.notebook is None:
-                self.notebook = self._take_over() or self.client.start(self.engine, lease_s=self.lease_s or None)
+                self.notebook = self._take_over() or self.client.start(self.engine, lease_s=self.lease_s or None,
+                                                                       **self._workspace())
                 self.notebook.keep_alive()  # renews a lease, if the notebook has one, until close()
             return self.notebook
+
+    def _workspace(self) -> dict:
+        """The cwd and env the notebook is opened with, from the environment Jupyter gave this
+        process (taskkernel/workspace.py says what the service accepts)."""
+        from taskkernel import workspace
+
+        patterns = [p.strip() for p in self.forward_env.split(",") if p.strip()]
+        env = {name: value for name, value in os.environ.items()
+               if any(fnmatch.fnmatchcase(name, p) for p in patterns) and name != "KERNEL_WORKING_DIR"
+               and not name.startswith(BRIDGE_ONLY_PREFIXES) and workspace.ENV_NAME.fullmatch(name)
+               and not name.upper().startswith(workspace.REFUSED_PREFIXES) and name not in workspace.REFUSED_NAMES}
+        found: dict = {"env": env} if env else {}
+        cwd = os.environ.get("KERNEL_WORKING_DIR", "")
+        if cwd and not os.path.isabs(cwd):
+            found["cwd"] = cwd
+        return found
 
     def _take_over(self) -> Notebook | None:
         sidecar = self._sidecar()
@@ -124,6 +162,7 @@ class TaskkernelKernel(Kernel):
                 sidecar.unlink()
                 notebook = self.client.notebook(left["notebook_id"])
                 self._position = left.get("position", "0-0")
+                self._expected_restarts = 1  # the predecessor's restart is on the feed after that position
                 self.execution_count = 0  # a restarted notebook counts from 1 again
                 return notebook
             except (OSError, ValueError, KeyError, ApiError) as exc:
@@ -236,12 +275,17 @@ class TaskkernelKernel(Kernel):
                     failing_since = None
                     self._position = message.get("position") or self._position
                     msg_type = message["header"]["msg_type"]
-                    if msg_type == "status" and message["content"].get("execution_state") == "restarting":
-                        self.execution_count = 0  # the worker died or was restarted: counts restart
+                    if msg_type == "status" and message["content"].get("execution_state") in LOST_STATES:
+                        if self._expected_restarts:  # the restart this process took over from
+                            self._expected_restarts -= 1
+                        else:  # the engine died (or was restarted) since the last cell
+                            self._die(f"the notebook's engine was lost ({message['content']['execution_state']})")
                     if message["parent_header"].get("msg_id") != cell["id"]:
                         continue
                     content = message["content"]
                     if msg_type == "execute_reply":
+                        if content.get("ename") == ENGINE_DIED:
+                            self._die(content.get("evalue", "the engine died"))
                         return dict(content), output
                     if msg_type == "execute_result":
                         output = content.get("data", {}).get("text/plain")
@@ -259,6 +303,23 @@ class TaskkernelKernel(Kernel):
             finally:
                 feed.close()
 
+    def _die(self, reason: str) -> None:
+        """End this kernel process because the notebook's namespace is gone; does not return.
+
+        A front end knows a kernel died by its process (nbclient raises DeadKernelError, a Jupyter
+        server's restarter starts a fresh kernel), so the bridge dies as ipykernel does when its
+        process is killed: no execute_reply. The notebook, now on a fresh worker, is deleted; the
+        outputs already published (the EngineDied error) are flushed first.
+        """
+        self.log.error("taskkernel: %s; the kernel exits", reason)
+        self.release_notebook()
+        iopub = getattr(self.parent, "iopub_thread", None)
+        try:
+            if iopub is not None:
+                iopub.stop()
+        finally:
+            os._exit(DEATH_EXIT_STATUS)
+
     def _bridge_error(self, exc: Exception, silent: bool) -> dict:
         """A cell the bridge could not run (service down, notebook gone) fails with the reason."""
         ename = f"taskkernel.{getattr(exc, 'code', type(exc).__name__)}"
@@ -275,24 +336,30 @@ class TaskkernelKernel(Kernel):
 
         ipykernel runs shell requests one at a time under an asyncio lock; a running cell here only
         waits on a thread, so introspection need not queue behind it (ipykernel does the same for
-        comm messages). Like those, they get no busy/idle status, which would misreport the cell.
+        comm messages). Each still gets its own busy and idle under its own parent header, as the
+        protocol asks of every request: JupyterLab waits for the idle of a complete or inspect.
         """
         lock = getattr(self, "_main_asyncio_lock", None)
-        if subshell_id is None and lock is not None and lock.locked() and self._msg_type(msg) in SIDE_REQUESTS:
-            parent = self.get_parent("shell")
-            ident = self._get_shell_context_var(self._shell_parent_ident)
-            try:
-                await asyncio.create_task(self.dispatch_shell(msg, subshell_id=None, concurrent=True),
-                                          context=contextvars.copy_context())
-            finally:
-                self.set_parent(ident, parent, channel="shell")
-            return
+        if subshell_id is None and lock is not None and lock.locked():
+            request = self._request_header(msg)
+            if request is not None and request["header"].get("msg_type") in SIDE_REQUESTS:
+                parent = self.get_parent("shell")
+                ident = self._get_shell_context_var(self._shell_parent_ident)
+                self._publish_status("busy", "shell", request)
+                try:
+                    await asyncio.create_task(self.dispatch_shell(msg, subshell_id=None, concurrent=True),
+                                              context=contextvars.copy_context())
+                finally:
+                    self._publish_status("idle", "shell", request)
+                    self.set_parent(ident, parent, channel="shell")
+                return
         await super().shell_main(subshell_id, msg)
 
-    def _msg_type(self, msg) -> str | None:
+    def _request_header(self, msg) -> dict | None:
+        """The header and parent header of a raw shell message (its content left unparsed)."""
         try:
             _, frames = self.session.feed_identities(msg, copy=False)
-            return self.session.deserialize(frames, content=False, copy=False)["header"]["msg_type"]
+            return self.session.deserialize(frames, content=False, copy=False)
         except Exception:
             return None
 
@@ -388,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
 
     environ = os.environ
     config = Config()
-    for variable, trait in (("TASKKERNEL_URL", "url"), ("TASKKERNEL_TOKEN", "token"), ("TASKKERNEL_ENGINE", "engine")):
+    for variable, trait in (("TASKKERNEL_URL", "url"), ("TASKKERNEL_TOKEN", "token"), ("TASKKERNEL_ENGINE", "engine"),
+                            ("TASKKERNEL_FORWARD_ENV", "forward_env")):
         if environ.get(variable):
             setattr(config.TaskkernelKernel, trait, environ[variable])
 
