@@ -102,9 +102,31 @@ class HostWatch:
         """The dead host's notebooks are re-homed and its keys removed: drop the recovery lock."""
         self.redis.delete(keys.host_recovery_lock(host))
 
+    def forget(self, host: str) -> int:
+        """Remove what a host that is gone left in Redis: its workers' records and side channels, its
+        queues and kombu's bindings of them, its idle sets, commands and counters. Returns the count
+        of keys removed. (SCAN, not an index: a host is lost rarely, and its queues' bindings stay
+        in kombu's keys, not ours.)"""
+        doomed = [keys.host_workers(host), keys.host_commands(host), keys.host_beats(host), keys.host(host)]
+        for raw in self.redis.smembers(keys.host_workers(host)):
+            doomed += [keys.worker(raw.decode()), keys.worker_rpc(raw.decode())]
+        pattern = _glob_escape(host)
+        for match in (keys.worker_queue(pattern, "*"), f"_kombu.binding*{keys.worker_queue(pattern, '*')}",
+                      keys.idle_workers("*", pattern)):
+            doomed += [k.decode() for k in self.redis.scan_iter(match=match, count=1000)]
+        removed = 0
+        for start in range(0, len(doomed), 500):
+            removed += self.redis.delete(*doomed[start:start + 500])
+        return removed
+
     def leave(self) -> None:
         """This host stops: remove its record and counter (nobody need judge it dead)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(keys.host(self.host), keys.host_beats(self.host))
         pipe.srem(keys.HOSTS, self.host)
         pipe.execute()
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally in a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

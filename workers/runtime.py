@@ -208,6 +208,9 @@ class Runtime:
         self._claim = client.register_script(_CLAIM_LUA)
         self._publish_live = client.register_script(_PUBLISH_LIVE_LUA)
         self._announce_idle = client.register_script(_ANNOUNCE_IDLE_LUA)
+        # in one step: an EXISTS then HINCRBY would recreate the record of a notebook deleted between
+        self._count_dropped_script = client.register_script(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'dropped_deliveries', 1) end")
         self._complete_script = client.register_script(_COMPLETE_LUA)
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
@@ -440,9 +443,7 @@ class Runtime:
 
     def _count_dropped(self, notebook_id: str) -> None:
         """Count deliveries dropped by the claim (redeliveries), for the notebook's record."""
-        key = keys.notebook(notebook_id)
-        if self.redis.exists(key):  # never recreate the record of a deleted notebook
-            self.redis.hincrby(key, "dropped_deliveries", 1)
+        self._count_dropped_script(keys=[keys.notebook(notebook_id)])
 
     def _on_message(self, msg_type: str, content: dict) -> None:
         """An event of the running cell, from the engine (its reader thread): keep it within the limit."""

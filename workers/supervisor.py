@@ -261,6 +261,7 @@ class Supervisor:
         worker_id = "w" + secrets.token_hex(8)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*keys.queue_keys(queue))  # nothing left over from the slot's last worker
+        pipe.sadd(keys.host_workers(self.host), worker_id)
         pipe.hset(keys.worker(worker_id), mapping={
             "id": worker_id, "host": self.host, "engine": spec["name"], "queue": queue, "slot": slot,
             "state": "starting", "notebook": "", "cell": "", "pid": "",
@@ -329,6 +330,7 @@ class Supervisor:
             self._note_startup(child, info.get("state"))
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(keys.idle_workers(child.engine, self.host), child.worker_id)
+        pipe.srem(keys.host_workers(self.host), child.worker_id)
         pipe.delete(wkey, keys.worker_rpc(child.worker_id), *keys.queue_keys(child.queue))
         pipe.execute()
         notebook_id = info.get("notebook", "")
@@ -395,8 +397,8 @@ class Supervisor:
                                    running_cell=running.decode(), cell_error={
                                        "ename": "EngineDied", "evalue": f"{reason}; the namespace was lost",
                                        "traceback": [f"EngineDied: {reason}"]})
-            for engine in self.specs:
-                self.redis.delete(keys.idle_workers(engine, host))
+            removed = self.watch.forget(host)
+            log.info("host %s given up: %d of its keys removed", host, removed)
             self.watch.recovered(host)
 
     def _stop_forgotten_workers(self) -> None:
@@ -476,6 +478,7 @@ class Supervisor:
         if self.redis is not None:
             try:
                 self.watch.leave()
+                self.watch.forget(self.host)  # what the reaped workers' slots left (queues, bindings)
             except redis.RedisError:
                 pass
         if self._own_sandbox_root:
