@@ -24,6 +24,8 @@
     taskkernel:host:<host>               hash   a host's pools and counts; expires unless heartbeated
     taskkernel:host:<host>:commands      list   commands for that host's supervisor (retire, scale, refill)
     taskkernel:host:<host>:recovery      string lock: the supervisor re-homing a dead host's notebooks
+    taskkernel:host:<host>:beats         string the host's heartbeat counter (observers judge death by it)
+    taskkernel:host:<host>:workers       set    worker ids the host's supervisor forked and has not reaped
     taskkernel:metrics:cells             hash   cells run, by status (ok/error), counted by the runtime
     taskkernel:metrics:cell_seconds      hash   cell wall time: a count per histogram bucket bound, and "sum"
     taskkernel:gateways                  zset   live gateway processes, by when their registration runs out
@@ -130,3 +132,13 @@ def worker_queue(host_name: str, slot: int) -> str:
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists kombu keeps for one queue (its priority steps use suffixed copies)."""
     return [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
+
+
+def host_beats(name: str) -> str:
+    """The host's heartbeat counter (no expiry: its death is judged by observers' clocks, not Redis's)."""
+    return f"{PREFIX}:host:{name}:beats"
+
+
+def host_workers(name: str) -> str:
+    """The ids of the workers a host's supervisor has forked and not yet reaped."""
+    return f"{PREFIX}:host:{name}:workers"

@@ -71,6 +71,8 @@ else
   end
 end
 redis.call('HSET', KEYS[2], 'worker', w, 'host', info[1], 'queue', info[2], 'pid', info[3])
+-- the fence: each pinning starts an epoch; a worker claims, completes and publishes only in its own
+redis.call('HSET', wk, 'epoch', redis.call('HINCRBY', KEYS[2], 'epoch', 1))
 return {w, info[1], 'ok'}
 """
 

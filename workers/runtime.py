@@ -36,10 +36,14 @@ log = logging.getLogger("taskkernel.worker")
 # KEYS: cell, notebook, worker, pending.  ARGV: cell id, worker id, now (epoch s), now (ISO), claim
 # token.  Moves a queued cell of this worker's notebook to running under the claim token (the
 # worker id and a fresh attempt id: only this run may complete it); returns {code, stop_on_error,
-# restore_pending, checkpoint_every_cell, options}.
+# restore_pending, checkpoint_every_cell, epoch, options}.  Fenced: only while the notebook is pinned to
+# this worker in the epoch it was pinned in (a worker given up while its host was unreachable,
+# coming back, claims nothing).
 _CLAIM_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return false end
 if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] then return false end
+local epoch = redis.call('HGET', KEYS[2], 'epoch') or ''
+if epoch ~= (redis.call('HGET', KEYS[3], 'epoch') or '') then return false end
 redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[4], 'claim', ARGV[5])
 redis.call('LREM', KEYS[4], 1, ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'busy', 'last_activity', ARGV[3])
@@ -47,7 +51,18 @@ redis.call('HSET', KEYS[3], 'cell', ARGV[1], 'cell_started', ARGV[3])
 local cell = redis.call('HMGET', KEYS[1], 'code', 'stop_on_error', 'options')
 local nb = redis.call('HMGET', KEYS[2], 'restore_pending', 'checkpoint_every_cell')
 redis.call('HDEL', KEYS[2], 'restore_pending')
-return {cell[1], cell[2], nb[1] or '', nb[2] or '', cell[3] or ''}
+return {cell[1], cell[2], nb[1] or '', nb[2] or '', epoch, cell[3] or ''}
+"""
+
+# Publish a running cell's live messages, only while it runs under this run's claim and its
+# notebook is still in the epoch of the claim (fenced: a run that was given up publishes nothing).
+# KEYS: cell, notebook, feed seq, feed stream.  ARGV: claim token, epoch, feed channel, stream
+# maxlen, then the messages (feed.message_argv).  Returns the count published, or false.
+_PUBLISH_LIVE_LUA = feed.PUBLISH_LUA_FUNCTION + """
+local state, claim = unpack(redis.call('HMGET', KEYS[1], 'state', 'claim'))
+if state ~= 'running' or claim ~= ARGV[1] then return false end
+if (redis.call('HGET', KEYS[2], 'epoch') or '') ~= ARGV[2] then return false end
+return publish_messages(KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV, 5, nil)
 """
 
 # Finish a cell in one atomic step: write its record, count it, free the worker, publish its last
@@ -58,13 +73,14 @@ return {cell[1], cell[2], nb[1] or '', nb[2] or '', cell[3] or ''}
 # {'ended', state, status} instead of the number of messages published.  KEYS: cell, notebook,
 # worker, cells-by-status, latency histogram, feed seq, feed stream.  ARGV: worker id, now,
 # execution count, status, latency bucket, seconds, feed channel, stream maxlen, largest record to
-# attach (bytes), claim token, cell id, n, n field/value pairs of the record, then the messages
-# (feed.message_argv).
+# attach (bytes), claim token, cell id, the claim's epoch, n, n field/value pairs of the record,
+# then the messages (feed.message_argv).  Fenced as the claim is: a notebook re-homed since (its
+# epoch moved on) is not written for, {'fenced', ...} is returned.
 _COMPLETE_LUA = feed.PUBLISH_LUA_FUNCTION + metrics.RECORD_CELL_LUA_FUNCTION + """
 if redis.call('HGET', KEYS[3], 'cell') == ARGV[11] then
   redis.call('HSET', KEYS[3], 'cell', '', 'cell_started', '')
 end
-local nb = redis.call('HMGET', KEYS[2], 'worker', 'state')
+local nb = redis.call('HMGET', KEYS[2], 'worker', 'state', 'epoch')
 if nb[1] == ARGV[1] and nb[2] ~= 'deleting' then  -- the worker is free again, whoever ended the cell
   redis.call('HSET', KEYS[2], 'state', 'idle', 'last_activity', ARGV[2], 'execution_count', ARGV[3])
 end
@@ -72,15 +88,25 @@ local state, status, claim = unpack(redis.call('HMGET', KEYS[1], 'state', 'statu
 if state ~= 'running' or claim ~= ARGV[10] then
   return {'ended', state or '', status or ''}
 end
-local n = tonumber(ARGV[12])
-redis.call('HSET', KEYS[1], unpack(ARGV, 13, 12 + 2 * n))
+if (nb[3] or '') ~= ARGV[12] then return {'fenced', state, status or ''} end
+local n = tonumber(ARGV[13])
+redis.call('HSET', KEYS[1], unpack(ARGV, 14, 13 + 2 * n))
 record_cell(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6])
 local record = redis.call('HGETALL', KEYS[1])
 local size = 0
 for _, v in ipairs(record) do size = size + #v end
 local cell = nil
 if size <= tonumber(ARGV[9]) then cell = cjson.encode(record) end
-return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 13 + 2 * n, cell)
+return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 14 + 2 * n, cell)
+"""
+
+# Join the warm pool, unless this worker's record is gone (its host was given up while unreachable:
+# its supervisor stops it).  KEYS: worker, idle set.  ARGV: worker id, pid.
+_ANNOUNCE_IDLE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'idle', 'pid', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
 """
 
 # a finished cell record up to this size rides on its execute_reply stream entry
@@ -106,8 +132,10 @@ EXIT_ENGINE_DIED = 70  # the worker's exit code when its engine died; the reason
 class CellRun:
     """What one running cell has produced so far."""
 
-    def __init__(self, notebook_id: str, cell_id: str, output_limit: int, started_s: float):
+    def __init__(self, notebook_id: str, cell_id: str, output_limit: int, started_s: float,
+                 claim: str = "", epoch: str = ""):
         self.notebook_id, self.cell_id = notebook_id, cell_id
+        self.claim, self.epoch = claim, epoch  # the fence: what this run may still write under
         self.started_s = started_s
         self.output_limit = output_limit
         self.output_bytes = 0
@@ -183,6 +211,11 @@ class Runtime:
         self._execution_count = 0  # the engine's, as its last reply said  # the running cell's output budget: pump and engine reader
         self.feed = self.store.feed
         self._claim = client.register_script(_CLAIM_LUA)
+        self._publish_live = client.register_script(_PUBLISH_LIVE_LUA)
+        self._announce_idle = client.register_script(_ANNOUNCE_IDLE_LUA)
+        # in one step: an EXISTS then HINCRBY would recreate the record of a notebook deleted between
+        self._count_dropped_script = client.register_script(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'dropped_deliveries', 1) end")
         self._complete_script = client.register_script(_COMPLETE_LUA)
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
@@ -197,10 +230,8 @@ class Runtime:
 
     def announce_idle(self, engine_name: str, host_name: str, pid: int) -> None:
         """Join the warm pool: from now on an API may pin a notebook to this worker."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.worker(self.worker_id), mapping={"state": "idle", "pid": pid})
-        pipe.sadd(keys.idle_workers(engine_name, host_name), self.worker_id)
-        pipe.execute()
+        self._announce_idle(keys=[keys.worker(self.worker_id), keys.idle_workers(engine_name, host_name)],
+                            args=[self.worker_id, pid])
 
     def serve_side_channel(self) -> threading.Thread:
         """Start the thread that answers complete/inspect/is_complete/interrupt during a cell."""
@@ -334,14 +365,14 @@ class Runtime:
             return "skipped"
         code = claimed[0].decode()
         stop_on_error = claimed[1] == b"1"
-        options = json.loads(claimed[4]) if len(claimed) > 4 and claimed[4] else {}
+        options = json.loads(claimed[5]) if len(claimed) > 5 and claimed[5] else {}
         context = {"notebook_id": notebook_id, "cell_id": cell_id}
         log.debug("cell started", extra=context)
         if self._workspace_of != notebook_id:
             self._enter_workspace(notebook_id)
         if claimed[2] == b"1":
             self._restore_after_restart(notebook_id)
-        run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now)
+        run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, messages.as_text(claimed[4]))
         self._notebook_id = notebook_id
         self._queue("status", {"execution_state": "busy"})
         # announced here, not by the engine: a long cell is seen starting at once, and a quick
@@ -369,7 +400,8 @@ class Runtime:
         log.info("cell %s: %s", reply["status"], reply.get("ename", ""), extra=context)
         if death:
             self._end_after_death(run, reply, claim, death)  # does not return
-        self._complete(run, reply, claim)
+        if not self._complete(run, reply, claim):
+            return reply["status"]  # someone else ended the cell: its queue and checkpoint are not ours
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
         if claimed[3] == b"1":
@@ -488,9 +520,7 @@ class Runtime:
 
     def _count_dropped(self, notebook_id: str) -> None:
         """Count deliveries dropped by the claim (redeliveries), for the notebook's record."""
-        key = keys.notebook(notebook_id)
-        if self.redis.exists(key):  # never recreate the record of a deleted notebook
-            self.redis.hincrby(key, "dropped_deliveries", 1)
+        self._count_dropped_script(keys=[keys.notebook(notebook_id)])
 
     def _on_message(self, msg_type: str, content: dict) -> None:
         """An event of the running cell, from the engine (its reader thread): keep it within the limit."""
@@ -565,7 +595,13 @@ class Runtime:
                 return
             pending, run.outbox = run.outbox, []
             try:
-                self.feed.publish(run.notebook_id, *pending)
+                published = self._publish_live(
+                    keys=[keys.cell(run.cell_id), keys.notebook(run.notebook_id), keys.feed_seq(run.notebook_id),
+                          keys.feed_stream(run.notebook_id)],
+                    args=[run.claim, run.epoch, keys.feed_channel(run.notebook_id), self.feed.maxlen,
+                          *feed.message_argv(pending)])
+                if published is None:
+                    log.info("cell %s was ended elsewhere: its live output is dropped", run.cell_id)
             except redis.RedisError:
                 run.outbox = pending + run.outbox  # published with the reply once Redis is back
                 raise
@@ -599,7 +635,7 @@ class Runtime:
         finished = time.time()
         seconds = max(0.0, finished - run.started_s)
         args = [self.worker_id, finished, count or 0, reply["status"], metrics.latency_bucket(seconds), seconds,
-                keys.feed_channel(nb), self.feed.maxlen, ATTACH_RECORD_BYTES, claim, cid, len(record),
+                keys.feed_channel(nb), self.feed.maxlen, ATTACH_RECORD_BYTES, claim, cid, run.epoch, len(record),
                 *messages.hash_pairs(record), *feed.message_argv(final)]
         script_keys = [keys.cell(cid), keys.notebook(nb), keys.worker(self.worker_id), keys.METRICS_CELLS,
                        keys.METRICS_CELL_SECONDS, keys.feed_seq(nb), keys.feed_stream(nb)]
@@ -619,7 +655,10 @@ class Runtime:
                 time.sleep(0.5)
         if isinstance(got, list):
             state, status = (messages.as_text(x) for x in got[1:3])
-            if retried and state == "done" and status == reply["status"]:
+            if got[0] == b"fenced":
+                log.warning("cell %s finished but its notebook was re-homed meanwhile: not written", cid,
+                            extra={"notebook_id": nb, "cell_id": cid})
+            elif retried and state == "done" and status == reply["status"]:
                 log.info("cell %s: completed by an earlier try whose answer was lost", cid,
                          extra={"notebook_id": nb, "cell_id": cid})
             else:

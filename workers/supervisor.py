@@ -29,6 +29,7 @@ from pathlib import Path
 import redis
 
 from taskkernel import keys, logs
+from taskkernel.hosts import HostWatch
 from taskkernel.engines import registry
 from taskkernel.exceptions import TaskkernelError
 from taskkernel.notebooks import NotebookStore
@@ -92,6 +93,7 @@ class Supervisor:
         self._own_sandbox_root = False
         self.redis: redis.Redis | None = None
         self.store: NotebookStore | None = None
+        self.watch: HostWatch | None = None
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -147,6 +149,8 @@ class Supervisor:
         self.preimport()
         self.redis = redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
         self.store = NotebookStore(self.redis, stream_maxlen=self.settings.feed_stream_maxlen)
+        self.watch = HostWatch(self.redis, self.host, ttl_s=self.settings.host_ttl_s,
+                               interval_s=self.settings.heartbeat_interval_s)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         log.info("supervisor %s: engines %s; %s", self.host, sorted(self.specs), isolation)
@@ -176,6 +180,7 @@ class Supervisor:
             self._heartbeat()
         if now - self._last_limit_check >= LIMIT_CHECK_S:
             self._enforce_cell_limits()
+            self._stop_forgotten_workers()
             self._expire_leases()
             self._recover_dead_hosts()
             for notebook_id in self.store.orphans():
@@ -256,6 +261,7 @@ class Supervisor:
         worker_id = "w" + secrets.token_hex(8)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*keys.queue_keys(queue))  # nothing left over from the slot's last worker
+        pipe.sadd(keys.host_workers(self.host), worker_id)
         pipe.hset(keys.worker(worker_id), mapping={
             "id": worker_id, "host": self.host, "engine": spec["name"], "queue": queue, "slot": slot,
             "state": "starting", "notebook": "", "cell": "", "pid": "",
@@ -324,6 +330,7 @@ class Supervisor:
             self._note_startup(child, info.get("state"))
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(keys.idle_workers(child.engine, self.host), child.worker_id)
+        pipe.srem(keys.host_workers(self.host), child.worker_id)
         pipe.delete(wkey, keys.worker_rpc(child.worker_id), *keys.queue_keys(child.queue))
         pipe.execute()
         notebook_id = info.get("notebook", "")
@@ -374,12 +381,10 @@ class Supervisor:
     # --- other hosts, idle notebooks ---------------------------------------------------------------
 
     def _recover_dead_hosts(self) -> None:
-        """Re-home the notebooks of hosts whose heartbeat stopped: one live supervisor does it."""
-        for raw in self.redis.smembers(keys.HOSTS):
-            host = raw.decode()
-            if host == self.host or self.redis.exists(keys.host(host)):
-                continue
-            if not self.redis.set(keys.host_recovery_lock(host), self.host, nx=True, ex=60):
+        """Re-home the notebooks of hosts whose heartbeat stopped (judged by `HostWatch`, on this
+        supervisor's clock): one live supervisor does it, and clears what the host left in Redis."""
+        for host, beats in self.watch.silent_hosts():
+            if not self.watch.declare_dead(host, beats):
                 continue
             log.warning("host %s stopped heartbeating: re-homing its notebooks", host)
             reason = f"the host {host!r} running this notebook stopped responding"
@@ -392,9 +397,25 @@ class Supervisor:
                                    running_cell=running.decode(), cell_error={
                                        "ename": "EngineDied", "evalue": f"{reason}; the namespace was lost",
                                        "traceback": [f"EngineDied: {reason}"]})
-            for engine in self.specs:
-                self.redis.delete(keys.idle_workers(engine, host))
-            self.redis.srem(keys.HOSTS, host)
+            removed = self.watch.forget(host)
+            log.info("host %s given up: %d of its keys removed", host, removed)
+            self.watch.recovered(host)
+
+    def _stop_forgotten_workers(self) -> None:
+        """Kill children whose worker record is gone: this host was declared dead while it could not
+        heartbeat (frozen, partitioned) and its notebooks live elsewhere now; the pool is refilled."""
+        children = list(self.children.values())
+        if not children:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for child in children:
+            pipe.exists(keys.worker(child.worker_id))
+        for child, exists in zip(children, pipe.execute()):
+            if not exists and not child.kill_reason:
+                log.warning("worker %s (pid %d) was given up while this host was unreachable: stopping it",
+                            child.worker_id, child.pid)
+                child.kill_reason = "retired"
+                _kill(child.pid, signal.SIGKILL)
 
     def _expire_leases(self) -> None:
         """Delete notebooks whose client stopped renewing their lease (each taken by one supervisor)."""
@@ -426,22 +447,17 @@ class Supervisor:
     def _heartbeat(self) -> None:
         self._last_heartbeat = time.monotonic()
         pools = {engine: self.pool_size(engine) for engine in self.specs}
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.sadd(keys.HOSTS, self.host)
-        pipe.hset(keys.host(self.host), mapping={
+        self.watch.beat({
             "name": self.host, "pid": os.getpid(), "pools": json.dumps(pools),
             "workers": len(self.children), "max_workers": self.settings.max_workers,
             "heartbeat": time.time(), "engine_errors": json.dumps(self.spec_errors),
         })
-        pipe.pexpire(keys.host(self.host), int(self.settings.host_ttl_s * 1000))
-        pipe.execute()
 
     def shutdown(self) -> None:
         """Stop every worker; notebooks pinned here lose their namespaces and are re-homed."""
         if self.redis is not None:
             try:  # first leave the hosts, so no notebook is re-homed onto a worker about to stop
-                self.redis.delete(keys.host(self.host))
-                self.redis.srem(keys.HOSTS, self.host)
+                self.watch.leave()
             except redis.RedisError:
                 pass
         for child in list(self.children.values()):
@@ -461,8 +477,8 @@ class Supervisor:
                     pass
         if self.redis is not None:
             try:
-                self.redis.delete(keys.host(self.host))
-                self.redis.srem(keys.HOSTS, self.host)
+                self.watch.leave()
+                self.watch.forget(self.host)  # what the reaped workers' slots left (queues, bindings)
             except redis.RedisError:
                 pass
         if self._own_sandbox_root:
