@@ -39,7 +39,11 @@ def services():
 
 
 def _worker(notebook_id: str) -> str:
+    """The notebook's worker, once it has one and a restart's files have reached it."""
     svc = services()
+    worker = svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)["worker"]["id"]
+    if files.wait_for_handover(svc.redis, notebook_id):
+        return worker
     return svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)["worker"]["id"]
 
 

@@ -132,6 +132,31 @@ class Transfer:
         pipe.execute()
 
 
+# --- a restart's hand-over of the directory (taskkernel.workers.directories) ---------------------------
+
+HANDOVER_FIELD = "files_from"  # in the notebook's hash: the worker whose directory is being handed over
+HANDOVER_WAIT_S = 10.0
+
+
+def mark_handover(client: redis.Redis, notebook_id: str, old_worker: str) -> None:
+    """Say that `old_worker`'s directory is on its way to the notebook's next worker."""
+    client.hset(keys.notebook(notebook_id), HANDOVER_FIELD, old_worker)
+
+
+def handover_done(client: redis.Redis, notebook_id: str) -> None:
+    client.hdel(keys.notebook(notebook_id), HANDOVER_FIELD)
+
+
+def wait_for_handover(client: redis.Redis, notebook_id: str, timeout_s: float = HANDOVER_WAIT_S) -> bool:
+    """Wait (up to `timeout_s`) until a restart's files have reached the new worker; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while client.hget(keys.notebook(notebook_id), HANDOVER_FIELD):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 # --- the API's side ----------------------------------------------------------------------------------
 
 def request(client: redis.Redis, worker_id: str, notebook_id: str, op: str, path: str, **args) -> Transfer:

@@ -292,3 +292,31 @@ def test_the_notebooks_files_are_capped_in_total(capped):
     notebook.delete_file("one")
     notebook.write_file("three", b"3" * 60_000)
     assert sorted(e["name"] for e in notebook.files()) == ["three", "two"]
+
+
+# --- the files go with the notebook --------------------------------------------------------------------
+
+def test_files_survive_a_restart_which_resets_only_the_namespace(service, notebook):
+    notebook.write_file("kept/data.bin", b"still here")
+    value(notebook.evaluate("x = 1; open('from_cell.txt', 'w').write('cell'); 1"))
+    before = notebook.refresh()["worker"]["id"]
+    notebook.restart()
+    assert notebook.refresh()["worker"]["id"] != before
+    # the very first cell after the restart already sees them, with the new engine's ownership
+    cell = notebook.evaluate("import os; (open('kept/data.bin').read(), open('from_cell.txt').read(), "
+                             "os.stat('kept').st_uid == os.getuid(), 'x' in dir())")
+    assert value(cell) == "('still here', 'cell', True, False)"
+    assert notebook.read_file("kept/data.bin") == b"still here"
+    value(notebook.evaluate("open('kept/new.txt', 'w').write('written after'); 1"))  # and may write there
+    assert notebook.read_file("kept/new.txt") == b"written after"
+
+
+def test_files_are_deleted_with_the_notebook(service, client):
+    from tests.conftest import wait_for
+
+    nb = client.start("python")
+    nb.write_file("doomed.txt", b"bye")
+    directory = host_directory(service, nb)
+    nb.close()
+    wait_for(lambda: not os.path.exists(directory), 15, "the notebook's directory to be removed")
+    refused(lambda: nb.read_file("doomed.txt"), 404, "notebook_not_found")
