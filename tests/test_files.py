@@ -320,3 +320,30 @@ def test_files_are_deleted_with_the_notebook(service, client):
     nb.close()
     wait_for(lambda: not os.path.exists(directory), 15, "the notebook's directory to be removed")
     refused(lambda: nb.read_file("doomed.txt"), 404, "notebook_not_found")
+
+
+# --- the command line -------------------------------------------------------------------------------------
+
+def test_taskkernel_cp_copies_into_and_out_of_a_notebook(service, notebook, tmp_path):
+    import subprocess
+    import sys
+
+    def cp(*args):
+        return subprocess.run([sys.executable, "-m", "taskkernel", "cp", "--url", service.api_url, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    local = tmp_path / "report.csv"
+    local.write_bytes(b"id,value\n1,\xe2\x82\xac\n")
+    sent = cp(str(local), f"{notebook.id}:inbox/")
+    assert sent.returncode == 0, sent.stderr
+    assert notebook.read_file("inbox/report.csv") == local.read_bytes()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    fetched = cp(f"{notebook.id}:inbox/report.csv", str(out_dir))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (out_dir / "report.csv").read_bytes() == local.read_bytes()
+    missing = cp(f"{notebook.id}:nothing.txt", str(out_dir))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert not (out_dir / "nothing.txt").exists()
+    both_local = cp(str(local), str(out_dir))
+    assert both_local.returncode == 2 and "exactly one" in both_local.stderr
