@@ -11,6 +11,7 @@ import urllib.parse
 import pytest
 
 from taskkernel.client import ApiError
+from tests.test_web_console import browser, open_console  # noqa: F401  (the headless Chromium fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -347,3 +348,32 @@ def test_taskkernel_cp_copies_into_and_out_of_a_notebook(service, notebook, tmp_
     assert not (out_dir / "nothing.txt").exists()
     both_local = cp(str(local), str(out_dir))
     assert both_local.returncode == 2 and "exactly one" in both_local.stderr
+
+
+# --- the web console -----------------------------------------------------------------------------------
+
+def test_the_console_uploads_dropped_files_and_links_the_notebooks_files(service, notebook, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    page, wait = open_console(browser, f"{service.api_url}/#{notebook.id}")
+    wait.until(lambda b: page(By.ID, "files").is_displayed())
+    # a drop of a file from the desktop, as the browser delivers it to the page
+    browser.execute_script("""
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array([0, 1, 2, 255])], "dropped.bin"));
+        document.getElementById("drop-zone").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));""")
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#file-list li[data-name="dropped.bin"]'))
+    assert notebook.read_file("dropped.bin") == b"\x00\x01\x02\xff"
+
+    value(notebook.evaluate("open('result.txt', 'w').write('from the cell'); 1"))
+    # the page refreshes its listing when a cell ends (read fresh each time: the list is re-rendered)
+    href, download = wait.until(lambda b: b.execute_script(
+        "const a = document.querySelector('#file-list li[data-name=\"result.txt\"] a');"
+        "return a && [a.href, a.download];"))
+    assert href == f"{service.api_url}/api/notebooks/{notebook.id}/files/result.txt"
+    assert download == "result.txt"
+    fetched = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then((r) => r.text()).then(done, (e) => done('failed: ' + e));", href)
+    assert fetched == "from the cell"
