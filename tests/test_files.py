@@ -377,3 +377,27 @@ def test_the_console_uploads_dropped_files_and_links_the_notebooks_files(service
         "const done = arguments[arguments.length - 1];"
         "fetch(arguments[0]).then((r) => r.text()).then(done, (e) => done('failed: ' + e));", href)
     assert fetched == "from the cell"
+
+
+# --- the Redis path: what an API on another host than the worker uses -----------------------------------
+
+def test_through_redis_files_round_trip_with_ranges_caps_and_refusals(private_service, tmp_path):
+    private_service.start_supervisor("far", pool=1, max_file_bytes=30_000_000)
+    private_service.start_api(file_transfer="redis", max_file_bytes=30_000_000)
+    with private_service.client().start("python") as notebook:
+        local = tmp_path / "twenty.bin"
+        local.write_bytes(os.urandom(20_000_000))
+        assert notebook.upload(local, "deep/twenty.bin")["size"] == 20_000_000
+        back = tmp_path / "back.bin"
+        assert notebook.download("deep/twenty.bin", back) == 20_000_000
+        assert back.read_bytes() == local.read_bytes()
+        status, headers, body = raw_request(private_service.api_url, "GET",
+                                            f"/api/notebooks/{notebook.id}/files/deep/twenty.bin",
+                                            headers={"Range": "bytes=-5"})
+        assert (status, body, headers["Content-Range"]) == (206, local.read_bytes()[-5:], "bytes 19999995-19999999/20000000")
+        value(notebook.evaluate("import os; os.symlink('/etc/shadow', 'shadow'); 1"))
+        refused(lambda: notebook.read_file("shadow"), 400, "unsafe_path")
+        refused(lambda: notebook.write_file("big", b"x" * 30_000_001), 413, "file_too_large")
+        assert {e["name"] for e in notebook.files()} == {"deep", "shadow"}
+        notebook.delete_file("deep")
+        refused(lambda: notebook.read_file("deep/twenty.bin"), 404, "file_not_found")
