@@ -119,6 +119,64 @@ SCHEMAS = {
 }
 
 
+# --- a notebook's files (api/files.py) -------------------------------------------------------------------
+FILE_PATH = {"name": "path", "in": "path", "required": True,
+             "description": "a path inside the notebook's directory ('/'-separated; a trailing '/' lists a directory)",
+             "schema": {"type": "string", "minLength": 1}}
+RANGE = {"name": "Range", "in": "header", "required": False, "description": "one byte range: bytes=start-end",
+         "schema": {"type": "string", "pattern": "^bytes=[0-9]*-[0-9]*$"}}
+FILE_ERRORS = {
+    "400": _error("a path that is not inside the notebook (invalid_path), that leads through a symlink or to a "
+                  "FIFO, socket or device (unsafe_path), or of the wrong type (is_a_directory, not_a_directory)"),
+    "404": _error("no such notebook (notebook_not_found) or file (file_not_found)"),
+    "504": _error("the notebook's worker did not answer"),
+}
+LISTING = {
+    "type": "object", "required": ["path", "entries"],
+    "properties": {"path": {"type": "string"}, "entries": {"type": "array", "items": {
+        "type": "object", "required": ["name", "type", "size", "mtime"],
+        "properties": {"name": {"type": "string"},
+                       "type": {"type": "string", "enum": ["file", "directory", "symlink", "other"]},
+                       "size": {"type": "integer"}, "mtime": {"type": "number"}}}}},
+}
+BYTES = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _file_op(summary: str, responses: dict, **kwargs) -> dict:
+    """_op, with the file routes' own descriptions of 400, 404 and 413."""
+    op = _op(summary, responses, **kwargs)
+    op["responses"].update({code: responses[code] for code in ("400", "404", "413") if code in responses})
+    return op
+
+
+FILE_PATHS = {
+    "/api/notebooks/{notebook_id}/files/": {"get": _file_op(
+        "list the notebook's directory",
+        {"200": {"description": "its entries", **_json(LISTING)}, **FILE_ERRORS}, params=[NOTEBOOK_ID])},
+    "/api/notebooks/{notebook_id}/files/{path}": {
+        "get": _file_op("download a file (streamed; Range requests), or list a directory (path ending in '/')",
+                   {"200": {"description": "the file's bytes (Content-Type by its name), or a listing",
+                            "content": {"application/octet-stream": BYTES, "application/json": {"schema": LISTING}}},
+                    "206": {"description": "the requested range", "content": {"application/octet-stream": BYTES}},
+                    "416": _error("the range lies outside the file (range_not_satisfiable)"), **FILE_ERRORS},
+                   params=[NOTEBOOK_ID, FILE_PATH, RANGE]),
+        "put": _file_op("upload a file (raw body, or the first file of a multipart form); parents are made",
+                   {"201": {"description": "written", **_json({
+                       "type": "object", "required": ["path", "size"],
+                       "properties": {"path": {"type": "string"}, "size": {"type": "integer"}}})},
+                    "413": _error("over the per-file (file_too_large) or per-notebook (notebook_storage_full) cap"),
+                    **FILE_ERRORS},
+                   body={"required": True, "content": {
+                       "application/octet-stream": BYTES,
+                       "multipart/form-data": {"schema": {"type": "object", "properties": {
+                           "file": {"type": "string", "format": "binary"}}}}}},
+                   params=[NOTEBOOK_ID, FILE_PATH]),
+        "delete": _file_op("remove a file, a symlink (not its target) or a directory with its contents",
+                      {"204": {"description": "removed"}, **FILE_ERRORS}, params=[NOTEBOOK_ID, FILE_PATH]),
+    },
+}
+
+
 def document() -> dict:
     ok = lambda description, schema: {"description": description, **_json(schema)}  # noqa: E731
     return {
@@ -256,6 +314,7 @@ def document() -> dict:
                 {"200": ok("what was restored", {"type": "object", "required": ["restored", "failed"]}),
                  "504": _error("the worker did not answer in time")},
                 body=_body({"timeout": {"type": "number", "minimum": 0, "maximum": 60}}), params=[NOTEBOOK_ID])},
+            **FILE_PATHS,
             "/api/hosts": {"get": _op("live hosts and their pools", {"200": ok("hosts", {
                 "type": "object", "required": ["hosts"], "properties": {"hosts": {"type": "array"}}})})},
             "/api/pools/{engine}": {"put": _op(

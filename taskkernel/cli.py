@@ -18,7 +18,7 @@ from taskkernel.settings import Settings, load_settings, settings_environ
 # Modules that add subcommands of their own: each has `register(subparsers)`, which adds its
 # parsers and sets `handler=<function(args) -> exit code>` on them with set_defaults.
 PLUGIN_COMMANDS: list[str] = ["taskkernel.jupyter.kernelspec", "taskkernel.cli_status", "taskkernel.cli_run",
-                              "taskkernel.cli_console"]
+                              "taskkernel.cli_console", "taskkernel.cli_files"]
 
 
 def build_parser() -> argparse.ArgumentParser:

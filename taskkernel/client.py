@@ -162,8 +162,16 @@ class Client:
         conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s or self._timeout_s,
                                           blocksize=STREAM_BLOCK_BYTES)
         try:
-            conn.request(method, "/api" + path, body=body, headers=headers)
-            response = conn.getresponse()
+            try:
+                conn.request(method, "/api" + path, body=body, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # the server answered before reading the whole body (a 413 for a file over the cap):
+                # its answer may be waiting to be read
+                response = conn.getresponse()
+                if response.status < 400:
+                    raise
+            else:
+                response = conn.getresponse()
         except BaseException:
             conn.close()
             raise

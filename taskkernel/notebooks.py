@@ -18,8 +18,7 @@ from typing import NamedTuple
 
 import redis
 
-from taskkernel import keys, messages
-from taskkernel import workspace
+from taskkernel import files, keys, messages, workspace
 from taskkernel.messages import as_text
 from taskkernel.exceptions import (CellNotFound, IdempotencyKeyReused, NoLease, NotebookGone, NotebookNotFound,
                                    NoWorkerAvailable, QuotaExceeded, SubmitUncertain)
@@ -408,6 +407,7 @@ class NotebookStore:
             self.fail_cell(notebook_id, running, cell_error)
         self.abort_pending(notebook_id, reason=reason)
         self.feed.publish(notebook_id, messages.status("restarting", notebook_id=notebook_id))
+        files.mark_handover(self.redis, notebook_id, old_worker)  # the old worker's supervisor clears it
         self.redis.zadd(keys.ORPHANS, {notebook_id: time.time()})
         try:
             self.assign_orphan(notebook_id, self.get(notebook_id)["engine"])

@@ -63,6 +63,9 @@ class Settings:
     max_request_bytes: int = 1024 * 1024
     max_file_bytes: int = 1024 * 1024 * 1024  # one file uploaded to a notebook (413 beyond)
     max_notebook_files_bytes: int = 4 * 1024 * 1024 * 1024  # all files of a notebook's directory, at upload
+    # how file bytes reach a notebook's worker: "auto" (through the worker's local socket when the
+    # API runs on its host, else through Redis) or "redis" (always; what an API on another host does)
+    file_transfer: str = "auto"
     ack_emulation: int = 0  # 1: kombu keeps delivered messages in an unacked hash and redelivers them
     visibility_timeout_s: int = 30 * 24 * 3600  # with ack_emulation: far longer than any cell
     unacked_restore_interval_s: int = 60  # how often kombu sweeps for messages to redeliver
@@ -77,6 +80,8 @@ class Settings:
         """Reject settings that cannot work; return self so it chains."""
         if self.pool_size < 0 or self.max_workers < 1:
             raise ConfigurationError("pool_size must be >= 0 and max_workers >= 1")
+        if self.file_transfer not in ("auto", "redis"):
+            raise ConfigurationError(f"{PREFIX}FILE_TRANSFER={self.file_transfer!r}: use 'auto' or 'redis'")
         if self.sandbox not in ("bubblewrap", "none"):
             raise ConfigurationError(f"{PREFIX}SANDBOX={self.sandbox!r}: use 'bubblewrap' or 'none'")
         if not 0 < self.sandbox_uid_base < 2**31 - 100_000:

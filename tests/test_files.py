@@ -11,6 +11,7 @@ import urllib.parse
 import pytest
 
 from taskkernel.client import ApiError
+from tests.test_web_console import browser, open_console  # noqa: F401  (the headless Chromium fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -292,3 +293,111 @@ def test_the_notebooks_files_are_capped_in_total(capped):
     notebook.delete_file("one")
     notebook.write_file("three", b"3" * 60_000)
     assert sorted(e["name"] for e in notebook.files()) == ["three", "two"]
+
+
+# --- the files go with the notebook --------------------------------------------------------------------
+
+def test_files_survive_a_restart_which_resets_only_the_namespace(service, notebook):
+    notebook.write_file("kept/data.bin", b"still here")
+    value(notebook.evaluate("x = 1; open('from_cell.txt', 'w').write('cell'); 1"))
+    before = notebook.refresh()["worker"]["id"]
+    notebook.restart()
+    assert notebook.refresh()["worker"]["id"] != before
+    # the very first cell after the restart already sees them, with the new engine's ownership
+    cell = notebook.evaluate("import os; (open('kept/data.bin').read(), open('from_cell.txt').read(), "
+                             "os.stat('kept').st_uid == os.getuid(), 'x' in dir())")
+    assert value(cell) == "('still here', 'cell', True, False)"
+    assert notebook.read_file("kept/data.bin") == b"still here"
+    value(notebook.evaluate("open('kept/new.txt', 'w').write('written after'); 1"))  # and may write there
+    assert notebook.read_file("kept/new.txt") == b"written after"
+
+
+def test_files_are_deleted_with_the_notebook(service, client):
+    from tests.conftest import wait_for
+
+    nb = client.start("python")
+    nb.write_file("doomed.txt", b"bye")
+    directory = host_directory(service, nb)
+    nb.close()
+    wait_for(lambda: not os.path.exists(directory), 15, "the notebook's directory to be removed")
+    refused(lambda: nb.read_file("doomed.txt"), 404, "notebook_not_found")
+
+
+# --- the command line -------------------------------------------------------------------------------------
+
+def test_taskkernel_cp_copies_into_and_out_of_a_notebook(service, notebook, tmp_path):
+    import subprocess
+    import sys
+
+    def cp(*args):
+        return subprocess.run([sys.executable, "-m", "taskkernel", "cp", "--url", service.api_url, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    local = tmp_path / "report.csv"
+    local.write_bytes(b"id,value\n1,\xe2\x82\xac\n")
+    sent = cp(str(local), f"{notebook.id}:inbox/")
+    assert sent.returncode == 0, sent.stderr
+    assert notebook.read_file("inbox/report.csv") == local.read_bytes()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    fetched = cp(f"{notebook.id}:inbox/report.csv", str(out_dir))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (out_dir / "report.csv").read_bytes() == local.read_bytes()
+    missing = cp(f"{notebook.id}:nothing.txt", str(out_dir))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert not (out_dir / "nothing.txt").exists()
+    both_local = cp(str(local), str(out_dir))
+    assert both_local.returncode == 2 and "exactly one" in both_local.stderr
+
+
+# --- the web console -----------------------------------------------------------------------------------
+
+def test_the_console_uploads_dropped_files_and_links_the_notebooks_files(service, notebook, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    page, wait = open_console(browser, f"{service.api_url}/#{notebook.id}")
+    wait.until(lambda b: page(By.ID, "files").is_displayed())
+    # a drop of a file from the desktop, as the browser delivers it to the page
+    browser.execute_script("""
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array([0, 1, 2, 255])], "dropped.bin"));
+        document.getElementById("drop-zone").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));""")
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#file-list li[data-name="dropped.bin"]'))
+    assert notebook.read_file("dropped.bin") == b"\x00\x01\x02\xff"
+
+    value(notebook.evaluate("open('result.txt', 'w').write('from the cell'); 1"))
+    # the page refreshes its listing when a cell ends (read fresh each time: the list is re-rendered)
+    href, download = wait.until(lambda b: b.execute_script(
+        "const a = document.querySelector('#file-list li[data-name=\"result.txt\"] a');"
+        "return a && [a.href, a.download];"))
+    assert href == f"{service.api_url}/api/notebooks/{notebook.id}/files/result.txt"
+    assert download == "result.txt"
+    fetched = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then((r) => r.text()).then(done, (e) => done('failed: ' + e));", href)
+    assert fetched == "from the cell"
+
+
+# --- the Redis path: what an API on another host than the worker uses -----------------------------------
+
+def test_through_redis_files_round_trip_with_ranges_caps_and_refusals(private_service, tmp_path):
+    private_service.start_supervisor("far", pool=1, max_file_bytes=30_000_000)
+    private_service.start_api(file_transfer="redis", max_file_bytes=30_000_000)
+    with private_service.client().start("python") as notebook:
+        local = tmp_path / "twenty.bin"
+        local.write_bytes(os.urandom(20_000_000))
+        assert notebook.upload(local, "deep/twenty.bin")["size"] == 20_000_000
+        back = tmp_path / "back.bin"
+        assert notebook.download("deep/twenty.bin", back) == 20_000_000
+        assert back.read_bytes() == local.read_bytes()
+        status, headers, body = raw_request(private_service.api_url, "GET",
+                                            f"/api/notebooks/{notebook.id}/files/deep/twenty.bin",
+                                            headers={"Range": "bytes=-5"})
+        assert (status, body, headers["Content-Range"]) == (206, local.read_bytes()[-5:], "bytes 19999995-19999999/20000000")
+        value(notebook.evaluate("import os; os.symlink('/etc/shadow', 'shadow'); 1"))
+        refused(lambda: notebook.read_file("shadow"), 400, "unsafe_path")
+        refused(lambda: notebook.write_file("big", b"x" * 30_000_001), 413, "file_too_large")
+        assert {e["name"] for e in notebook.files()} == {"deep", "shadow"}
+        notebook.delete_file("deep")
+        refused(lambda: notebook.read_file("deep/twenty.bin"), 404, "file_not_found")

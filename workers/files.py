@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -52,10 +53,88 @@ class FileService:
         self._helper: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
 
-    def start(self) -> threading.Thread:
+    def start(self, local_socket: Path | None = None) -> threading.Thread:
+        """Serve the worker's file list; with `local_socket`, also hand fds to APIs on this host."""
+        if local_socket is not None:
+            try:
+                self._serve_local(local_socket)
+            except OSError as exc:  # the Redis path still works
+                log.warning("file service: no local socket at %s: %r", local_socket, exc)
         thread = threading.Thread(target=self._loop, name="taskkernel-files", daemon=True)
         thread.start()
         return thread
+
+    # --- the local socket: open fds for an API on this host -------------------------------------------
+
+    def _serve_local(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(64)
+        threading.Thread(target=self._accept, args=(listener,), name="taskkernel-files-local", daemon=True).start()
+        self.redis.hset(keys.worker(self.worker_id),
+                        mapping={"files_socket": str(path), "files_boot": protocol.boot_id()})
+
+    def _accept(self, listener: socket.socket) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        while True:
+            conn, _ = listener.accept()
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            if uid not in (os.geteuid(), 0):  # the socket is 0600 already; this says so twice
+                conn.close()
+                continue
+            threading.Thread(target=self._local_client, args=(conn,), name="taskkernel-file-local",
+                             daemon=True).start()
+
+    def _local_client(self, conn: socket.socket) -> None:
+        """One API connection: helper operations answered with fds; the API moves the bytes."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(protocol.MAX_LOCAL_REQUEST_BYTES)
+                except OSError:
+                    return
+                if not data:
+                    return
+                fd = None
+                try:
+                    request = json.loads(data)
+                    reply, fd = self._local_op(request)
+                except (ValueError, KeyError, TypeError) as exc:
+                    reply = {"ok": False, "code": "bad_request", "error": f"malformed request: {exc!r}"}
+                except (redis.RedisError, HelperFailed) as exc:
+                    reply = {"ok": False, "code": "file_error", "error": f"the file operation failed: {exc}"}
+                try:
+                    payload = json.dumps(reply).encode()
+                    if fd is None:
+                        conn.sendmsg([payload])
+                    else:
+                        socket.send_fds(conn, [payload], [fd])
+                except OSError:
+                    return
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+
+    def _local_op(self, request: dict) -> tuple[dict, int | None]:
+        notebook = self.redis.hget(keys.worker(self.worker_id), "notebook")
+        if not notebook or notebook.decode() != request.get("notebook"):
+            return {"ok": False, "code": "notebook_gone", "error": "this worker no longer serves the notebook"}, None
+        op = request["op"]
+        if op not in protocol.LOCAL_OPS:
+            return {"ok": False, "code": "bad_request", "error": f"unknown file op {op!r}"}, None
+        if op == "create":
+            usage, _ = self._helper_call({"op": "usage", "path": ""})
+            reply, fd = self._helper_call({"op": "create", "path": request["path"]})
+            if reply.get("ok"):
+                reply.update(max_file_bytes=self.max_file_bytes,
+                             room_bytes=max(0, self.max_notebook_bytes - usage.get("bytes", 0)))
+            return reply, fd
+        return self._helper_call({k: request[k] for k in ("op", "path", "temp") if k in request})
 
     def _loop(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
@@ -132,7 +211,7 @@ class FileService:
                                             f"the notebook's files would exceed {self.max_notebook_bytes} bytes"})
                         return
                     _write_all(out, body)
-                    transfer.send(CREDIT)
+                    transfer.took_chunk()
             reply, _ = self._helper_call({"op": "commit", "path": request["path"], "temp": temp})
             committed = reply["ok"]
             transfer.send_json({**reply, "size": written} if committed else reply)
@@ -147,7 +226,7 @@ class FileService:
             return
         with os.fdopen(fd, "rb", buffering=0) as source:
             size = reply["size"]
-            bounds = _resolve_range(request.get("range"), size)
+            bounds = protocol.resolve_range(request.get("range"), size)
             if bounds is None:
                 transfer.send_json({"ok": False, "code": "range_not_satisfiable", "size": size,
                                     "error": f"the range lies outside the file's {size} bytes"})
@@ -158,10 +237,11 @@ class FileService:
             remaining, credits = stop - start, WINDOW
             while remaining > 0:
                 while credits == 0:
-                    kind, _ = transfer.receive()
+                    kind, body = transfer.receive()
                     if kind == CANCEL:
                         return
-                    credits += kind == CREDIT
+                    if kind == CREDIT:
+                        credits += protocol.credit_count(body)
                 chunk = source.read(min(CHUNK_BYTES, remaining))
                 if not chunk:
                     break  # the file shrank meanwhile: the API's client sees a short body
@@ -220,16 +300,3 @@ def _write_all(out, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[out.write(view):]
-
-
-def _resolve_range(spec, size: int) -> tuple[int, int] | None:
-    """[start, stop) of a byte range over a file of `size` bytes; None when none of it is inside."""
-    if not spec:
-        return 0, size
-    start, stop = int(spec[0]), spec[1]
-    if start < 0:  # the last -start bytes
-        return (max(0, size + start), size) if size else None
-    stop = size if stop is None else min(int(stop), size)
-    if start >= size or stop <= start:
-        return None
-    return start, stop

@@ -63,7 +63,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     def on_ready(**_):
         runtime.install_interrupt_handler()
         runtime.serve_side_channel()
-        file_service.start()
+        file_service.start(local_socket=sandbox_root / ".sockets" / worker_id)
         runtime.announce_starts()
         runtime.announce_idle(spec["name"], settings.host_name, os.getpid())
 

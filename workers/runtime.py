@@ -23,8 +23,7 @@ import time
 
 import redis
 
-from taskkernel import feed, keys, messages, metrics, rpc
-from taskkernel import workspace
+from taskkernel import feed, files, keys, messages, metrics, rpc, workspace
 from taskkernel.exceptions import EngineDied, EngineRefused
 from taskkernel.notebooks import NotebookStore
 from taskkernel.workers.capture import OutputCapture
@@ -221,6 +220,7 @@ class Runtime:
         self._publish_lock = threading.Lock()
         self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
         self._workspace_of = ""  # the notebook whose cwd and env the engine has entered
+        self._files_ready_for = ""  # the notebook whose restart hand-over of files was waited for
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -351,6 +351,9 @@ class Runtime:
 
     def run_cell(self, cell_id: str, notebook_id: str) -> str:
         """Run a queued cell; returns its status, or "skipped" when it was not ours to run."""
+        if self._files_ready_for != notebook_id:  # the first cell here: a restart's files arrive first
+            files.wait_for_handover(self.redis, notebook_id)
+            self._files_ready_for = notebook_id
         now = time.time()
         claim = f"{self.worker_id}:{secrets.token_hex(8)}"
         claimed = self._claim(

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import redis
 
-from taskkernel import keys, logs
+from taskkernel import files, keys, logs
 from taskkernel.hosts import HostWatch
 from taskkernel.engines import registry
 from taskkernel.exceptions import TaskkernelError
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
-from taskkernel.workers import cgroups, sandbox
+from taskkernel.workers import cgroups, directories, sandbox
 
 log = logging.getLogger("taskkernel.supervisor")
 
@@ -185,6 +185,7 @@ class Supervisor:
             self._recover_dead_hosts()
             for notebook_id in self.store.orphans():
                 self.store.assign_orphan(notebook_id)
+        self._hand_over_directories()
         if self.settings.cull_idle_s > 0 and now - self._last_cull >= CULL_CHECK_S:
             self._cull_idle()
 
@@ -321,6 +322,7 @@ class Supervisor:
 
     def _on_exit(self, child: Child, status: int) -> None:
         """Clean up after a worker; if it was serving a notebook, fail its cell and re-home it."""
+        self._keep_directory(child)
         sandbox.remove_directory(self.sandbox_root, child.worker_id)
         cgroups.remove(child.worker_id)
         wkey = keys.worker(child.worker_id)
@@ -378,6 +380,50 @@ class Supervisor:
                 child.kill_reason = f"the cell exceeded its {limit:g} s wall time and ignored the interrupt"
                 _kill(child.pid, signal.SIGKILL)
 
+    # --- a notebook's directory across its workers (taskkernel.workers.directories) ------------------
+
+    def _keep_directory(self, child: Child) -> None:
+        """A worker ended while its notebook lives on (a restart): keep its files for the next worker."""
+        notebook_id = self.redis.hget(keys.worker(child.worker_id), "notebook")
+        if not notebook_id:
+            return
+        notebook_id = notebook_id.decode()
+        if self.redis.hget(keys.notebook(notebook_id), "state") in (None, b"deleting"):
+            return
+        try:
+            directories.stash(self.sandbox_root, child.worker_id, notebook_id)
+        except OSError as exc:
+            log.warning("keeping the files of notebook %s: %r", notebook_id, exc)
+        self._hand_over(notebook_id)
+
+    def _hand_over_directories(self) -> None:
+        for notebook_id in directories.stashed(self.sandbox_root):
+            self._hand_over(notebook_id)
+
+    def _hand_over(self, notebook_id: str) -> None:
+        """Move a stashed directory into the notebook's worker once it has one here (or drop it)."""
+        state, worker, host = self.redis.hmget(keys.notebook(notebook_id), "state", "worker", "host")
+        if state is None or state == b"deleting":
+            directories.discard(self.sandbox_root, notebook_id)
+            return
+        if not worker:
+            return  # waiting for a fresh worker
+        child = self._child_by_worker(worker.decode())
+        if child is None:
+            if host and host.decode() != self.host:
+                log.warning("notebook %s moved to host %s: its files stay behind and are dropped",
+                            notebook_id, host.decode(), extra={"notebook_id": notebook_id})
+                directories.discard(self.sandbox_root, notebook_id)
+                files.handover_done(self.redis, notebook_id)
+            return
+        try:
+            directories.hand_over(self.sandbox_root, notebook_id, child.worker_id,
+                                  sandbox.slot_uid(self.settings, child.slot))
+        except OSError as exc:
+            log.warning("handing the files of notebook %s over: %r", notebook_id, exc)
+            directories.discard(self.sandbox_root, notebook_id)
+        files.handover_done(self.redis, notebook_id)
+
     # --- other hosts, idle notebooks ---------------------------------------------------------------
 
     def _recover_dead_hosts(self) -> None:
@@ -397,6 +443,7 @@ class Supervisor:
                                    running_cell=running.decode(), cell_error={
                                        "ename": "EngineDied", "evalue": f"{reason}; the namespace was lost",
                                        "traceback": [f"EngineDied: {reason}"]})
+                files.handover_done(self.redis, notebook_id)  # its files died with the host
             removed = self.watch.forget(host)
             log.info("host %s given up: %d of its keys removed", host, removed)
             self.watch.recovered(host)

@@ -102,6 +102,8 @@ async function openNotebook(id) {
   ui.unfinished.clear();
   $("cells").replaceChildren();
   ui.notebook = null;
+  files.path = "";
+  $("files").hidden = !id;
   if (!id) {
     setState("none", "no notebook");
     enableControls(false);
@@ -117,6 +119,7 @@ async function openNotebook(id) {
   showInfo(nb);
   enableControls(true);
   follow(nb.id);
+  guarded(loadFiles);
   $("code").focus();
 }
 
@@ -200,6 +203,7 @@ function onMessage(msg) {
         appendNote(view, `aborted: ${content.reason || "not run"}`);
       }
       if (content.execution_count) setPrompt(content.execution_count + 1);
+      guarded(loadFiles);  // the cell may have written files
       break;
   }
   if (stick) scrollToBottom();
@@ -380,6 +384,110 @@ async function deleteNotebook() {
   await loadNotebooks();
 }
 
+// --- files in the notebook's directory ------------------------------------------------------
+
+const files = { path: "" };  // the directory shown: "" (the notebook's own) or "dir/sub/"
+
+function filesUrl(path) {
+  return `/notebooks/${ui.notebook.id}/files/` + path.split("/").map(encodeURIComponent).join("/");
+}
+
+async function loadFiles() {
+  if (!ui.notebook) return;
+  const id = ui.notebook.id;
+  const listing = await api(filesUrl(files.path));
+  if (!ui.notebook || ui.notebook.id !== id) return;
+  $("files-path").textContent = "~/" + files.path;
+  $("files-up").disabled = !files.path;
+  $("file-list").replaceChildren(...listing.entries.map(fileItem));
+}
+
+function fileItem(entry) {
+  const item = document.createElement("li");
+  item.dataset.name = entry.name;
+  item.dataset.type = entry.type;
+  if (entry.type === "directory") {
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "dir";
+    open.textContent = entry.name + "/";
+    open.addEventListener("click", () => { files.path += entry.name + "/"; guarded(loadFiles); });
+    item.append(open);
+  } else if (entry.type === "file") {
+    const link = document.createElement("a");
+    link.href = "/api" + filesUrl(files.path + entry.name);
+    link.download = entry.name;
+    link.textContent = entry.name;
+    link.addEventListener("click", (event) => {
+      if (!token()) return;  // a plain link streams the file; with a token, fetch it with the header
+      event.preventDefault();
+      guarded(() => downloadWithToken(link.href, entry.name));
+    });
+    const size = document.createElement("span");
+    size.className = "size";
+    size.textContent = sizeText(entry.size);
+    item.append(link, size);
+  } else {
+    item.className = "other";
+    item.textContent = `${entry.name} (${entry.type})`;  // symlinks, FIFOs: listed, never served
+  }
+  return item;
+}
+
+function sizeText(n) {
+  return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+async function downloadWithToken(href, name) {
+  const response = await fetch(href, { headers: { Authorization: `Bearer ${token()}` } });
+  if (!response.ok) throw new Error(`download of ${name} failed: ${response.status}`);
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
+async function uploadFiles(list) {
+  if (!ui.notebook) return;
+  for (const file of list) {
+    const headers = { "Content-Type": "application/octet-stream", Accept: "application/json" };
+    if (token()) headers.Authorization = `Bearer ${token()}`;
+    // the File is streamed by the browser, not read into this page first
+    const response = await fetch("/api" + filesUrl(files.path + file.name), { method: "PUT", headers, body: file });
+    if (!response.ok) {
+      const data = await response.json().catch(() => null);
+      throw new Error(`upload of ${file.name}: ${(data && data.message) || response.status}`);
+    }
+  }
+  await loadFiles();
+}
+
+function watchDrops() {
+  const zone = $("drop-zone");
+  const dragging = (on) => zone.classList.toggle("dragging", on);
+  document.addEventListener("dragover", (event) => {
+    if (!ui.notebook || !event.dataTransfer || !event.dataTransfer.types.includes("Files")) return;
+    event.preventDefault();
+    dragging(true);
+  });
+  document.addEventListener("dragleave", (event) => { if (!event.relatedTarget) dragging(false); });
+  document.addEventListener("drop", (event) => {
+    if (!ui.notebook || !event.dataTransfer || !event.dataTransfer.files.length) return;
+    event.preventDefault();
+    dragging(false);
+    guarded(() => uploadFiles(event.dataTransfer.files));
+  });
+  $("file-input").addEventListener("change", (event) => {
+    guarded(() => uploadFiles(event.target.files)).then(() => { event.target.value = ""; });
+  });
+  $("files-up").addEventListener("click", () => {
+    files.path = files.path.replace(/[^/]+\/$/, "");
+    guarded(loadFiles);
+  });
+}
+
 // --- completion ------------------------------------------------------------------------------
 
 // The API counts characters as Python does (code points); the textarea counts UTF-16 units.
@@ -537,6 +645,7 @@ async function start() {
   $("new-notebook").addEventListener("click", () => guarded(createNotebook));
   $("notebook-select").addEventListener("change", (e) => guarded(() => openNotebook(e.target.value)));
   $("notebook-select").addEventListener("focus", () => guarded(loadNotebooks));
+  watchDrops();
   await guarded(loadEngines);
   const notebooks = (await guarded(loadNotebooks)) || [];
   const wanted = location.hash.slice(1);
