@@ -69,5 +69,6 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     app.register_blueprint(stdin.blueprint, url_prefix="/api")
     from taskkernel.api import console, metrics as metrics_api  # /metrics, /api/status, the page at /
     app.register_blueprint(metrics_api.blueprint)
+    metrics_api.register(app)  # its registry, and the request latency of every route
     app.register_blueprint(console.blueprint)
     return app

@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from taskkernel import feed, messages
 from taskkernel.messages import IDEMPOTENCY_HEADER
-from taskkernel.api.validation import json_body
+from taskkernel.api.validation import request_body
 from taskkernel.exceptions import InvalidField
 from taskkernel.workers.tasks import evaluate_message
 
@@ -20,7 +20,7 @@ log = logging.getLogger("taskkernel.api")
 
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # the execute_request fields an evaluate may set, with their Jupyter meaning (default: off, on, off, {})
-EXECUTE_OPTIONS = {"silent": bool, "store_history": bool, "allow_stdin": bool, "user_expressions": dict}
+EXECUTE_OPTIONS = ("silent", "store_history", "allow_stdin", "user_expressions")
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/evaluate")
@@ -32,14 +32,9 @@ def evaluate(notebook_id: str):
     carries it, even if Redis fails while the caller waits (202 then).
     """
     svc = current_app.extensions["taskkernel"]
-    body = json_body({"code": str, "wait": bool, "timeout": float, "stop_on_error": bool, **EXECUTE_OPTIONS},
-                     required=("code",))
+    body = request_body()
     options = {k: body[k] for k in EXECUTE_OPTIONS if k in body}
-    if not all(isinstance(v, str) for v in options.get("user_expressions", {}).values()):
-        raise InvalidField("field 'user_expressions' must map names to expressions (strings)", field="user_expressions")
     timeout_s = body.get("timeout", svc.settings.wait_timeout_s)
-    if not 0 <= timeout_s <= svc.settings.max_wait_timeout_s:
-        raise InvalidField(f"field 'timeout' must be between 0 and {svc.settings.max_wait_timeout_s:g} s", field="timeout")
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidField(f"header {IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters",

@@ -1,17 +1,24 @@
-"""GET /metrics (Prometheus text format) and GET /api/status (the same snapshot as JSON).
+"""GET /metrics (Prometheus text format, or OpenMetrics when Accept asks) and GET /api/status (the
+same snapshot as JSON).
 
-Nothing is counted in the API process: a custom collector reads Redis at scrape time
-(taskkernel.metrics.snapshot), so any number of API processes behind a balancer report the same
-figures, and a restarted API loses none.
+The service's figures are not counted in the API process: a custom collector reads Redis at
+scrape time (taskkernel.metrics.snapshot), so any number of API processes behind a balancer
+report the same figures, and a restarted API loses none. What belongs to one API process is its
+own: the process_* collector and the latency of the requests it answered, by route and status.
 """
 
 from __future__ import annotations
 
-import redis
-from flask import Blueprint, Response, current_app, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+import platform
+import time
 
+import redis
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CollectorRegistry, Histogram, Info, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+import taskkernel
 from taskkernel import metrics
 
 blueprint = Blueprint("metrics", __name__)
@@ -31,12 +38,13 @@ class RedisCollector:
 
         hosts = GaugeMetricFamily("taskkernel_host_up", "1 while the host's supervisor heartbeats, else 0",
                                   labels=["host"])
-        heartbeat = GaugeMetricFamily("taskkernel_host_heartbeat_age_seconds",
-                                      "Seconds since the host's supervisor last heartbeated", labels=["host"])
+        # a timestamp, as Prometheus exports last-seen times: `time() - taskkernel_host_heartbeat_timestamp_seconds`
+        heartbeat = GaugeMetricFamily("taskkernel_host_heartbeat_timestamp_seconds",
+                                      "Unix time of the host's supervisor's last heartbeat", labels=["host"])
         for host in snap.hosts:
             hosts.add_metric([host["name"]], 1 if host["alive"] else 0)
-            if host["heartbeat_age_s"] is not None:
-                heartbeat.add_metric([host["name"]], host["heartbeat_age_s"])
+            if host.get("heartbeat") is not None:
+                heartbeat.add_metric([host["name"]], host["heartbeat"])
         yield hosts
         yield heartbeat
 
@@ -77,19 +85,44 @@ class RedisCollector:
         yield latency
 
 
-def _registry() -> CollectorRegistry:
-    """One registry per app, holding only the Redis collector (built on first scrape)."""
-    extensions = current_app.extensions
-    if "taskkernel.metrics" not in extensions:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(RedisCollector(extensions["taskkernel"].redis))
-        extensions["taskkernel.metrics"] = registry
-    return extensions["taskkernel.metrics"]
+# seconds; from a cached GET (~1 ms) to an evaluate that waits for a long cell
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+
+
+def register(app: Flask) -> None:
+    """The app's registry: the Redis collector, this process's collectors and build info, and the
+    request latency histogram that every request (but the scrapes themselves) is timed into."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(app.extensions["taskkernel"].redis))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    Info("taskkernel_build", "The taskkernel version this API process runs", registry=registry).info(
+        {"version": taskkernel.__version__, "python": platform.python_version()})
+    latency = Histogram("taskkernel_api_request_seconds",
+                        "Time from a request's arrival to its response's headers (an event stream's "
+                        "life is not counted), by route, method and status", ["route", "method", "status"],
+                        buckets=REQUEST_BUCKETS, registry=registry)
+    app.extensions["taskkernel.metrics"] = registry
+
+    def start_timer():
+        g.taskkernel_started = time.perf_counter()
+
+    # first of all before_request functions, so that requests refused by auth are timed too
+    app.before_request_funcs.setdefault(None, []).insert(0, start_timer)
+
+    @app.after_request
+    def observe(response: Response) -> Response:
+        started = g.pop("taskkernel_started", None)
+        if started is not None and request.endpoint != "metrics.prometheus_metrics":
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            latency.labels(route, request.method, str(response.status_code)).observe(time.perf_counter() - started)
+        return response
 
 
 @blueprint.get("/metrics")
 def prometheus_metrics():
-    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+    encoder, content_type = choose_encoder(request.headers.get("Accept"))
+    return Response(encoder(current_app.extensions["taskkernel.metrics"]), content_type=content_type)
 
 
 @blueprint.get("/api/status")

@@ -8,10 +8,10 @@ from flask import Blueprint, current_app, jsonify
 
 from taskkernel import rpc, workspace
 from taskkernel.api.auth import token_digest
-from taskkernel.api.validation import json_body
+from taskkernel.api.validation import request_body
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField
-from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S, RESTARTED_ERROR
+from taskkernel.notebooks import RESTARTED_ERROR
 
 blueprint = Blueprint("notebooks", __name__)
 
@@ -22,12 +22,9 @@ def services():
 
 @blueprint.post("/notebooks")
 def create_notebook():
-    body = json_body({"engine": str, "restore_on_restart": bool, "checkpoint_every_cell": bool, "lease_s": float,
-                      "cwd": str, "env": dict})
+    body = request_body()
     engine = body.get("engine", "python")
     lease_s = body.get("lease_s", 0.0)
-    if "lease_s" in body and not MIN_LEASE_S <= lease_s <= MAX_LEASE_S:
-        raise InvalidField(f"field 'lease_s' must be between {MIN_LEASE_S:g} and {MAX_LEASE_S:g} s", field="lease_s")
     svc = services()
     spec = registry.get_spec(svc.settings.config_dir, engine)  # UnknownEngine -> 400
     cwd = workspace.check_cwd(body.get("cwd", spec.get("cwd", "")))
@@ -63,7 +60,7 @@ def delete_notebook(notebook_id: str):
 @blueprint.post("/notebooks/<hexid:notebook_id>/lease")
 def renew_lease(notebook_id: str):
     """Keep a notebook opened with lease_s for another lease_s (its client is still there)."""
-    json_body({})
+    request_body()
     return jsonify(services().store.renew_lease(notebook_id))
 
 
@@ -71,7 +68,7 @@ def renew_lease(notebook_id: str):
 def restart_notebook(notebook_id: str):
     """A fresh namespace on a fresh worker; queued cells are aborted, the running one is killed."""
     svc = services()
-    json_body({})
+    request_body()
     svc.store.get(notebook_id)
     svc.store.restart(notebook_id, reason="the notebook was restarted", cell_error=RESTARTED_ERROR)
     return jsonify(svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s))
@@ -81,7 +78,7 @@ def restart_notebook(notebook_id: str):
 def interrupt_notebook(notebook_id: str):
     """KeyboardInterrupt in the running cell; a harmless no-op when none runs."""
     svc = services()
-    json_body({})
+    request_body()
     notebook = svc.store.get(notebook_id)
     if not notebook["worker"]:
         return jsonify({"interrupted": None})
@@ -89,12 +86,12 @@ def interrupt_notebook(notebook_id: str):
     return jsonify(result)
 
 
-def _introspect(notebook_id: str, op: str, fields: dict, required=("code",)):
+def _introspect(notebook_id: str, op: str):
     svc = services()
-    body = json_body(fields, required=required)
+    body = request_body()
     code = body["code"]
     args = {"code": code}
-    if "cursor_pos" in fields:
+    if op != "is_complete":
         cursor_pos = body.get("cursor_pos", len(code))
         if not 0 <= cursor_pos <= len(code):
             raise InvalidField(f"cursor_pos must be between 0 and {len(code)}", field="cursor_pos")
@@ -108,14 +105,14 @@ def _introspect(notebook_id: str, op: str, fields: dict, required=("code",)):
 @blueprint.post("/notebooks/<hexid:notebook_id>/complete")
 def complete(notebook_id: str):
     """Jupyter's complete_reply: matches, cursor_start, cursor_end, on the live namespace."""
-    return _introspect(notebook_id, "complete", {"code": str, "cursor_pos": int})
+    return _introspect(notebook_id, "complete")
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/inspect")
 def inspect(notebook_id: str):
-    return _introspect(notebook_id, "inspect", {"code": str, "cursor_pos": int, "detail_level": int})
+    return _introspect(notebook_id, "inspect")
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/is_complete")
 def is_complete(notebook_id: str):
-    return _introspect(notebook_id, "is_complete", {"code": str})
+    return _introspect(notebook_id, "is_complete")

@@ -1,10 +1,15 @@
-"""GET /api/openapi.json: an OpenAPI 3 description of every endpoint, request and response."""
+"""GET /api/openapi.json: an OpenAPI 3 description of every endpoint, request and response.
+
+Its request body schemas are also the API's validation (api/validation.py compiles them), so a
+limit the API enforces is written here, once; limits that follow settings are filled in from them.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 import taskkernel
+from taskkernel.settings import Settings
 from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S
 
@@ -63,8 +68,12 @@ IDEMPOTENCY_KEY = {
                    "one queued (header Idempotent-Replayed: true) and runs nothing",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
 }
-VAR_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-CODE_POS = {"code": {"type": "string"}, "cursor_pos": {"type": "integer", "minimum": 0}}
+VAR_NAME = {"name": "name", "in": "path", "required": True,
+            "description": "a Python identifier (str.isidentifier: letters, digits and _, not starting with a digit)",
+            "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}}
+CODE_POS = {"code": {"type": "string"},
+            "cursor_pos": {"type": "integer", "minimum": 0,
+                           "description": "at most len(code) (400 invalid_field otherwise); default len(code)"}}
 
 SCHEMAS = {
     "Error": {
@@ -177,8 +186,12 @@ FILE_PATHS = {
 }
 
 
-def document() -> dict:
+def document(settings: Settings | None = None) -> dict:
+    """The document, with the limits that `settings` (default: the defaults) set."""
+    settings = settings or Settings()
     ok = lambda description, schema: {"description": description, **_json(schema)}  # noqa: E731
+    timeout = {"type": "number", "minimum": 0, "maximum": settings.max_wait_timeout_s,
+               "description": "seconds (at most TASKKERNEL_MAX_WAIT_TIMEOUT_S)"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "taskkernel", "version": taskkernel.__version__,
@@ -223,7 +236,8 @@ def document() -> dict:
                  "409": _error("the notebook is being deleted"),
                  "422": _error("the Idempotency-Key already submitted other code (idempotency_key_reused)")},
                 body=_body({"code": {"type": "string"}, "wait": {"type": "boolean"},
-                            "timeout": {"type": "number", "minimum": 0},
+                            "timeout": {**timeout, "description": "seconds to wait with `wait` (default "
+                                        f"{settings.wait_timeout_s:g}, at most TASKKERNEL_MAX_WAIT_TIMEOUT_S)"},
                             "stop_on_error": {"type": "boolean"},
                             "silent": {"type": "boolean"}, "store_history": {"type": "boolean"},
                             "allow_stdin": {"type": "boolean"},
@@ -308,12 +322,12 @@ def document() -> dict:
                 "save the namespace, per variable",
                 {"200": ok("what was saved and skipped", {"type": "object", "required": ["saved", "skipped"]}),
                  "504": _error("the worker did not answer in time")},
-                body=_body({"timeout": {"type": "number", "minimum": 0, "maximum": 60}}), params=[NOTEBOOK_ID])},
+                body=_body({"timeout": timeout}), params=[NOTEBOOK_ID])},
             "/api/notebooks/{notebook_id}/restore": {"post": _op(
                 "load the last checkpoint",
                 {"200": ok("what was restored", {"type": "object", "required": ["restored", "failed"]}),
                  "504": _error("the worker did not answer in time")},
-                body=_body({"timeout": {"type": "number", "minimum": 0, "maximum": 60}}), params=[NOTEBOOK_ID])},
+                body=_body({"timeout": timeout}), params=[NOTEBOOK_ID])},
             **FILE_PATHS,
             "/api/hosts": {"get": _op("live hosts and their pools", {"200": ok("hosts", {
                 "type": "object", "required": ["hosts"], "properties": {"hosts": {"type": "array"}}})})},
@@ -325,10 +339,25 @@ def document() -> dict:
                 params=[{"name": "engine", "in": "path", "required": True, "schema": {"type": "string"}}])},
             "/api/openapi.json": {"get": {"summary": "this document",
                                           "responses": {"200": ok("OpenAPI 3", {"type": "object"})}}},
+            "/api/status": {"get": _op(
+                "hosts (heartbeat, pools, idle workers), notebooks (state, queue depth) and cell counts",
+                {"200": ok("the snapshot /metrics also reads", {
+                    "type": "object", "required": ["hosts", "notebooks", "cells"],
+                    "properties": {"time": {"type": "number"}, "hosts": {"type": "array"},
+                                   "notebooks": {"type": "array"}, "cells": {"type": "object"},
+                                   "queue_depth": {"type": "integer"}}})})},
+            "/metrics": {"get": _op(
+                "Prometheus metrics: text format 0.0.4, or OpenMetrics when the Accept header asks for it",
+                {"200": {"description": "metrics", "content": {
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/openmetrics-text": {"schema": {"type": "string"}}}}})},
+            "/": {"get": {"summary": "the web console's page", "security": [{}],
+                          "responses": {"200": {"description": "HTML",
+                                                "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         },
     }
 
 
 @blueprint.get("/openapi.json")
 def openapi():
-    return jsonify(document())
+    return jsonify(document(current_app.extensions["taskkernel"].settings))

@@ -7,7 +7,7 @@ import json
 from flask import Blueprint, current_app, jsonify
 
 from taskkernel import keys
-from taskkernel.api.validation import json_body
+from taskkernel.api.validation import request_body
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField, NotFound
 
@@ -34,9 +34,7 @@ def list_hosts():
 def resize_pool(engine: str):
     """Change how many idle workers of `engine` are kept warm, on one host or all; pinned workers stay."""
     svc = current_app.extensions["taskkernel"]
-    body = json_body({"size": int, "host": str}, required=("size",))
-    if not 0 <= body["size"] <= 10_000:
-        raise InvalidField("field 'size' must be between 0 and 10000", field="size")
+    body = request_body()
     registry.get_spec(svc.settings.config_dir, engine)
     hosts = [h["name"] for h in live_hosts(svc.redis)]
     if "host" in body:

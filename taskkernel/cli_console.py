@@ -1,10 +1,13 @@
 """`taskkernel console`: an interactive remote console on a notebook, in the manner of IPython's.
 
-Lines are read with readline (history in ~/.taskkernel_history, Tab completion answered by the
-notebook's live namespace through the complete endpoint); a cell goes on over several lines while
-the is_complete endpoint says it is incomplete, with the indent it suggests. Output is printed as
-the cell produces it (the notebook's feed over SSE), and Ctrl-C while a cell runs sends an
-interrupt and keeps following the cell, so its KeyboardInterrupt traceback is shown as IPython does.
+At a terminal, cells are edited with prompt_toolkit, as IPython's terminal edits them: a whole
+cell at a time over several lines (Enter runs it when the notebook's is_complete endpoint says it
+is complete, else opens the next line with the indent it suggests; a blank line ends a block), a
+completion menu on Tab answered by the notebook's live namespace (the complete endpoint, given the
+whole cell), and history of whole cells in ~/.taskkernel_history. Output is printed as the cell
+produces it (the notebook's feed over SSE), and Ctrl-C while a cell runs sends an interrupt and
+keeps following the cell, so its KeyboardInterrupt traceback is shown as IPython does. Without a
+terminal (stdin a pipe) lines are read plainly, with the same rules for where a cell ends.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ from taskkernel.cli_common import (OutputPrinter, add_notebook_arguments, add_se
 from taskkernel.client import ApiError, Client, Notebook
 
 HISTORY_FILE = Path("~/.taskkernel_history")
-HISTORY_LENGTH = 2000
-# Word breaks for completion: '.' is not one, so 'math.sq' is completed as a whole.
-COMPLETER_DELIMS = " \t\n`~!@#$%^&*()-=+[{]}\\|;:'\",<>/?"
+INDENT = "    "
 
 
 def register(subparsers) -> None:
@@ -43,12 +44,95 @@ def cmd_console(args: argparse.Namespace) -> int:
         console.banner(owned and not args.keep)
         console.loop()
     finally:
-        console.save_history()
         if owned and not args.keep:
             notebook.close()
         elif owned:
             print(f"notebook {notebook.id} kept", file=sys.stderr)
     return 0
+
+
+def cell_ends(notebook: Notebook, code: str) -> tuple[bool, str]:
+    """Whether `code` is a whole cell to run now, and else the indent of its next line.
+
+    Console commands (`%restart`) and help (`name?`) run at once; a blank last line ends a block;
+    otherwise the notebook's is_complete decides (`invalid` runs too, to show the SyntaxError).
+    """
+    lines = code.split("\n")
+    if not code.strip() or code.strip().endswith("?") or code.lstrip().startswith("%"):
+        return True, ""
+    if len(lines) > 1 and not lines[-1].strip():
+        return True, ""
+    answer = notebook.is_complete(code)
+    if answer.get("status") != "incomplete":
+        return True, ""
+    return False, answer.get("indent", "")
+
+
+def notebook_completer(notebook: Notebook):
+    """A prompt_toolkit Completer answered by the notebook's live namespace, given the whole cell."""
+    from prompt_toolkit.completion import Completer, Completion
+
+    class _NotebookCompleter(Completer):
+        def get_completions(self, document, complete_event):
+            try:
+                reply = notebook.complete(document.text, document.cursor_position)
+            except Exception:  # a completer must never break the prompt (the server may be away)
+                return
+            start = reply.get("cursor_start", document.cursor_position) - document.cursor_position
+            for match in reply.get("matches", []):
+                yield Completion(match, start_position=start)
+
+    return _NotebookCompleter()
+
+
+class CellEditor:
+    """A prompt_toolkit session that edits one whole cell per prompt."""
+
+    def __init__(self, notebook: Notebook, color: bool):
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.filters import Condition
+        from prompt_toolkit.history import FileHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        self.notebook = notebook
+        bindings = KeyBindings()
+
+        @Condition
+        def at_indentation() -> bool:
+            return not self.session.default_buffer.document.current_line_before_cursor.strip()
+
+        @bindings.add("enter")
+        def _enter(event) -> None:
+            buffer = event.current_buffer
+            if buffer.complete_state is not None and buffer.complete_state.current_completion is not None:
+                buffer.apply_completion(buffer.complete_state.current_completion)  # Enter picks from the menu
+                return
+            text = buffer.document.text
+            try:
+                ends, indent = cell_ends(self.notebook, text)
+            except Exception:  # the server did not answer: run it, and let the run say why
+                ends, indent = True, ""
+            if ends:
+                buffer.text = text.rstrip()
+                buffer.validate_and_handle()
+            else:
+                buffer.insert_text("\n" + indent)
+
+        @bindings.add("tab", filter=at_indentation)
+        def _indent(event) -> None:
+            event.current_buffer.insert_text(INDENT)
+
+        style = "ansigreen" if color else ""
+        self.session = PromptSession(
+            multiline=True, key_bindings=bindings, completer=notebook_completer(notebook),
+            complete_while_typing=False, complete_in_thread=True, history=FileHistory(str(HISTORY_FILE.expanduser())),
+            prompt_continuation=lambda width, line_number, wrap_count: [(style, "...: ".rjust(width))],
+            enable_history_search=False)
+        self._style = style
+
+    def read(self, count: int) -> str:
+        """One cell, or EOFError (Ctrl-D) / KeyboardInterrupt (Ctrl-C, the cell is dropped)."""
+        return self.session.prompt([(self._style, f"In [{count}]: ")])
 
 
 class RemoteConsole:
@@ -61,71 +145,7 @@ class RemoteConsole:
         self.color = sys.stdout.isatty()
         self.position = "0-0"  # feed position of the last message shown
         self.count = notebook.record.get("execution_count", 0) + 1
-        self._lines: list[str] = []  # the lines of the cell being typed, before the current one
-        self._indent = ""
-        self._readline = None
-        self._setup_readline()
-
-    # --- readline ------------------------------------------------------------------------------
-
-    def _setup_readline(self) -> None:
-        try:
-            import readline
-        except ImportError:  # no readline on this Python: plain input(), no history or completion
-            return
-        self._readline = readline
-        if "libedit" in (readline.__doc__ or ""):
-            readline.parse_and_bind("bind ^I rl_complete")
-        else:
-            readline.parse_and_bind("tab: complete")
-        readline.set_completer_delims(COMPLETER_DELIMS)
-        readline.set_completer(self._complete)
-        readline.set_pre_input_hook(self._insert_indent)
-        readline.set_history_length(HISTORY_LENGTH)
-        try:
-            readline.read_history_file(HISTORY_FILE.expanduser())
-        except OSError:  # no history yet
-            pass
-
-    def save_history(self) -> None:
-        if self._readline is not None:
-            try:
-                self._readline.write_history_file(HISTORY_FILE.expanduser())
-            except OSError as exc:
-                print(f"cannot save history: {exc}", file=sys.stderr)
-
-    def _insert_indent(self) -> None:
-        if self._indent:
-            self._readline.insert_text(self._indent)
-            self._readline.redisplay()
-
-    def _complete(self, text: str, state: int) -> str | None:
-        """readline's completer: ask the notebook once per Tab (state 0), then hand out the matches."""
-        if state == 0:
-            try:
-                self._matches = self._completions()
-            except Exception:  # a completer must never raise into readline
-                self._matches = []
-        return self._matches[state] if state < len(self._matches) else None
-
-    def _completions(self) -> list[str]:
-        readline = self._readline
-        line = readline.get_line_buffer()
-        begin, end = readline.get_begidx(), readline.get_endidx()
-        if not line[:end].strip():  # Tab at the start of a line indents
-            return ["    "]
-        before = "\n".join(self._lines + [""])
-        code = before + line
-        reply = self.notebook.complete(code, len(before) + end)
-        start = reply["cursor_start"] - len(before)  # where the notebook's matches start, in this line
-        candidates = []
-        for match in reply.get("matches", []):
-            # readline replaces line[begin:end]; the notebook replaces line[start:end]
-            if start >= begin:
-                candidates.append(line[begin:start] + match)
-            elif match.startswith(line[start:begin]):
-                candidates.append(match[begin - start:])
-        return candidates
+        self.editor = CellEditor(notebook, self.color) if sys.stdin.isatty() and sys.stdout.isatty() else None
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -136,34 +156,20 @@ class RemoteConsole:
               f"on {self.client.url}\nTab completes, name? shows help, Ctrl-C interrupts a running cell, "
               f"{leaving}.\n", flush=True)
 
-    def prompt(self, continuation: bool) -> str:
-        text = f"In [{self.count}]: "
-        if continuation:
-            text = " " * (len(text) - 5) + "...: "
-        if not self.color:
-            return text
-        return f"\001\x1b[32m\002{text}\001\x1b[0m\002"  # \001 \002: readline ignores the width
-
     def read_cell(self) -> str:
-        """Read lines until they form a complete cell (or a blank line ends an indented block)."""
-        self._lines, self._indent = [], ""
-        try:
-            while True:
-                line = input(self.prompt(continuation=bool(self._lines)))
-                self._indent = ""
-                if self._lines and not line.strip():
-                    break  # a blank line ends a block, as in IPython
-                self._lines.append(line)
-                code = "\n".join(self._lines)
-                if code.strip().endswith("?") or code.lstrip().startswith("%"):
-                    break
-                answer = self.notebook.is_complete(code)
-                if answer.get("status") != "incomplete":
-                    break
-                self._indent = answer.get("indent", "")
-            return "\n".join(self._lines)
-        finally:
-            self._lines, self._indent = [], ""
+        """The next cell: edited at a terminal, else read line by line until it is whole."""
+        if self.editor is not None:
+            return self.editor.read(self.count)
+        lines: list[str] = []
+        while True:
+            prompt = f"In [{self.count}]: " if not lines else " " * (len(f"In [{self.count}]: ") - 5) + "...: "
+            line = input(prompt)
+            if lines and not line.strip():
+                break  # a blank line ends a block, as in IPython
+            lines.append(line)
+            if cell_ends(self.notebook, "\n".join(lines))[0]:
+                break
+        return "\n".join(lines)
 
     def loop(self) -> None:
         while True:

@@ -125,6 +125,7 @@ def snapshot(client: redis.Redis) -> Snapshot:
             "alive": bool(data),  # the hash expires when the supervisor stops heartbeating
             "pid": int(data["pid"]) if data.get("pid") else None,
             "heartbeat_age_s": round(now - heartbeat, 3) if heartbeat else None,
+            "heartbeat": heartbeat,  # unix time of the last heartbeat
             "workers": int(data.get("workers") or 0),
             "max_workers": int(data.get("max_workers") or 0),
             "pools": pools,

@@ -166,18 +166,26 @@ def test_a_killed_run_leaves_no_notebook_behind_and_keep_keeps_one(service, clie
 
 # --- console -----------------------------------------------------------------------------------
 
+def spawn_console(service, home):
+    """`taskkernel console` in a pty. A pty does not answer prompt_toolkit's cursor position
+    requests as a terminal does: PROMPT_TOOLKIT_NO_CPR keeps it from waiting for the answer."""
+    pexpect = pytest.importorskip("pexpect")
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm",
+           "PROMPT_TOOLKIT_NO_CPR": "1"}
+    return pexpect.spawn(sys.executable, ["-m", "taskkernel", "console", "--url", service.api_url], env=env,
+                         encoding="utf-8", timeout=20, dimensions=(40, 200))
+
+
 def test_console_completes_runs_blocks_and_interrupts(service, client, tmp_path):
     pexpect = pytest.importorskip("pexpect")
-    env = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm"}
     before = {nb["id"] for nb in client.notebooks()}
-    console = pexpect.spawn(sys.executable, ["-m", "taskkernel", "console", "--url", service.api_url], env=env,
-                            encoding="utf-8", timeout=20, dimensions=(40, 200))
+    console = spawn_console(service, tmp_path)
     try:
         console.expect(r"In \[1\]: ")
         console.sendline("import math")
         console.expect(r"In \[2\]: ")
-        console.send("math.sq\t")  # Tab: the notebook's namespace completes it
-        console.expect("math.sqrt")
+        console.send("math.sq\t")  # Tab: the notebook's namespace completes it (one match: inserted)
+        console.expect("rt")  # the completion drawn after the cursor
         console.send("(16)\r")
         console.expect(r"Out\[2\]: \S*4\.0")
 
@@ -208,6 +216,44 @@ def test_console_completes_runs_blocks_and_interrupts(service, client, tmp_path)
     history = (tmp_path / ".taskkernel_history").read_text()
     assert "import math" in history and "math.sqrt(16)" in history
     assert {nb["id"] for nb in client.notebooks()} == before, "leaving deletes the console's notebook"
+
+
+def test_console_edits_whole_cells_with_a_completion_menu_and_cell_history(service, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    console = spawn_console(service, tmp_path)
+    try:
+        console.expect(r"In \[1\]: ")
+        console.send("import math\r")
+        console.expect(r"In \[2\]: ")
+        console.send("math.is\t")  # several matches: a menu of them, from the live namespace
+        for name in ("isclose", "isfinite", "isqrt"):
+            console.expect(name)
+        console.send("qrt(17)\r")
+        console.expect(r"Out\[2\]: \S*4")
+
+        console.expect(r"In \[3\]: ")
+        console.send("total = 0\r")
+        console.expect(r"In \[4\]: ")
+        console.send("for i in range(3):\r")  # one cell over three lines, edited as one buffer
+        console.expect(r"\.\.\.: ")
+        console.send("total += i\r")
+        console.expect(r"\.\.\.: ")
+        console.send("\r")
+        console.expect(r"In \[5\]: ")
+        console.send("\x1b[A")  # Up: the whole for-cell comes back from history, not one line of it
+        console.expect("total")
+        console.send("\r")
+        console.expect(r"\.\.\.: ")
+        console.send("\r")
+        console.expect(r"In \[6\]: ")
+        console.send("total\r")
+        console.expect(r"Out\[6\]: \S*6")  # the recalled cell ran again: 0+1+2, twice
+        console.expect(r"In \[7\]: ")
+        console.sendeof()
+        console.expect(pexpect.EOF)
+    finally:
+        console.close(force=True)
+    assert console.exitstatus == 0
 
 
 def test_every_command_has_help():

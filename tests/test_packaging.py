@@ -6,6 +6,7 @@ dependencies, and `taskkernel up` there says what to install.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,10 @@ def run(args: list, timeout: float, cwd: Path, **kwargs) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, CHECKOUT], 300, out)
+    # built from a copy: setuptools' build/ in the checkout would keep files deleted since
+    source = shutil.copytree(CHECKOUT, tmp_path_factory.mktemp("source") / "taskkernel", ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "artifacts", ".pytest_cache"))
+    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, source], 300, out)
     assert built.returncode == 0, built.stderr[-3000:]
     [path] = out.glob("taskkernel-*.whl")
     return path

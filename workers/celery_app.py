@@ -40,7 +40,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_pool_limit=max(10, settings.api_threads),
         worker_redirect_stdouts=False,
         worker_hijack_root_logger=False,
-        worker_enable_remote_control=False,
+        worker_enable_remote_control=bool(settings.task_events),  # inspect/ping, Flower; a pidbox per worker
         worker_send_task_events=bool(settings.task_events),
         task_send_sent_event=bool(settings.task_events),
         task_create_missing_queues=True,
