@@ -240,3 +240,19 @@ def ipython_notebook(service, client):
         yield nb
     finally:
         nb.close()
+
+
+def start_gateway(service: Service, output: Path | None = None, **settings) -> tuple[str, subprocess.Popen]:
+    """A `taskkernel gateway` process on the service's Redis; returns its URL and process."""
+    port = free_port()
+    process = service._start(["gateway", "--port", str(port)], output, settings)
+    url = f"http://127.0.0.1:{port}"
+    _wait_for(lambda: _http_ok(url + "/api/kernelspecs"), 30, f"gateway on {url}", process)
+    return url, process
+
+
+@pytest.fixture(scope="session")
+def gateway_url(service, tmp_path_factory) -> str:
+    """The shared service's Jupyter gateway (taskkernel/gateway), stopped with the service; its log
+    is gateway.log in the session's temporary directory."""
+    return start_gateway(service, output=tmp_path_factory.mktemp("gateway") / "gateway.log")[0]

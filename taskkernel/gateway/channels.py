@@ -49,6 +49,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         self.notebook_id = ""
         self.feed: KernelFeed | None = None
         self.engine = "python"
+        self.shutting_down = False
 
     async def prepare(self) -> None:
         try:
@@ -134,37 +135,47 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
 
     async def _answer(self, msg: dict, msg_type: str, channel: str) -> None:
         content = msg.get("content") or {}
-        reply_type = msg_type.replace("_request", "_reply")
-        if msg_type == "interrupt_request":
-            ok, _ = await self._guarded(interrupt(self.gateway, self.notebook_id))
-            self._reply(msg, reply_type, {"status": "ok" if ok else "error"}, channel)
-            return
-        if msg_type == "shutdown_request":
-            restarting = bool(content.get("restart"))
-            work = restart(self.gateway, self.notebook_id) if restarting else \
-                self.gateway.run(self.gateway.store.delete, self.notebook_id, reason="the kernel was shut down")
-            ok, _ = await self._guarded(work)
-            self._reply(msg, reply_type, {"status": "ok" if ok else "error", "restart": restarting}, channel)
-            return
         if not msg_type.endswith("_request"):  # TODO(comms): comm_open/comm_msg/comm_close (branch `fidelity`)
             log.debug("kernel %s: %s is not served", self.notebook_id, msg_type)
             return
         self._status("busy", msg["header"])
         try:
-            if msg_type in WORKER_REQUESTS:
-                reply = await self._ask_worker(msg_type, content)
-            elif msg_type == "kernel_info_request":
-                reply = self._kernel_info()
-            elif msg_type == "history_request":
-                reply = (await self._guarded(self._history(content), {"status": "ok", "history": []}))[1]
-            elif msg_type == "comm_info_request":
-                reply = {"status": "ok", "comms": {}}  # TODO(comms): the notebook's open comms
-            else:
-                reply = {"status": "error", "ename": "NotImplementedError", "evalue": f"{msg_type} is not served",
-                         "traceback": []}
-            self._reply(msg, reply_type, reply, channel)
+            reply = await self._serve(msg_type, content)
+            self._reply(msg, msg_type.replace("_request", "_reply"), reply, channel)
         finally:
             self._status("idle", msg["header"])
+            if msg_type == "shutdown_request" and not content.get("restart"):
+                self.close(1000, "the kernel was shut down")
+
+    async def _serve(self, msg_type: str, content: dict) -> dict:
+        """The reply content of a shell or control request other than execute."""
+        if msg_type == "interrupt_request":
+            ok, _ = await self._guarded(interrupt(self.gateway, self.notebook_id))
+            return {"status": "ok" if ok else "error"}
+        if msg_type == "shutdown_request":
+            restarting = bool(content.get("restart"))
+            if not restarting:
+                self.shutting_down = True  # this socket closes after its reply, not at the feed's "dead"
+            work = restart(self.gateway, self.notebook_id) if restarting else \
+                self.gateway.run(self.gateway.store.delete, self.notebook_id, reason="the kernel was shut down")
+            ok, _ = await self._guarded(work)
+            return {"status": "ok" if ok else "error", "restart": restarting}
+        if msg_type in WORKER_REQUESTS:
+            return await self._ask_worker(msg_type, content)
+        if msg_type == "kernel_info_request":
+            return self._kernel_info()
+        if msg_type == "history_request":
+            return (await self._guarded(self._history(content), {"status": "ok", "history": []}))[1]
+        if msg_type == "comm_info_request":
+            return {"status": "ok", "comms": {}}  # TODO(comms): the notebook's open comms
+        return {"status": "error", "ename": "NotImplementedError", "evalue": f"{msg_type} is not served",
+                "traceback": []}
+
+    def kernel_gone(self) -> None:
+        """The feed said the kernel is dead (deleted): close, unless this socket asked for it and
+        still owes its reply."""
+        if not self.shutting_down:
+            self.close(1000, "the kernel was shut down")
 
     async def _guarded(self, work, fallback=None) -> tuple[bool, object]:
         """(True, `work`'s result), or (False, `fallback`) on a service error, logged: a front end

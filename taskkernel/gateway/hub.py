@@ -100,7 +100,7 @@ class KernelFeed:
             self.requests.pop(cell_id, None)
         if state == "dead":
             for connection in list(self.connections):
-                connection.close(1000, "the kernel was shut down")
+                connection.kernel_gone()
 
     def close(self) -> None:
         self.task.cancel()
