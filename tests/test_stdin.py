@@ -7,6 +7,7 @@ StdinNotImplementedError, as ipykernel does. Real sandboxed engines behind real 
 
 import pytest
 
+from taskkernel import messages
 from taskkernel.client import ApiError
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,6 +40,7 @@ def test_input_asks_the_front_end_and_returns_its_answer(any_notebook):
     request = wait_for_input_request(nb, cell["id"])
     assert request["content"] == {"prompt": "name? ", "password": False}
     assert request["parent_header"]["msg_id"] == cell["id"]
+    assert messages.validate_message(request) == []
     assert nb.input_reply("Ada") == {"delivered": True}
     done = nb.wait(cell["id"], timeout=60)
     assert done["status"] == "ok", done
