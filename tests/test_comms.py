@@ -189,3 +189,18 @@ def test_comms_refuse_what_is_not_a_comm_message(ipython_notebook):
             nb.client.request("POST", f"/notebooks/{nb.id}/comms", body)
         assert (caught.value.status, caught.value.code, caught.value.details.get("field")) == \
             (400, "invalid_field", field), body
+
+
+def test_every_comm_message_conforms_to_the_wire_format(ipython_notebook):
+    from taskkernel import messages
+
+    nb = ipython_notebook
+    _, feed = run(nb, "from ipywidgets import interact\n@interact(x=(0, 10))\ndef show(x=1):\n    print(x)")
+    slider = widget_open(feed, "IntSliderModel")["content"]["comm_id"]
+    update(nb, slider, value=3)
+    run(nb, "from comm import create_comm\ncreate_comm(target_name='t', buffers=[b'1']).close()")
+    everything = list(nb.feed(timeout=1))
+    assert {"comm_open", "comm_msg", "comm_close"} <= {m["header"]["msg_type"] for m in everything}
+    assert any(m["parent_header"].get("msg_type") == "comm_msg" for m in everything)
+    for msg in everything:
+        assert messages.validate_message(msg) == [], msg

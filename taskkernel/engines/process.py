@@ -109,6 +109,7 @@ class EngineServer:
 
     def _read_loop(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # interrupts are for the main thread
+        self.stdin.reader = threading.current_thread()
         try:
             while True:
                 request, buffers = wire.receive(self.sock)

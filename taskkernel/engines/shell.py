@@ -83,7 +83,7 @@ class EngineKernel:
     def comm_manager(self):
         from taskkernel.engines import comms
 
-        return comms.MANAGER
+        return comms.manager()
 
     def get_parent(self, channel: str = "shell") -> dict:
         """The request the calling thread works for, as a message (ipykernel's get_parent); {} for none."""
