@@ -218,12 +218,14 @@ class Notebook:
         self.record = self.client.request("POST", f"/notebooks/{self.id}/restart", {})[1]
         return self.record
 
-    def feed(self, after: str = "0-0", timeout: float | None = None, redis_url: str | None = None) -> Iterator[dict]:
+    def feed(self, after: str = "0-0", timeout: float | None = None, redis_url: str | None = None,
+             read_timeout_s: float | None = None) -> Iterator[dict]:
         """Feed messages from stream position `after` (default: the start), then live.
 
         Over Server-Sent Events from the API, or straight from Redis when `redis_url` is given
         (for processes inside the deployment). Each message gets its stream position as
-        `position`. Stops after `timeout` s (over Redis: of silence), if given.
+        `position`. Stops after `timeout` s (over Redis: of silence), if given. Over SSE,
+        `read_timeout_s` of silence from the API raises TimeoutError (it keeps the line alive every 15 s).
         """
         if redis_url:
             yield from self._feed_from_redis(redis_url, after, timeout)
@@ -231,7 +233,8 @@ class Notebook:
         query = {"after": after}
         if timeout is not None:
             query["timeout"] = str(timeout)
-        conn = http.client.HTTPConnection(self.client._host, self.client._port, timeout=(timeout or 3600) + 30)
+        conn = http.client.HTTPConnection(self.client._host, self.client._port,
+                                          timeout=read_timeout_s or (timeout or 3600) + 30)
         headers = {"Accept": "text/event-stream"}
         if self.client._token:
             headers["Authorization"] = f"Bearer {self.client._token}"

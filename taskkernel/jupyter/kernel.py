@@ -4,10 +4,11 @@ The Jupyter side is ipykernel's own machinery (`Kernel` subclass, `IPKernelApp`:
 message signing, busy/idle status, heartbeat, the control thread); the taskkernel side is the HTTP
 client. On start the kernel pins a notebook on the service; then
 
-- execute: the cell is queued on the notebook (`evaluate` without wait) and the notebook's feed is
-  followed over SSE from the last position this kernel has read, so nothing is missed however fast
-  the cell is; the cell's stream/display/result/error messages are re-published on IOPub as they
-  arrive, under the execute_request's parent header, until the cell's execute_reply;
+- execute: the cell is queued on the notebook (`evaluate` without wait) and its messages are read
+  from the notebook's feed (SSE, from the last position this kernel has read, so nothing is missed
+  however fast the cell is; see feedline.py); the cell's stream/display/result/error messages are
+  re-published on IOPub as they arrive, under the execute_request's parent header, until the
+  cell's execute_reply;
 - complete / inspect / is_complete: the notebook's endpoints, which a worker answers from a side
   thread, so this kernel answers them even while a cell runs (see `shell_main`);
 - interrupt (control channel, `interrupt_mode: message`; or SIGINT): the notebook's interrupt;
@@ -15,8 +16,9 @@ client. On start the kernel pins a notebook on the service; then
   the next kernel process, started on the same connection file, takes it over;
 - history: the code this kernel ran, kept in the kernel.
 
-The feed is followed per cell rather than by one long-lived stream, because an open SSE request
-holds one of the API's request threads: an idle Jupyter kernel costs the service nothing.
+The feed stream stays open while cells come and closes `feed_linger_s` after the last one: an
+open SSE request holds one of the API's request threads, so an idle Jupyter kernel costs the
+service nothing. When the notebook's engine dies, the kernel process exits (see `_die`).
 """
 
 from __future__ import annotations
@@ -24,14 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import fnmatch
-import http.client
 import json
 import os
 import platform
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from ipykernel.kernelbase import Kernel
@@ -39,6 +39,7 @@ from traitlets import Float, Unicode
 
 from taskkernel import __version__
 from taskkernel.client import ApiError, Client, Notebook
+from taskkernel.jupyter.feedline import END, FAILED, FeedLine
 
 # Feed messages that are outputs of a cell: re-published on IOPub as they are.
 OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error",
@@ -82,6 +83,8 @@ class TaskkernelKernel(Kernel):
                                          "variables the notebook's cells get (names the service refuses, and "
                                          "TASKKERNEL_*/JUPYTER_*/JPY_*, are never sent); KERNEL_WORKING_DIR, "
                                          "when relative, is the notebook's working directory").tag(config=True)
+    feed_linger_s = Float(5.0, help="the notebook's feed stays open this long after a cell, so the next "
+                                     "cell's outputs need no new stream").tag(config=True)
     lease_s = Float(60.0, help="the notebook is opened with this lease and the kernel renews it every "
                                "third of it, so a killed kernel leaves no notebook behind (0: no lease)"
                     ).tag(config=True)
@@ -97,6 +100,7 @@ class TaskkernelKernel(Kernel):
         self.shutdown_requested = False
         self._opening = threading.Lock()  # execute and introspection may both find no notebook yet
         self._expected_restarts = 0  # "restarting" statuses on the feed this kernel asked for
+        self._line: FeedLine | None = None
 
     @property
     def kernel_info(self) -> dict:
@@ -221,45 +225,51 @@ class TaskkernelKernel(Kernel):
         """Queue the cell, re-publish its outputs live; return (execute_reply content, text result)."""
         try:
             notebook = self._open_notebook()
-            cell = notebook.evaluate(code, wait=False)
+            line = self._feed_line(notebook)
+            line.begin_cell()  # the stream opens (if closed) while the cell is being queued
+            try:
+                cell = notebook.evaluate(code, wait=False)
+            except Exception:
+                line.end_cell()
+                raise
         except Exception as exc:
             return self._bridge_error(exc, silent), None
         output = None
-        failing_since = None
-        while True:
-            feed = notebook.feed(after=self._position)
-            try:
-                for message in feed:
-                    failing_since = None
-                    self._position = message.get("position") or self._position
-                    msg_type = message["header"]["msg_type"]
-                    if msg_type == "status" and message["content"].get("execution_state") in LOST_STATES:
-                        if self._expected_restarts:  # the restart this process took over from
-                            self._expected_restarts -= 1
-                        else:  # the engine died (or was restarted) since the last cell
-                            self._die(f"the notebook's engine was lost ({message['content']['execution_state']})")
-                    if message["parent_header"].get("msg_id") != cell["id"]:
-                        continue
-                    content = message["content"]
-                    if msg_type == "execute_reply":
-                        if content.get("ename") == ENGINE_DIED:
-                            self._die(content.get("evalue", "the engine died"))
-                        return dict(content), output
-                    if msg_type == "execute_result":
-                        output = content.get("data", {}).get("text/plain")
-                    if msg_type in OUTPUT_TYPES and not silent:
-                        self.send_response(self.iopub_socket, msg_type, content, ident=self._topic(msg_type))
-                return self._bridge_error(ApiError(410, {"error": "notebook_gone",
-                                                         "message": "the notebook was deleted"}), silent), output
-            except ApiError as exc:
-                return self._bridge_error(exc, silent), output
-            except (OSError, http.client.HTTPException) as exc:  # the API went away: resume where we were
-                failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > self.retry_s:
-                    return self._bridge_error(exc, silent), output
-                time.sleep(0.5)
-            finally:
-                feed.close()
+        try:
+            while True:
+                kind, item = line.next()
+                if kind == END:
+                    return self._bridge_error(ApiError(410, {"error": "notebook_gone",
+                                                             "message": "the notebook was deleted"}), silent), output
+                if kind == FAILED:
+                    return self._bridge_error(item, silent), output
+                message = item
+                self._position = message.get("position") or self._position
+                msg_type = message["header"]["msg_type"]
+                if msg_type == "status" and message["content"].get("execution_state") in LOST_STATES:
+                    if self._expected_restarts:  # the restart this process took over from
+                        self._expected_restarts -= 1
+                    else:  # the engine died (or was restarted) since the last cell
+                        self._die(f"the notebook's engine was lost ({message['content']['execution_state']})")
+                if message["parent_header"].get("msg_id") != cell["id"]:
+                    continue
+                content = message["content"]
+                if msg_type == "execute_reply":
+                    if content.get("ename") == ENGINE_DIED:
+                        self._die(content.get("evalue", "the engine died"))
+                    return dict(content), output
+                if msg_type == "execute_result":
+                    output = content.get("data", {}).get("text/plain")
+                if msg_type in OUTPUT_TYPES and not silent:
+                    self.send_response(self.iopub_socket, msg_type, content, ident=self._topic(msg_type))
+        finally:
+            line.end_cell()
+
+    def _feed_line(self, notebook: Notebook) -> FeedLine:
+        """The kernel's one stream of its notebook's feed (a new one for a new notebook)."""
+        if self._line is None or self._line.notebook is not notebook:
+            self._line = FeedLine(notebook, self._position, linger_s=self.feed_linger_s, retry_s=self.retry_s)
+        return self._line
 
     def _die(self, reason: str) -> None:
         """End this kernel process because the notebook's namespace is gone; does not return.
