@@ -13,6 +13,16 @@ import pytest
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.fixture(params=["python", "ipython"])
+def any_notebook(request, service, client):
+    service.wait_idle("main", request.param, 1, timeout_s=60)
+    nb = client.start(request.param)
+    try:
+        yield nb
+    finally:
+        nb.close()
+
+
 def run(nb, code: str, **options) -> tuple[dict, list[dict]]:
     """Run a cell; (its record, its feed messages up to its execute_reply)."""
     cell = nb.evaluate(code, wait=False, **options)
@@ -57,8 +67,8 @@ def test_a_slider_opens_a_comm_with_its_state_on_the_feed(ipython_notebook):
     assert content["comm_id"] not in nb.comm_info("some.other.target")["comms"]
 
 
-def test_an_update_over_http_changes_the_value_a_later_cell_sees(ipython_notebook):
-    nb = ipython_notebook
+def test_an_update_over_http_changes_the_value_a_later_cell_sees(any_notebook):
+    nb = any_notebook
     _, feed = run(nb, "import ipywidgets as w\nslider = w.IntSlider(value=1)\nseen = []\n"
                       "slider.observe(lambda change: seen.append(change['new']), 'value')")
     comm_id = widget_open(feed, "IntSliderModel")["content"]["comm_id"]
@@ -68,8 +78,8 @@ def test_an_update_over_http_changes_the_value_a_later_cell_sees(ipython_noteboo
     assert cell["stdout"] == "7 [7]\n"
 
 
-def test_a_running_loop_sees_the_slider_move(ipython_notebook):
-    nb = ipython_notebook
+def test_a_running_loop_sees_the_slider_move(any_notebook):
+    nb = any_notebook
     _, feed = run(nb, "import ipywidgets as w\nslider = w.IntSlider(value=0)")
     comm_id = widget_open(feed, "IntSliderModel")["content"]["comm_id"]
     loop = nb.evaluate("import time\nstarted = time.monotonic()\nprint('looping', flush=True)\n"
@@ -84,8 +94,8 @@ def test_a_running_loop_sees_the_slider_move(ipython_notebook):
     assert done["stdout"] == "looping\nsaw 42\n"
 
 
-def test_comm_messages_from_the_kernel_carry_binary_buffers(ipython_notebook):
-    nb = ipython_notebook
+def test_comm_messages_from_the_kernel_carry_binary_buffers(any_notebook):
+    nb = any_notebook
     cell, feed = run(nb, "from comm import create_comm\n"
                          "c = create_comm(target_name='probe', data={'hello': 1}, buffers=[b'\\x00\\x01raw'])\n"
                          "c.send({'n': 2}, buffers=[memoryview(b'\\xffmore')])\nc.close({'bye': True})")
@@ -101,8 +111,8 @@ def test_comm_messages_from_the_kernel_carry_binary_buffers(ipython_notebook):
     assert nb.comm_info("probe")["comms"] == {}
 
 
-def test_a_front_end_opens_a_comm_and_its_buffers_reach_the_target(ipython_notebook):
-    nb = ipython_notebook
+def test_a_front_end_opens_a_comm_and_its_buffers_reach_the_target(any_notebook):
+    nb = any_notebook
     run(nb, "import comm\ngot = []\n"
             "def target(c, msg):\n    got.append((msg['content']['data'], [bytes(b) for b in msg['buffers']]))\n"
             "    c.on_msg(lambda m: got.append(m['content']['data']))\n"
@@ -116,8 +126,8 @@ def test_a_front_end_opens_a_comm_and_its_buffers_reach_the_target(ipython_noteb
     assert nb.comm_info()["comms"].get("c" * 32) is None
 
 
-def test_the_output_widget_captures_what_is_printed_inside_it(ipython_notebook):
-    nb = ipython_notebook
+def test_the_output_widget_captures_what_is_printed_inside_it(any_notebook):
+    nb = any_notebook
     cell, feed = run(nb, "import ipywidgets as w\nout = w.Output()\nwith out:\n    print('inside')\nprint('outside')")
     assert cell["status"] == "ok", cell
     out_id = widget_open(feed, "OutputModel")["content"]["comm_id"]
@@ -131,8 +141,8 @@ def test_the_output_widget_captures_what_is_printed_inside_it(ipython_notebook):
     assert order.index(("stream", "inside\n")) < order.index(("comm_msg", {"msg_id": ""}))
 
 
-def test_interact_reruns_its_function_when_the_front_end_moves_its_slider(ipython_notebook):
-    nb = ipython_notebook
+def test_interact_reruns_its_function_when_the_front_end_moves_its_slider(any_notebook):
+    nb = any_notebook
     cell, feed = run(nb, "from ipywidgets import interact\n"
                          "@interact(x=(0, 10))\ndef square(x=2):\n    print('square', x * x)")
     assert cell["status"] == "ok", cell
@@ -156,8 +166,8 @@ def test_interact_reruns_its_function_when_the_front_end_moves_its_slider(ipytho
                for m in of_type(seen, "comm_msg"))
 
 
-def test_tqdm_notebook_draws_its_bar_as_a_widget(ipython_notebook):
-    nb = ipython_notebook
+def test_tqdm_notebook_draws_its_bar_as_a_widget(any_notebook):
+    nb = any_notebook
     cell, feed = run(nb, "from tqdm.notebook import tqdm\nfor i in tqdm(range(5), desc='work'):\n    pass")
     assert cell["status"] == "ok", cell
     bar = widget_open(feed, "FloatProgressModel")

@@ -21,6 +21,7 @@ from taskkernel.engines import parents
 Publish = Callable[[str, dict, dict, list, dict], None]
 
 _publish: list[Publish] = []
+_on_import: list[Callable[[], object]] = []  # run once `comm` is wired (the python engine makes its shell)
 _manager: list = []  # the engine's one CommManager, once `comm` is imported
 
 
@@ -41,6 +42,8 @@ def _wire(comm) -> None:
     _manager[:] = [CommManager()]
     comm.create_comm = EngineComm
     comm.get_comm_manager = lambda: _manager[0]
+    for callback in _on_import:
+        callback()
 
 
 class _WireOnImport:
@@ -70,9 +73,11 @@ class _WireOnImport:
         sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
 
 
-def install(publish: Publish) -> None:
-    """Comms made in this process publish through `publish` (wired when `comm` is imported)."""
+def install(publish: Publish, on_import: Callable[[], object] | None = None) -> None:
+    """Comms made in this process publish through `publish` (wired when `comm` is imported, and
+    then `on_import` runs: widgets need `get_ipython()`, which the python engine makes on demand)."""
     _publish[:] = [publish]
+    _on_import[:] = [on_import] if on_import is not None else []
     if "comm" in sys.modules:
         _wire(sys.modules["comm"])
     else:

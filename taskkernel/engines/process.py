@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_interrupt)
     server = EngineServer(sock, engine, streams)
-    comms.install(server.publish_comm)
+    comms.install(server.publish_comm, on_import=getattr(engine, "ensure_shell", None))
     server.stdin.install()
     engine.start()
     server.serve()
