@@ -437,7 +437,7 @@ class NotebookStore:
 
     def submit(self, notebook_id: str, code: str, task_message: Callable[[str], tuple[str, str]], *,
                stop_on_error: bool = False, worker_timeout_s: float = 10.0, idempotency_key: str = "",
-               idempotency_ttl_s: float = 24 * 3600.0) -> "Submitted":
+               idempotency_ttl_s: float = 24 * 3600.0, options: dict | None = None) -> "Submitted":
         """Record a queued cell and enqueue the Celery task that runs it (`task_message(cell_id)`
         gives its two halves). Waits up to `worker_timeout_s` for a restarting notebook.
 
@@ -455,6 +455,8 @@ class NotebookStore:
             "stop_on_error": stop_on_error,
             "submitted": messages.now_iso(),
         }
+        if options:  # the execute_request's flags (silent, store_history, allow_stdin, user_expressions)
+            cell["options"] = json.dumps(options)
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else ""
         if digest:
             cell["idempotency"] = digest
