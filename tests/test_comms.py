@@ -214,3 +214,21 @@ def test_every_comm_message_conforms_to_the_wire_format(ipython_notebook):
     assert any(m["parent_header"].get("msg_type") == "comm_msg" for m in everything)
     for msg in everything:
         assert messages.validate_message(msg) == [], msg
+
+
+def test_a_slow_widget_callback_delays_no_cell_and_no_completion(ipython_notebook):
+    nb = ipython_notebook
+    _, feed = run(nb, "import ipywidgets as w, time\nslider = w.IntSlider()\n"
+                      "slider.observe(lambda change: time.sleep(6), 'value')")
+    comm_id = widget_open(feed, "IntSliderModel")["content"]["comm_id"]
+    nb.complete("sli")  # the first completion warms jedi up (seconds on a loaded machine)
+    mover = threading.Thread(target=update, args=(nb, comm_id), kwargs={"value": 9}, daemon=True)
+    mover.start()
+    time.sleep(0.5)  # the callback is sleeping on the engine's comm thread
+    started = time.monotonic()
+    assert nb.evaluate("'answered'")["outputs"][0]["data"]["text/plain"] == "'answered'"
+    assert "slider" in nb.complete("sli")["matches"]
+    assert time.monotonic() - started < 4
+    mover.join(30)
+    assert not mover.is_alive()
+    assert run(nb, "print(slider.value)")[0]["stdout"] == "9\n"

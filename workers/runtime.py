@@ -186,6 +186,7 @@ class Runtime:
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
         self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
+        self._comm_requests: queue.SimpleQueue[dict] = queue.SimpleQueue()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -204,7 +205,15 @@ class Runtime:
         """Start the thread that answers complete/inspect/is_complete/interrupt during a cell."""
         thread = threading.Thread(target=self._side_channel_loop, name="taskkernel-rpc", daemon=True)
         thread.start()
+        # comm messages wait for their widget's handler: on a thread of their own, in order, so a
+        # slow callback holds up no completion or interrupt behind it
+        threading.Thread(target=self._comm_loop, name="taskkernel-comms", daemon=True).start()
         return thread
+
+    def _comm_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        while True:
+            self._answer(self._comm_requests.get())
 
     def announce_starts(self) -> threading.Thread:
         """Start the thread that publishes a cell's start once it has run ANNOUNCE_AFTER_S."""
@@ -232,7 +241,9 @@ class Runtime:
                 log.warning("side channel: %r", exc)
                 time.sleep(0.5)
                 continue
-            if request is not None:
+            if request is not None and request.get("op") == "comm":
+                self._comm_requests.put(request)
+            elif request is not None:
                 self._answer(request)
 
     def _answer(self, request: dict) -> None:

@@ -5,7 +5,7 @@ ipywidgets, tqdm.notebook and every other comm user call `comm.create_comm()` an
 replaces them with its own, and so does `install` here, the moment `comm` is first imported (a
 notebook without widgets never loads it). What a comm publishes (comm_open, comm_msg,
 comm_close, with buffers) becomes an engine event under the parent the calling thread works for
-(engines/parents.py). What a front end sends reaches `deliver` on the engine's reader thread,
+(engines/parents.py). What a front end sends reaches `deliver` on the engine's comm thread,
 even while a cell runs, so a loop polling `slider.value` sees the slider move.
 """
 
