@@ -177,6 +177,7 @@ class Runtime:
         engine.on_death = self._on_engine_death
         engine.on_event = self._on_parented_event
         self._notebook_id = ""  # the notebook this worker last ran a cell of (for events between cells)
+        self._between_cells_bytes = 0  # what was published outside the running cell since it started
         self._gone = threading.Lock()
         self._budget_lock = threading.Lock()
         self._execution_count = 0  # the engine's, as its last reply said  # the running cell's output budget: pump and engine reader
@@ -271,7 +272,7 @@ class Runtime:
 
     def _deliver(self, op: str, args: dict) -> dict:
         """A front end's comm message, comm_info request or input value, to the engine at once
-        (its reader thread takes them even while a cell runs)."""
+        (it takes them even while a cell runs)."""
         self._notebook_id = str(args.get("notebook_id") or self._notebook_id)
         if op == "comm_info":
             fields = {"target_name": args["target_name"]} if args.get("target_name") else {}
@@ -294,7 +295,13 @@ class Runtime:
         if msg_type not in ENGINE_EVENTS and msg_type not in PARENTED_EVENTS and msg_type != "stream":
             return
         if run is not None and parent.get("msg_id") in (None, run.cell_id):
-            if msg_type in PARENTED_EVENTS:  # comms and input requests: live, outside the output cap
+            if msg_type in PARENTED_EVENTS:  # comms and input requests: live, no output of the cell
+                size = len(json.dumps(content, default=repr)) + sum(len(b) for b in buffers)
+                with self._budget_lock:  # but within its output limit, as everything the cell makes
+                    if run.truncated or run.output_bytes + size > run.output_limit:
+                        self._truncate(run)
+                        return
+                    run.output_bytes += size
                 msg = messages.make_message(msg_type, content, notebook_id=run.notebook_id, cell_id=run.cell_id,
                                             buffers=buffers)
                 with self._publish_lock:
@@ -310,6 +317,19 @@ class Runtime:
             return
         if msg_type == "stream" and content.get("name") not in ("stdout", "stderr"):
             return
+        size = len(json.dumps(content, default=repr)) + sum(len(b) for b in buffers)
+        with self._budget_lock:  # outside the running cell: one output limit's worth until the next starts
+            room = self.output_limit - self._between_cells_bytes
+            if room <= 0:
+                return
+            if size > room:
+                self._between_cells_bytes = self.output_limit
+                if msg_type != "stream":
+                    return
+                text = str(content.get("text", "")).encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+                content = {**content, "text": text + TRUNCATED.format(limit=self.output_limit)}
+            else:
+                self._between_cells_bytes += size
         msg = messages.make_message(msg_type, content, notebook_id=notebook_id, cell_id=parent.get("msg_id"),
                                     parent_type=str(parent.get("msg_type") or "execute_request"), buffers=buffers)
         try:
@@ -350,6 +370,8 @@ class Runtime:
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now)
         self._notebook_id = notebook_id
+        with self._budget_lock:
+            self._between_cells_bytes = 0
         self._queue("status", {"execution_state": "busy"})
         # announced here, not by the engine: a long cell is seen starting at once, and a quick
         # one's events come back in the one frame that carries its reply
