@@ -56,6 +56,7 @@ def test_a_slider_opens_a_comm_with_its_state_on_the_feed(ipython_notebook):
     opened = widget_open(feed, "IntSliderModel")
     content = opened["content"]
     assert content["target_name"] == "jupyter.widget"
+    assert opened["metadata"]["version"].split(".")[0] == "2"  # the widget protocol a front end checks
     assert content["data"]["state"]["value"] == 3
     assert content["data"]["state"]["max"] == 10
     assert opened["parent_header"]["msg_id"] == cell["id"]

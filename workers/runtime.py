@@ -282,7 +282,8 @@ class Runtime:
         buffers = messages.decode_buffers(args.get("buffers") or [])
         parent = {"msg_id": str(args["msg_id"]), "msg_type": str(args["msg_type"])}
         self.engine.request("comm", timeout_s=self.rpc_timeout_s, msg_type=str(args["msg_type"]),
-                            content=args.get("content") or {}, parent=parent, buffers=buffers)
+                            content=args.get("content") or {}, metadata=args.get("metadata") or {}, parent=parent,
+                            buffers=buffers)
         return {"msg_id": parent["msg_id"]}
 
     def _on_parented_event(self, event: dict, buffers: list[bytes]) -> None:
@@ -291,6 +292,7 @@ class Runtime:
         thread's) is published at once under that parent, never kept in another cell's record."""
         msg_type, content = str(event.get("event")), event.get("content") or {}
         parent = event.get("parent") or {}
+        metadata = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
         run = self._run
         if msg_type not in ENGINE_EVENTS and msg_type not in PARENTED_EVENTS and msg_type != "stream":
             return
@@ -304,6 +306,7 @@ class Runtime:
                     run.output_bytes += size
                 msg = messages.make_message(msg_type, content, notebook_id=run.notebook_id, cell_id=run.cell_id,
                                             buffers=buffers)
+                msg["metadata"] = metadata  # ipywidgets' protocol version rides on its comm_open here
                 with self._publish_lock:
                     run.outbox.append(msg)
                 self._flush_outbox(run)
@@ -332,6 +335,7 @@ class Runtime:
                 self._between_cells_bytes += size
         msg = messages.make_message(msg_type, content, notebook_id=notebook_id, cell_id=parent.get("msg_id"),
                                     parent_type=str(parent.get("msg_type") or "execute_request"), buffers=buffers)
+        msg["metadata"] = metadata
         try:
             self.feed.publish(notebook_id, msg)
         except redis.RedisError as exc:

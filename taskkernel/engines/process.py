@@ -185,7 +185,8 @@ class EngineServer:
         if op == "is_complete":
             return engine.is_complete(request["code"]), []
         if op == "comm":
-            comms.deliver(request["msg_type"], request.get("content") or {}, buffers, request.get("parent") or {})
+            comms.deliver(request["msg_type"], request.get("content") or {}, buffers, request.get("parent") or {},
+                          request.get("metadata") or {})
             return {}, []
         if op == "comm_info":
             return comms.info(request.get("target_name")), []
