@@ -279,7 +279,8 @@ class Notebook:
             if message["header"]["msg_type"] == "execute_reply":
                 return
 
-    def send_comm(self, msg_type: str, content: dict, buffers: list[bytes] = (), msg_id: str | None = None) -> str:
+    def send_comm(self, msg_type: str, content: dict, buffers: list[bytes] = (), msg_id: str | None = None,
+                  metadata: dict | None = None) -> str:
         """Deliver a comm_open / comm_msg / comm_close to the engine (even while a cell runs); return
         its msg_id, the parent of what the comm's handler publishes on the feed."""
         from taskkernel.messages import encode_buffers
@@ -289,6 +290,8 @@ class Notebook:
             body["buffers"] = encode_buffers(list(buffers))
         if msg_id:
             body["msg_id"] = msg_id
+        if metadata:
+            body["metadata"] = metadata
         return self.client.request("POST", f"/notebooks/{self.id}/comms", body)[1]["msg_id"]
 
     def comm_msg(self, comm_id: str, data: dict, buffers: list[bytes] = ()) -> str:

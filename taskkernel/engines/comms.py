@@ -5,7 +5,7 @@ ipywidgets, tqdm.notebook and every other comm user call `comm.create_comm()` an
 replaces them with its own, and so does `install` here, the moment `comm` is first imported (a
 notebook without widgets never loads it). What a comm publishes (comm_open, comm_msg,
 comm_close, with buffers) becomes an engine event under the parent the calling thread works for
-(engines/parents.py). What a front end sends reaches `deliver` on the engine's reader thread,
+(engines/parents.py). What a front end sends reaches `deliver` on the engine's comm thread,
 even while a cell runs, so a loop polling `slider.value` sees the slider move.
 """
 
@@ -92,12 +92,12 @@ def manager():
     return _manager[0]
 
 
-def deliver(msg_type: str, content: dict, buffers: list[bytes], parent: dict) -> None:
+def deliver(msg_type: str, content: dict, buffers: list[bytes], parent: dict, metadata: dict | None = None) -> None:
     """Hand a front end's comm_open / comm_msg / comm_close to its comm, working for `parent`
     (the request's header: output the handler prints is that request's, as on ipykernel)."""
     mgr = manager()
     handler = {"comm_open": mgr.comm_open, "comm_msg": mgr.comm_msg, "comm_close": mgr.comm_close}[msg_type]
-    msg = {"header": {**parent, "msg_type": msg_type}, "parent_header": {}, "metadata": {},
+    msg = {"header": {**parent, "msg_type": msg_type}, "parent_header": {}, "metadata": metadata or {},
            "content": content, "buffers": list(buffers)}
     with parents.working_for(parent):
         handler(None, None, msg)

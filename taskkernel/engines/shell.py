@@ -107,7 +107,10 @@ class EngineShell(InteractiveShell):
 
     @property
     def kernel(self) -> EngineKernel:
-        return EngineKernel(self)
+        kernel = self.__dict__.get("_engine_kernel")
+        if kernel is None:
+            kernel = self.__dict__["_engine_kernel"] = EngineKernel(self)
+        return kernel
 
     def get_parent(self) -> dict:
         return self.kernel.get_parent()
