@@ -57,6 +57,8 @@ def open_slider(client) -> str:
         if msg["msg_type"] == "comm_open" and \
                 msg["content"]["data"].get("state", {}).get("_model_name") == "IntSliderModel":
             assert msg["content"]["target_name"] == "jupyter.widget"
+            # JupyterLab's widget manager refuses a comm_open without the protocol version
+            assert msg["metadata"]["version"].split(".")[0] == "2"
             return msg["content"]["comm_id"]
     raise AssertionError("no comm_open of an IntSliderModel")
 

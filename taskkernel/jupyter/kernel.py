@@ -324,7 +324,8 @@ class TaskkernelKernel(Kernel):
             if parent is not None and msg_type in FORWARDED_TYPES:
                 buffers = messages.decode_buffers(message.get("buffers") or [])
                 self.session.send(self.iopub_socket, msg_type, message["content"], parent=parent,
-                                  ident=self._topic(msg_type), buffers=buffers or None)
+                                  ident=self._topic(msg_type), buffers=buffers or None,
+                                  metadata=message.get("metadata") or {})
 
     def _remember(self, taskkernel_id: str, parent: dict) -> None:
         """The Jupyter request behind a cell or comm message, for what the feed publishes under it."""
@@ -380,7 +381,8 @@ class TaskkernelKernel(Kernel):
                 with self._routing:
                     self._remember(msg["header"]["msg_id"], msg)
                 buffers = [bytes(b) for b in msg.get("buffers") or []]
-                notebook.send_comm(msg["header"]["msg_type"], msg["content"], buffers, msg_id=msg["header"]["msg_id"])
+                notebook.send_comm(msg["header"]["msg_type"], msg["content"], buffers, msg_id=msg["header"]["msg_id"],
+                                   metadata=msg.get("metadata") or None)
             finally:
                 line.end()
 
