@@ -22,7 +22,7 @@ def send_comm(notebook_id: str):
     feed (a widget's echo, an interact's output), as on ipykernel; a bridge passes the Jupyter id.
     """
     svc = current_app.extensions["taskkernel"]
-    body = json_body({"msg_type": str, "content": dict, "buffers": list, "msg_id": str},
+    body = json_body({"msg_type": str, "content": dict, "metadata": dict, "buffers": list, "msg_id": str},
                      required=("msg_type", "content"))
     if body["msg_type"] not in messages.COMM_TYPES:
         raise InvalidField(f"msg_type must be one of {', '.join(messages.COMM_TYPES)}", field="msg_type")
@@ -40,7 +40,7 @@ def send_comm(notebook_id: str):
     msg_id = body.get("msg_id") or messages.new_id()
     notebook = svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)
     args = {"notebook_id": notebook_id, "msg_type": body["msg_type"], "content": body["content"],
-            "buffers": buffers, "msg_id": msg_id}
+            "metadata": body.get("metadata", {}), "buffers": buffers, "msg_id": msg_id}
     return jsonify(rpc.call(svc.redis, notebook["worker"]["id"], "comm", args, timeout_s=svc.settings.rpc_timeout_s))
 
 

@@ -27,7 +27,7 @@ def create_notebook():
     lease_s = body.get("lease_s", 0.0)
     svc = services()
     spec = registry.get_spec(svc.settings.config_dir, engine)  # UnknownEngine -> 400
-    cwd = workspace.check_cwd(body.get("cwd", spec.get("cwd", "")))
+    cwd = workspace.check_cwd(body.get("cwd", str(spec.get("cwd") or "")))
     env = workspace.check_env(body.get("env", {}))
     token = secrets.token_urlsafe(32)
     options = {k: body[k] for k in ("restore_on_restart", "checkpoint_every_cell") if k in body}

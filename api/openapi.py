@@ -276,7 +276,7 @@ def document(settings: Settings | None = None) -> dict:
                                {"type": "object", "required": ["msg_id"]}),
                      "504": _error("the worker did not answer")},
                     body=_body({"msg_type": {"type": "string", "enum": ["comm_open", "comm_msg", "comm_close"]},
-                                "content": {"type": "object"},
+                                "content": {"type": "object"}, "metadata": {"type": "object"},
                                 "buffers": {"type": "array", "items": {"type": "string"}},
                                 "msg_id": {"type": "string"}}, ["msg_type", "content"]),
                     params=[NOTEBOOK_ID]),

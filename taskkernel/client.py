@@ -309,12 +309,14 @@ class Notebook:
         self.record = self.client.request("POST", f"/notebooks/{self.id}/restart", {})[1]
         return self.record
 
-    def feed(self, after: str = "0-0", timeout: float | None = None, redis_url: str | None = None) -> Iterator[dict]:
+    def feed(self, after: str = "0-0", timeout: float | None = None, redis_url: str | None = None,
+             read_timeout_s: float | None = None) -> Iterator[dict]:
         """Feed messages from stream position `after` (default: the start), then live.
 
         Over Server-Sent Events from the API, or straight from Redis when `redis_url` is given
         (for processes inside the deployment). Each message gets its stream position as
-        `position`. Stops after `timeout` s (over Redis: of silence), if given.
+        `position`. Stops after `timeout` s (over Redis: of silence), if given. Over SSE,
+        `read_timeout_s` of silence from the API raises TimeoutError (it keeps the line alive every 15 s).
         """
         if redis_url:
             yield from self._feed_from_redis(redis_url, after, timeout)
@@ -322,7 +324,7 @@ class Notebook:
         query = {"after": after}
         if timeout is not None:
             query["timeout"] = str(timeout)
-        conn = self.client._new_connection((timeout or 3600) + 30)
+        conn = self.client._new_connection(read_timeout_s or (timeout or 3600) + 30)
         headers = {"Accept": "text/event-stream"}
         if self.client._token:
             headers["Authorization"] = f"Bearer {self.client._token}"
@@ -368,7 +370,8 @@ class Notebook:
             if message["header"]["msg_type"] == "execute_reply":
                 return
 
-    def send_comm(self, msg_type: str, content: dict, buffers: list[bytes] = (), msg_id: str | None = None) -> str:
+    def send_comm(self, msg_type: str, content: dict, buffers: list[bytes] = (), msg_id: str | None = None,
+                  metadata: dict | None = None) -> str:
         """Deliver a comm_open / comm_msg / comm_close to the engine (even while a cell runs); return
         its msg_id, the parent of what the comm's handler publishes on the feed."""
         from taskkernel.messages import encode_buffers
@@ -378,6 +381,8 @@ class Notebook:
             body["buffers"] = encode_buffers(list(buffers))
         if msg_id:
             body["msg_id"] = msg_id
+        if metadata:
+            body["metadata"] = metadata
         return self.client.request("POST", f"/notebooks/{self.id}/comms", body)[1]["msg_id"]
 
     def comm_msg(self, comm_id: str, data: dict, buffers: list[bytes] = ()) -> str:

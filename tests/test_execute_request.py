@@ -88,3 +88,12 @@ def test_warnings_and_logging_reach_stderr(any_notebook):
     for _ in range(2):
         again, _ = run(nb, "warnings.warn('old api', DeprecationWarning)")
         assert "DeprecationWarning: old api" in again["stderr"]
+
+
+def test_a_silent_cell_still_shows_its_figure_as_on_ipykernel(any_notebook):
+    nb = any_notebook
+    cell, feed = run(nb, "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nprint('drawn')", silent=True)
+    assert cell["stdout"] == "drawn\n"
+    assert [m["header"]["msg_type"] for m in feed if m["header"]["msg_type"] != "status"] == \
+        ["stream", "display_data", "execute_reply"]
+    assert "image/png" in cell["outputs"][-1]["data"]

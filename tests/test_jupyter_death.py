@@ -82,16 +82,55 @@ def test_an_engine_killed_from_outside_during_a_cell_ends_the_kernel_process(bri
     wait_for(lambda: gone(client, notebook.id), 15, "the lost notebook to be deleted")
 
 
-def test_an_engine_lost_between_cells_ends_the_kernel_at_the_next_cell(bridge, client):
-    manager, kc, notebook = bridge
-    assert run_cell(kc, "x = 1")["status"] == "ok"
-    restarts = notebook.refresh()["restarts"]
-    os.kill(engine_pid(notebook), signal.SIGKILL)
-    wait_for(lambda: notebook.refresh()["restarts"] > restarts, 20, "the service to restart the notebook")
-    assert manager.is_alive()  # an idle bridge does not follow the feed
-    kc.execute("x")  # the namespace it would run in is not the one 'x' was set in
-    wait_for(lambda: not manager.is_alive(), 20, "the bridge kernel process to exit")
-    wait_for(lambda: gone(client, notebook.id), 15, "the lost notebook to be deleted")
+def test_an_engine_lost_just_after_a_cell_ends_the_kernel_at_once(jupyter_kernels, client):  # noqa: F811
+    """The feed stays open after a cell (feed_linger_s, here long): its 'restarting' is seen at once."""
+    manager, kc = started_with("--TaskkernelKernel.feed_linger_s=120")
+    try:
+        notebook = client.notebook(notebook_id_of(kc))
+        assert run_cell(kc, "x = 1")["status"] == "ok"
+        notebook.refresh()
+        os.kill(engine_pid(notebook), signal.SIGKILL)
+        wait_for(lambda: not manager.is_alive(), 30, "the bridge kernel process to exit")
+        wait_for(lambda: gone(client, notebook.id), 15, "the lost notebook to be deleted")
+    finally:
+        kc.stop_channels()
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+
+
+def started_with(*arguments: str):
+    import jupyter_client
+
+    manager = jupyter_client.KernelManager(kernel_name=KERNEL_NAME)
+    manager.start_kernel(extra_arguments=list(arguments))
+    kc = manager.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+    except Exception:
+        kc.stop_channels()
+        manager.shutdown_kernel(now=True)
+        raise
+    return manager, kc
+
+
+def test_an_engine_lost_while_the_kernel_idles_ends_it_at_the_next_cell(jupyter_kernels, client):  # noqa: F811
+    manager, kc = started_with("--TaskkernelKernel.feed_linger_s=0.3")
+    try:
+        notebook = client.notebook(notebook_id_of(kc))
+        assert run_cell(kc, "x = 1")["status"] == "ok"
+        time.sleep(1.5)  # the feed stream is closed: an idle kernel holds no API thread
+        restarts = notebook.refresh()["restarts"]
+        os.kill(engine_pid(notebook), signal.SIGKILL)
+        wait_for(lambda: notebook.refresh()["restarts"] > restarts, 20, "the service to restart the notebook")
+        assert manager.is_alive()
+        kc.execute("x")  # the namespace it would run in is not the one 'x' was set in
+        wait_for(lambda: not manager.is_alive(), 20, "the bridge kernel process to exit")
+        wait_for(lambda: gone(client, notebook.id), 15, "the lost notebook to be deleted")
+    finally:
+        kc.stop_channels()
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
 
 
 def test_a_restart_asked_for_is_no_death(jupyter_kernels):  # noqa: F811

@@ -71,3 +71,27 @@ def test_late_output_during_another_cell_stays_out_of_that_cell(any_notebook):
     late = late_messages(nb, first["id"], position)
     assert late[0]["content"]["text"] == "late line\n"
     assert late[1]["content"]["data"]["text/plain"] == "'late display'"
+
+
+def test_what_a_cell_makes_outside_its_outputs_stays_within_the_output_limit(private_service):
+    """Comm messages count against the cell's output limit; a thread's late output gets one limit's
+    worth until the next cell starts: neither is a way around the cap."""
+    private_service.start_supervisor(pool=1, max_output_bytes=10_000)
+    private_service.start_api()
+    with private_service.client().start() as nb:
+        cell = nb.evaluate("from comm import create_comm\nc = create_comm(target_name='flood')\n"
+                           "for i in range(50):\n    c.send({'chunk': 'x' * 1000})")
+        assert cell["status"] == "ok"
+        assert "output truncated" in cell["stderr"]
+        feed = list(nb.follow(cell["id"], timeout=30))
+        sent = [m for m in feed if m["header"]["msg_type"] == "comm_msg"]
+        assert 0 < len(sent) < 12
+        position = feed[-1]["position"]
+        started = nb.evaluate("import threading, time\ndef flood():\n    time.sleep(0.5)\n    for i in range(100):\n"
+                              "        print('y' * 1000, flush=True)\nthreading.Thread(target=flood).start()")
+        time.sleep(3)  # the thread has printed 100 KB after its cell ended
+        late = "".join(m["content"]["text"] for m in nb.feed(after=position, timeout=1)
+                       if m["header"]["msg_type"] == "stream" and m["parent_header"].get("msg_id") == started["id"])
+        assert late.startswith("y" * 1000) and "output truncated" in late
+        assert len(late) < 10_200
+        assert nb.evaluate("print('next')")["stdout"] == "next\n"

@@ -205,6 +205,7 @@ class Runtime:
         engine.on_death = self._on_engine_death
         engine.on_event = self._on_parented_event
         self._notebook_id = ""  # the notebook this worker last ran a cell of (for events between cells)
+        self._between_cells_bytes = 0  # what was published outside the running cell since it started
         self._gone = threading.Lock()
         self._budget_lock = threading.Lock()
         self._execution_count = 0  # the engine's, as its last reply said  # the running cell's output budget: pump and engine reader
@@ -221,6 +222,7 @@ class Runtime:
         self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
         self._workspace_of = ""  # the notebook whose cwd and env the engine has entered
         self._files_ready_for = ""  # the notebook whose restart hand-over of files was waited for
+        self._comm_requests: queue.SimpleQueue[dict] = queue.SimpleQueue()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -237,7 +239,15 @@ class Runtime:
         """Start the thread that answers complete/inspect/is_complete/interrupt during a cell."""
         thread = threading.Thread(target=self._side_channel_loop, name="taskkernel-rpc", daemon=True)
         thread.start()
+        # comm messages wait for their widget's handler: on a thread of their own, in order, so a
+        # slow callback holds up no completion or interrupt behind it
+        threading.Thread(target=self._comm_loop, name="taskkernel-comms", daemon=True).start()
         return thread
+
+    def _comm_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        while True:
+            self._answer(self._comm_requests.get())
 
     def announce_starts(self) -> threading.Thread:
         """Start the thread that publishes a cell's start once it has run ANNOUNCE_AFTER_S."""
@@ -265,7 +275,9 @@ class Runtime:
                 log.warning("side channel: %r", exc)
                 time.sleep(0.5)
                 continue
-            if request is not None:
+            if request is not None and request.get("op") == "comm":
+                self._comm_requests.put(request)
+            elif request is not None:
                 self._answer(request)
 
     def _answer(self, request: dict) -> None:
@@ -293,7 +305,7 @@ class Runtime:
 
     def _deliver(self, op: str, args: dict) -> dict:
         """A front end's comm message, comm_info request or input value, to the engine at once
-        (its reader thread takes them even while a cell runs)."""
+        (it takes them even while a cell runs)."""
         self._notebook_id = str(args.get("notebook_id") or self._notebook_id)
         if op == "comm_info":
             fields = {"target_name": args["target_name"]} if args.get("target_name") else {}
@@ -303,7 +315,8 @@ class Runtime:
         buffers = messages.decode_buffers(args.get("buffers") or [])
         parent = {"msg_id": str(args["msg_id"]), "msg_type": str(args["msg_type"])}
         self.engine.request("comm", timeout_s=self.rpc_timeout_s, msg_type=str(args["msg_type"]),
-                            content=args.get("content") or {}, parent=parent, buffers=buffers)
+                            content=args.get("content") or {}, metadata=args.get("metadata") or {}, parent=parent,
+                            buffers=buffers)
         return {"msg_id": parent["msg_id"]}
 
     def _on_parented_event(self, event: dict, buffers: list[bytes]) -> None:
@@ -312,13 +325,21 @@ class Runtime:
         thread's) is published at once under that parent, never kept in another cell's record."""
         msg_type, content = str(event.get("event")), event.get("content") or {}
         parent = event.get("parent") or {}
+        metadata = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
         run = self._run
         if msg_type not in ENGINE_EVENTS and msg_type not in PARENTED_EVENTS and msg_type != "stream":
             return
         if run is not None and parent.get("msg_id") in (None, run.cell_id):
-            if msg_type in PARENTED_EVENTS:  # comms and input requests: live, outside the output cap
+            if msg_type in PARENTED_EVENTS:  # comms and input requests: live, no output of the cell
+                size = len(json.dumps(content, default=repr)) + sum(len(b) for b in buffers)
+                with self._budget_lock:  # but within its output limit, as everything the cell makes
+                    if run.truncated or run.output_bytes + size > run.output_limit:
+                        self._truncate(run)
+                        return
+                    run.output_bytes += size
                 msg = messages.make_message(msg_type, content, notebook_id=run.notebook_id, cell_id=run.cell_id,
                                             buffers=buffers)
+                msg["metadata"] = metadata  # ipywidgets' protocol version rides on its comm_open here
                 with self._publish_lock:
                     run.outbox.append(msg)
                 self._flush_outbox(run)
@@ -332,8 +353,22 @@ class Runtime:
             return
         if msg_type == "stream" and content.get("name") not in ("stdout", "stderr"):
             return
+        size = len(json.dumps(content, default=repr)) + sum(len(b) for b in buffers)
+        with self._budget_lock:  # outside the running cell: one output limit's worth until the next starts
+            room = self.output_limit - self._between_cells_bytes
+            if room <= 0:
+                return
+            if size > room:
+                self._between_cells_bytes = self.output_limit
+                if msg_type != "stream":
+                    return
+                text = str(content.get("text", "")).encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+                content = {**content, "text": text + TRUNCATED.format(limit=self.output_limit)}
+            else:
+                self._between_cells_bytes += size
         msg = messages.make_message(msg_type, content, notebook_id=notebook_id, cell_id=parent.get("msg_id"),
                                     parent_type=str(parent.get("msg_type") or "execute_request"), buffers=buffers)
+        msg["metadata"] = metadata
         try:
             self.feed.publish(notebook_id, msg)
         except redis.RedisError as exc:
@@ -377,6 +412,8 @@ class Runtime:
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, messages.as_text(claimed[4]))
         self._notebook_id = notebook_id
+        with self._budget_lock:
+            self._between_cells_bytes = 0
         self._queue("status", {"execution_state": "busy"})
         # announced here, not by the engine: a long cell is seen starting at once, and a quick
         # one's events come back in the one frame that carries its reply

@@ -174,6 +174,8 @@ function onMessage(msg) {
     return;
   }
   if (!cellId) return;
+  // output of a widget callback belongs to its comm message: this console draws no widgets
+  if (msg.parent_header.msg_type && msg.parent_header.msg_type !== "execute_request") return;
   const view = cellView(cellId);
   const stick = nearBottom();
   switch (type) {

@@ -5,7 +5,7 @@ ipywidgets, tqdm.notebook and every other comm user call `comm.create_comm()` an
 replaces them with its own, and so does `install` here, the moment `comm` is first imported (a
 notebook without widgets never loads it). What a comm publishes (comm_open, comm_msg,
 comm_close, with buffers) becomes an engine event under the parent the calling thread works for
-(engines/parents.py). What a front end sends reaches `deliver` on the engine's reader thread,
+(engines/parents.py). What a front end sends reaches `deliver` on the engine's comm thread,
 even while a cell runs, so a loop polling `slider.value` sees the slider move.
 """
 
@@ -21,6 +21,7 @@ from taskkernel.engines import parents
 Publish = Callable[[str, dict, dict, list, dict], None]
 
 _publish: list[Publish] = []
+_on_import: list[Callable[[], object]] = []  # run once `comm` is wired (the python engine makes its shell)
 _manager: list = []  # the engine's one CommManager, once `comm` is imported
 
 
@@ -41,6 +42,8 @@ def _wire(comm) -> None:
     _manager[:] = [CommManager()]
     comm.create_comm = EngineComm
     comm.get_comm_manager = lambda: _manager[0]
+    for callback in _on_import:
+        callback()
 
 
 class _WireOnImport:
@@ -70,9 +73,11 @@ class _WireOnImport:
         sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
 
 
-def install(publish: Publish) -> None:
-    """Comms made in this process publish through `publish` (wired when `comm` is imported)."""
+def install(publish: Publish, on_import: Callable[[], object] | None = None) -> None:
+    """Comms made in this process publish through `publish` (wired when `comm` is imported, and
+    then `on_import` runs: widgets need `get_ipython()`, which the python engine makes on demand)."""
     _publish[:] = [publish]
+    _on_import[:] = [on_import] if on_import is not None else []
     if "comm" in sys.modules:
         _wire(sys.modules["comm"])
     else:
@@ -87,12 +92,12 @@ def manager():
     return _manager[0]
 
 
-def deliver(msg_type: str, content: dict, buffers: list[bytes], parent: dict) -> None:
+def deliver(msg_type: str, content: dict, buffers: list[bytes], parent: dict, metadata: dict | None = None) -> None:
     """Hand a front end's comm_open / comm_msg / comm_close to its comm, working for `parent`
     (the request's header: output the handler prints is that request's, as on ipykernel)."""
     mgr = manager()
     handler = {"comm_open": mgr.comm_open, "comm_msg": mgr.comm_msg, "comm_close": mgr.comm_close}[msg_type]
-    msg = {"header": {**parent, "msg_type": msg_type}, "parent_header": {}, "metadata": {},
+    msg = {"header": {**parent, "msg_type": msg_type}, "parent_header": {}, "metadata": metadata or {},
            "content": content, "buffers": list(buffers)}
     with parents.working_for(parent):
         handler(None, None, msg)

@@ -6,9 +6,10 @@ worker reads (output of C code and child processes; Python's own prints travel a
 on the socket, see streams.py). It holds no Redis connection, URL, password, token or
 settings: everything it knows comes in the `init` frame (its engine spec and limits). The main
 thread runs cells and namespace operations in order; a reader thread answers complete, inspect
-and is_complete at once, even while a cell runs, and so hands comm messages to their widgets
-(engines/comms.py) and input values to a waiting input() (engines/stdin.py). SIGINT interrupts
-the running cell. Every event names the parent it belongs to (engines/parents.py).
+and is_complete at once, even while a cell runs, and hands input values to a waiting input()
+(engines/stdin.py); a comm thread hands front-end comm messages to their widgets (engines/comms.py)
+in order, also while a cell runs, so a slow widget callback delays no other request. SIGINT
+interrupts the running cell. Every event names the parent it belongs to (engines/parents.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from taskkernel.engines.base import Engine
 from taskkernel.engines.stdin import Stdin
 from taskkernel.engines.streams import StreamSet
 
-INSTANT_OPS = ("complete", "inspect", "is_complete", "comm", "comm_info", "input_reply")
+INSTANT_OPS = ("complete", "inspect", "is_complete", "comm_info", "input_reply")
+COMM_OPS = ("comm",)  # handled in order on the comm thread
 # a cell's events that go out with the next frame rather than alone (the worker announces the
 # cell's start itself; a value or an error is followed by the reply at once)
 HELD_EVENTS = ("execute_input", "execute_result", "error")
@@ -72,6 +74,7 @@ class EngineServer:
         self.streams = streams
         self._send_lock = threading.Lock()
         self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._comm_work: queue.SimpleQueue = queue.SimpleQueue()
         self.stdin = Stdin(lambda prompt, password: self.send_event(
             "input_request", {"prompt": prompt, "password": password}, parents.current()))
         engine.emit_elsewhere = lambda msg_type, content: self.send_event(msg_type, content, parents.current())
@@ -100,6 +103,7 @@ class EngineServer:
 
     def serve(self) -> None:
         threading.Thread(target=self._read_loop, name="taskkernel-engine-reader", daemon=True).start()
+        threading.Thread(target=self._comm_loop, name="taskkernel-engine-comms", daemon=True).start()
         self.send({"ready": True, "pid": os.getpid()})
         while True:
             request, buffers = self._work.get()
@@ -109,16 +113,22 @@ class EngineServer:
 
     def _read_loop(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # interrupts are for the main thread
-        self.stdin.reader = threading.current_thread()
         try:
             while True:
                 request, buffers = wire.receive(self.sock)
                 if request.get("op") in INSTANT_OPS:
                     self._answer(request, buffers)
+                elif request.get("op") in COMM_OPS:
+                    self._comm_work.put((request, buffers))
                 else:
                     self._work.put((request, buffers))
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: so is this notebook
+
+    def _comm_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        while True:
+            self._answer(*self._comm_work.get())
 
     def _answer(self, request: dict, buffers: list[bytes]) -> None:
         rid, op = request.get("id"), request.get("op")
@@ -175,7 +185,8 @@ class EngineServer:
         if op == "is_complete":
             return engine.is_complete(request["code"]), []
         if op == "comm":
-            comms.deliver(request["msg_type"], request.get("content") or {}, buffers, request.get("parent") or {})
+            comms.deliver(request["msg_type"], request.get("content") or {}, buffers, request.get("parent") or {},
+                          request.get("metadata") or {})
             return {}, []
         if op == "comm_info":
             return comms.info(request.get("target_name")), []
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_interrupt)
     server = EngineServer(sock, engine, streams)
-    comms.install(server.publish_comm)
+    comms.install(server.publish_comm, on_import=getattr(engine, "ensure_shell", None))
     server.stdin.install()
     engine.start()
     server.serve()

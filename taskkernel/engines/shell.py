@@ -107,7 +107,10 @@ class EngineShell(InteractiveShell):
 
     @property
     def kernel(self) -> EngineKernel:
-        return EngineKernel(self)
+        kernel = self.__dict__.get("_engine_kernel")
+        if kernel is None:
+            kernel = self.__dict__["_engine_kernel"] = EngineKernel(self)
+        return kernel
 
     def get_parent(self) -> dict:
         return self.kernel.get_parent()
@@ -160,11 +163,13 @@ class EngineShell(InteractiveShell):
 def announce_ipykernel() -> None:
     """Put ipykernel's shell module in sys.modules, loaded only when first touched (LazyLoader).
 
-    tqdm.auto chooses its notebook bar when `ipykernel.zmqshell` is imported, ipywidgets and
-    matplotlib look for `ipykernel`: they see it, at no cost until one of them reads an attribute
-    (then the real module loads). Without ipykernel installed, nothing is announced.
+    tqdm.auto chooses its notebook bar when `ipykernel.zmqshell` is imported: it sees it, at no
+    cost until something reads an attribute of it (then the real module loads). `ipykernel`
+    itself is not announced: ipywidgets would then import it (ZMQ, jupyter_client: ~15 MiB) to
+    read its version, where the `comm` package serves it as well. Without ipykernel installed,
+    nothing is announced.
     """
-    if "ipykernel" in sys.modules:
+    if "ipykernel" in sys.modules or "ipykernel.zmqshell" in sys.modules:
         return
     package = importlib.util.find_spec("ipykernel")
     if package is None or not package.submodule_search_locations:
@@ -172,11 +177,10 @@ def announce_ipykernel() -> None:
     shell = importlib.machinery.PathFinder.find_spec("ipykernel.zmqshell", list(package.submodule_search_locations))
     if shell is None:
         return
-    for spec in (package, shell):
-        spec.loader = importlib.util.LazyLoader(spec.loader)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+    shell.loader = importlib.util.LazyLoader(shell.loader)
+    module = importlib.util.module_from_spec(shell)
+    sys.modules[shell.name] = module
+    shell.loader.exec_module(module)
 
 
 def make_shell(engine: Any, user_ns: dict | None = None) -> EngineShell:

@@ -28,7 +28,6 @@ class Stdin:
         self._values: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._waiting = threading.Event()
         self.allowed = False  # set per cell from its request's allow_stdin
-        self.reader: threading.Thread | None = None  # the thread that delivers answers: it cannot wait for one
 
     def install(self) -> None:
         builtins.input = self.input
@@ -58,8 +57,6 @@ class Stdin:
         raise StdinNotImplementedError(f"{name} was called, but this frontend does not support input requests.")
 
     def _ask(self, prompt: str, password: bool) -> str:
-        if threading.current_thread() is self.reader:  # a widget callback: the answer would come on this thread
-            self._refuse("raw_input (in a comm handler)")
         sys.stdout.flush()
         sys.stderr.flush()
         while not self._values.empty():  # a stale answer to an earlier, interrupted request

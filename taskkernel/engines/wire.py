@@ -18,9 +18,11 @@ the same `id` and either `reply` or `error`, and may send `event` frames with th
     checkpoint     {}                       reply: {saved, skipped, names}, one buffer per name
     restore        {names}, one buffer per name             reply: {restored, failed}
     comm           {msg_type, content, parent}, buffers     reply: {}  (comm_open / comm_msg / comm_close
-                                                        from a front end, handled on the reader thread)
+                                                        from a front end, handled in order on the comm thread)
     comm_info      {target_name?}           reply: comm_info_reply content
     input_reply    {value}                  reply: {delivered: bool}
+    workspace      {cwd, env}               reply: {cwd}  (before a notebook's first cell: chdir under HOME,
+                                                        created on demand, and os.environ.update(env))
 
 `execute` also carries `parent` (the cell's request header) and `options` (silent,
 store_history, allow_stdin, user_expressions). Besides the frames of a request, the engine sends

@@ -4,10 +4,11 @@ The Jupyter side is ipykernel's own machinery (`Kernel` subclass, `IPKernelApp`:
 message signing, busy/idle status, heartbeat, the control thread); the taskkernel side is the HTTP
 client. On start the kernel pins a notebook on the service; then
 
-- execute: the cell is queued on the notebook (`evaluate` without wait) and the notebook's feed is
-  followed over SSE from the last position this kernel has read, so nothing is missed however fast
-  the cell is; the cell's stream/display/result/error messages are re-published on IOPub as they
-  arrive, under the execute_request's parent header, until the cell's execute_reply;
+- execute: the cell is queued on the notebook (`evaluate` without wait) and its messages are read
+  from the notebook's feed (SSE, from the last position this kernel has read, so nothing is missed
+  however fast the cell is; see feedline.py); the cell's stream/display/result/error messages are
+  re-published on IOPub as they arrive, under the execute_request's parent header, until the
+  cell's execute_reply;
 - complete / inspect / is_complete: the notebook's endpoints, which a worker answers from a side
   thread, so this kernel answers them even while a cell runs (see `shell_main`);
 - interrupt (control channel, `interrupt_mode: message`; or SIGINT): the notebook's interrupt;
@@ -15,30 +16,33 @@ client. On start the kernel pins a notebook on the service; then
   the next kernel process, started on the same connection file, takes it over;
 - history: the code this kernel ran, kept in the kernel.
 
-The feed is followed per cell rather than by one long-lived stream, because an open SSE request
-holds one of the API's request threads: an idle Jupyter kernel costs the service nothing.
+The feed stream stays open while cells come and closes `feed_linger_s` after the last one: an
+open SSE request holds one of the API's request threads, so an idle Jupyter kernel costs the
+service nothing. When the notebook's engine dies, the kernel process exits (see `_die`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import fnmatch
-import http.client
 import json
 import os
 import platform
+import queue
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
+import zmq
 from ipykernel.kernelbase import Kernel
 from traitlets import Float, Unicode
 
-from taskkernel import __version__
+from taskkernel import __version__, messages
 from taskkernel.client import ApiError, Client, Notebook
+from taskkernel.jupyter.feedline import END, FAILED, FeedLine
 
 # Feed messages that are outputs of a cell: re-published on IOPub as they are.
 OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error",
@@ -47,6 +51,10 @@ OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "exec
 # thread: the worker answers introspection from its side thread, history is kept here).
 SIDE_REQUESTS = frozenset({"complete_request", "inspect_request", "is_complete_request",
                            "kernel_info_request", "history_request"})
+# What the feed carries that goes to IOPub under the Jupyter request it answers.
+FORWARDED_TYPES = OUTPUT_TYPES | frozenset(messages.COMM_TYPES)
+REMEMBERED_PARENTS = 1000  # Jupyter requests whose late output or comm echoes are still routed
+INPUT_POLL_S = 0.02  # how often a cell waiting for input() looks at the stdin channel
 HISTORY_SESSION = 1
 # The ename of the reply to a cell whose engine died under it (workers/runtime.py), and the feed
 # states that say a notebook's namespace is gone: the bridge then dies as ipykernel would.
@@ -57,6 +65,16 @@ DEATH_EXIT_STATUS = 70
 BRIDGE_ONLY_PREFIXES = ("TASKKERNEL_", "JUPYTER_", "JPY_")
 SIDECAR_SUFFIX = ".taskkernel.json"
 ABORT_MARKER_WAIT_S = 5.0  # the shell channel thread queues the stop-aborting marker within this
+
+
+class _CellRun:
+    """What the feed's reader hands the thread waiting for one cell."""
+
+    def __init__(self, silent: bool):
+        self.silent = silent
+        self.items: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self.output: str | None = None  # the execute_result's text, for history
+        self.asking = False  # an input_request is out on the stdin channel
 
 
 class TaskkernelKernel(Kernel):
@@ -83,6 +101,8 @@ class TaskkernelKernel(Kernel):
                                          "variables the notebook's cells get (names the service refuses, and "
                                          "TASKKERNEL_*/JUPYTER_*/JPY_*, are never sent); KERNEL_WORKING_DIR, "
                                          "when relative, is the notebook's working directory").tag(config=True)
+    feed_linger_s = Float(5.0, help="the notebook's feed stays open this long after a cell, so the next "
+                                     "cell's outputs need no new stream").tag(config=True)
     lease_s = Float(60.0, help="the notebook is opened with this lease and the kernel renews it every "
                                "third of it, so a killed kernel leaves no notebook behind (0: no lease)"
                     ).tag(config=True)
@@ -99,6 +119,12 @@ class TaskkernelKernel(Kernel):
         self._opening = threading.Lock()  # execute and introspection may both find no notebook yet
         self._abort_done_before_reply = False
         self._expected_restarts = 0  # "restarting" statuses on the feed this kernel asked for
+        self._line: FeedLine | None = None
+        self._routing = threading.Lock()  # the feed reader's routing vs a cell being queued
+        self._cell: tuple[str, _CellRun] | None = None  # (cell id, its waiting run) while one runs
+        self._parents: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        for msg_type in messages.COMM_TYPES:
+            self.shell_handlers[msg_type] = self._comm_from_front_end
 
     @property
     def kernel_info(self) -> dict:
@@ -202,9 +228,12 @@ class TaskkernelKernel(Kernel):
 
     async def do_execute(self, code, silent, store_history=True, user_expressions=None, allow_stdin=False,
                          *, cell_meta=None, cell_id=None):
-        # The wait for the worker runs on a thread that carries this request's context (and so its
-        # parent header, which send_response reads), leaving the event loop free for SIDE_REQUESTS.
-        reply, output = await asyncio.to_thread(self._run_cell, code, silent)
+        # The wait for the worker runs on a thread that carries this request's context (its parent
+        # header and the client's identity), leaving the event loop free for SIDE_REQUESTS.
+        options = {"silent": bool(silent), "store_history": bool(store_history), "allow_stdin": bool(allow_stdin)}
+        if user_expressions:
+            options["user_expressions"] = dict(user_expressions)
+        reply, output = await asyncio.to_thread(self._run_cell, code, options)
         if reply.get("status") == "error" and not silent and self._stops_on_error():
             await self._abort_queued_before_reply()
         if isinstance(reply.get("execution_count"), int):
@@ -213,10 +242,10 @@ class TaskkernelKernel(Kernel):
             reply["execution_count"] = self.execution_count
         if store_history and not silent:
             self._history.append((HISTORY_SESSION, self.execution_count, code, output))
-        if user_expressions:
+        if user_expressions and "user_expressions" not in reply:
             reply["user_expressions"] = {
                 name: {"status": "error", "ename": "NotImplementedError",
-                       "evalue": "taskkernel does not evaluate user_expressions", "traceback": []}
+                       "evalue": "this engine does not evaluate user_expressions", "traceback": []}
                 for name in user_expressions
             }
         return reply
@@ -259,49 +288,160 @@ class TaskkernelKernel(Kernel):
             return
         super()._abort_queues(subshell_id)
 
-    def _run_cell(self, code: str, silent: bool) -> tuple[dict, str | None]:
-        """Queue the cell, re-publish its outputs live; return (execute_reply content, text result)."""
+    def _run_cell(self, code: str, options: dict) -> tuple[dict, str | None]:
+        """Queue the cell and wait for its reply while the feed's reader re-publishes its outputs
+        (see `_route`); answer its input_requests. Returns (execute_reply content, text result)."""
+        silent = options["silent"]
+        parent = self.get_parent("shell")
+        ident = self._get_shell_context_var(self._shell_parent_ident)
+        run = _CellRun(silent)
         try:
             notebook = self._open_notebook()
-            cell = notebook.evaluate(code, wait=False)
+            line = self._feed_line(notebook)
+            line.begin()  # the stream opens (if closed) while the cell is being queued
+            try:
+                # under the routing lock: the reader holds the cell's first messages until its id is known
+                with self._routing:
+                    cell = notebook.evaluate(code, wait=False, **options)
+                    self._remember(cell["id"], parent)
+                    self._cell = (cell["id"], run)
+            except Exception:
+                line.end()
+                raise
         except Exception as exc:
             return self._bridge_error(exc, silent), None
-        output = None
-        failing_since = None
-        while True:
-            feed = notebook.feed(after=self._position)
+        try:
+            while True:
+                try:
+                    kind, item = run.items.get(timeout=INPUT_POLL_S if run.asking else None)
+                except queue.Empty:
+                    self._poll_input(notebook, run)
+                    continue
+                if kind == END:
+                    return self._bridge_error(ApiError(410, {"error": "notebook_gone",
+                                                             "message": "the notebook was deleted"}), silent), run.output
+                if kind == FAILED:
+                    return self._bridge_error(item, silent), run.output
+                msg_type, content = item["header"]["msg_type"], item["content"]
+                if msg_type == "input_request":
+                    self._ask_front_end(run, content, parent, ident)
+                elif msg_type == "execute_reply":
+                    if content.get("ename") == ENGINE_DIED:
+                        self._die(content.get("evalue", "the engine died"))
+                    return dict(content), run.output
+        finally:
+            with self._routing:
+                self._cell = None
+            line.end()
+
+    def _route(self, kind: str, item) -> None:
+        """Every item of the feed, on the reader thread: a running cell's messages and those of
+        earlier cells (a thread's late output) or of a front end's comm messages (a widget's
+        echo) go to IOPub under the Jupyter request they answer; the reply and input_requests go
+        to the cell waiting for them; a notebook restarted behind the kernel's back ends it."""
+        with self._routing:
+            cell_id, run = self._cell or (None, None)
+            if kind != "message":
+                if run is not None:
+                    run.items.put((kind, item))
+                return
+            message = item
+            self._position = message.get("position") or self._position
+            msg_type = message["header"]["msg_type"]
+            if msg_type == "status" and message["content"].get("execution_state") in LOST_STATES:
+                if self._expected_restarts:  # the restart this process took over from
+                    self._expected_restarts -= 1
+                else:  # the engine died (or was restarted) since the last cell
+                    self._die(f"the notebook's engine was lost ({message['content']['execution_state']})")
+            parent_id = message["parent_header"].get("msg_id")
+            if run is not None and parent_id == cell_id:
+                if msg_type in ("execute_reply", "input_request"):
+                    run.items.put(("message", message))
+                    return
+                if msg_type == "execute_result":
+                    run.output = message["content"].get("data", {}).get("text/plain")
+                if run.silent:
+                    return
+            parent = self._parents.get(parent_id)
+            if parent is not None and msg_type in FORWARDED_TYPES:
+                buffers = messages.decode_buffers(message.get("buffers") or [])
+                self.session.send(self.iopub_socket, msg_type, message["content"], parent=parent,
+                                  ident=self._topic(msg_type), buffers=buffers or None,
+                                  metadata=message.get("metadata") or {})
+
+    def _remember(self, taskkernel_id: str, parent: dict) -> None:
+        """The Jupyter request behind a cell or comm message, for what the feed publishes under it."""
+        self._parents[taskkernel_id] = parent
+        while len(self._parents) > REMEMBERED_PARENTS:
+            self._parents.popitem(last=False)
+
+    def _feed_line(self, notebook: Notebook) -> FeedLine:
+        """The kernel's one stream of its notebook's feed (a new one for a new notebook)."""
+        if self._line is None or self._line.notebook is not notebook:
+            self._line = FeedLine(notebook, self._route, self._position, linger_s=self.feed_linger_s,
+                                  retry_s=self.retry_s)
+        return self._line
+
+    # --- stdin ------------------------------------------------------------------------------
+
+    def _ask_front_end(self, run: "_CellRun", content: dict, parent: dict, ident) -> None:
+        """The cell's input() wants a line: ask the front end on the stdin channel, as ipykernel does
+        (the engine refuses input() itself when the request did not allow stdin)."""
+        while True:  # replies to an earlier, abandoned request are stale
             try:
-                for message in feed:
-                    failing_since = None
-                    self._position = message.get("position") or self._position
-                    msg_type = message["header"]["msg_type"]
-                    if msg_type == "status" and message["content"].get("execution_state") in LOST_STATES:
-                        if self._expected_restarts:  # the restart this process took over from
-                            self._expected_restarts -= 1
-                        else:  # the engine died (or was restarted) since the last cell
-                            self._die(f"the notebook's engine was lost ({message['content']['execution_state']})")
-                    if message["parent_header"].get("msg_id") != cell["id"]:
-                        continue
-                    content = message["content"]
-                    if msg_type == "execute_reply":
-                        if content.get("ename") == ENGINE_DIED:
-                            self._die(content.get("evalue", "the engine died"))
-                        return dict(content), output
-                    if msg_type == "execute_result":
-                        output = content.get("data", {}).get("text/plain")
-                    if msg_type in OUTPUT_TYPES and not silent:
-                        self.send_response(self.iopub_socket, msg_type, content, ident=self._topic(msg_type))
-                return self._bridge_error(ApiError(410, {"error": "notebook_gone",
-                                                         "message": "the notebook was deleted"}), silent), output
-            except ApiError as exc:
-                return self._bridge_error(exc, silent), output
-            except (OSError, http.client.HTTPException) as exc:  # the API went away: resume where we were
-                failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > self.retry_s:
-                    return self._bridge_error(exc, silent), output
-                time.sleep(0.5)
+                self.stdin_socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                break
+        self.session.send(self.stdin_socket, "input_request",
+                          {"prompt": content.get("prompt", ""), "password": bool(content.get("password"))},
+                          parent, ident=ident)
+        run.asking = True
+
+    def _poll_input(self, notebook: Notebook, run: "_CellRun") -> None:
+        """Deliver the front end's input_reply, if it came, to the waiting cell."""
+        if not self.stdin_socket.poll(0):
+            return
+        _, reply = self.session.recv(self.stdin_socket, mode=zmq.NOBLOCK)
+        if reply is None:
+            return
+        run.asking = False
+        try:
+            notebook.input_reply(str(reply["content"].get("value", "")))
+        except ApiError as exc:  # the cell was interrupted or ended meanwhile
+            self.log.info("taskkernel: input_reply not delivered: %r", exc)
+
+    # --- comms ------------------------------------------------------------------------------
+
+    async def _comm_from_front_end(self, stream, ident, msg) -> None:
+        """A front end's comm_open / comm_msg / comm_close (a widget moved), delivered to the engine
+        even while a cell runs; what its handler publishes comes back on the feed under this message."""
+        def deliver():
+            notebook = self._open_notebook()
+            line = self._feed_line(notebook)
+            line.begin()
+            try:
+                with self._routing:
+                    self._remember(msg["header"]["msg_id"], msg)
+                buffers = [bytes(b) for b in msg.get("buffers") or []]
+                notebook.send_comm(msg["header"]["msg_type"], msg["content"], buffers, msg_id=msg["header"]["msg_id"],
+                                   metadata=msg.get("metadata") or None)
             finally:
-                feed.close()
+                line.end()
+
+        try:
+            await asyncio.to_thread(deliver)
+        except Exception as exc:
+            self.log.warning("taskkernel: %s not delivered: %r", msg["header"]["msg_type"], exc)
+
+    async def comm_info_request(self, stream, ident, parent):
+        """The engine's open comms (ipywidgets asks for them when a front end reconnects)."""
+        target_name = parent["content"].get("target_name")
+        try:
+            content = await asyncio.to_thread(lambda: self._open_notebook().comm_info(target_name))
+        except Exception as exc:
+            self.log.warning("taskkernel: comm_info failed: %r", exc)
+            content = {"status": "ok", "comms": {}}
+        self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": {}, **content}, parent, ident)
 
     def _die(self, reason: str) -> None:
         """End this kernel process because the notebook's namespace is gone; does not return.
