@@ -12,6 +12,7 @@ from flask import Blueprint, current_app, jsonify, request
 from taskkernel import feed, messages
 from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.api.validation import json_body
+from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import InvalidField
 from taskkernel.workers.tasks import evaluate_message
 
@@ -19,6 +20,8 @@ blueprint = Blueprint("cells", __name__)
 log = logging.getLogger("taskkernel.api")
 
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+REPLY_MARGIN_S = 0.5  # an evaluate with wait answers within its timeout and this (to read the cell)
+MIN_DEADLINE_S = 2.0  # and never sooner than this: recording the cell needs its round trips
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/evaluate")
@@ -34,6 +37,8 @@ def evaluate(notebook_id: str):
     timeout_s = body.get("timeout", svc.settings.wait_timeout_s)
     if not 0 <= timeout_s <= svc.settings.max_wait_timeout_s:
         raise InvalidField(f"field 'timeout' must be between 0 and {svc.settings.max_wait_timeout_s:g} s", field="timeout")
+    if body.get("wait"):
+        set_deadline(max(timeout_s + REPLY_MARGIN_S, MIN_DEADLINE_S))  # heard by its own timeout, Redis frozen or not
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidField(f"header {IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters",

@@ -240,3 +240,26 @@ def ipython_notebook(service, client):
         yield nb
     finally:
         nb.close()
+
+
+@pytest.fixture
+def frozen_redis_service(config_dir):
+    """A service on a Redis of its own, which the test may SIGSTOP (and its processes); (service, server).
+
+    Everything is sent SIGCONT before it is stopped, so a test failing mid-freeze leaves nothing stopped.
+    """
+    server = RedisServer().start()
+    svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
+    try:
+        yield svc, server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        for process in svc.processes:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        svc.close()
+        server.stop()

@@ -18,30 +18,12 @@ from pathlib import Path
 import pytest
 
 from taskkernel import keys
-from taskkernel.redis_server import RedisServer
 from tests.conftest import Service, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 TTL_S, INTERVAL_S = 2.0, 0.5
 HOST = {"host_ttl_s": TTL_S, "heartbeat_interval_s": INTERVAL_S}
-
-
-@pytest.fixture
-def frozen_redis_service(config_dir):
-    """A service on a Redis of its own, which the test may SIGSTOP; (service, server)."""
-    server = RedisServer().start()
-    svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
-    try:
-        yield svc, server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        for process in svc.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGCONT)
-        svc.close()
-        server.stop()
 
 
 def descendants(pid: int) -> list[int]:

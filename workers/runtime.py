@@ -390,6 +390,10 @@ class Runtime:
     def run_call(self, notebook_id: str, op: str, args: dict, reply_key: str) -> None:
         """Perform a namespace operation queued behind the notebook's cells; answer on `reply_key`."""
         request = {"reply": reply_key}
+        if args.get("not_after") is not None and time.time() > float(args["not_after"]):
+            rpc.answer(self.redis, request, error=f"{op} was not started: its caller stopped waiting", code="expired")
+            log.info("%s for notebook %s not started: its caller stopped waiting", op, notebook_id)
+            return
         worker = self.redis.hget(keys.notebook(notebook_id), "worker")
         if worker is None or worker.decode() != self.worker_id:
             rpc.answer(self.redis, request, error="the notebook moved to another worker", code="notebook_gone")
