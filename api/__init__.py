@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -30,6 +31,9 @@ class Services:
     store: NotebookStore
     celery: Celery
     feed_slots: threading.BoundedSemaphore  # one per SSE stream, so streams never starve other calls
+    # set when the API process is told to stop: feed streams end (followers resume elsewhere with
+    # Last-Event-ID) and waiting evaluates answer 202 at once, so a restart takes a second, not 30
+    stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:

@@ -52,7 +52,8 @@ def evaluate(notebook_id: str):
     cell = submitted.cell
     if body.get("wait") and cell["state"] != "done":
         try:
-            reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], submitted.position, timeout_s)
+            reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], submitted.position, timeout_s,
+                                        stop=svc.stopping)
             record = feed.cell_record_from_reply(reply) if reply else None
             cell = messages.cell_from_redis(record) if record else svc.store.get_cell(cell["id"])
         except redis.RedisError as exc:  # the cell is recorded and may run: say so, never 503

@@ -55,7 +55,7 @@ def notebook_feed(notebook_id: str):
         position = after
         started = last_sent = time.monotonic()
         yield ": taskkernel feed\n\n"
-        while True:
+        while not svc.stopping.is_set():  # this API is stopping: the follower resumes on the next one
             if limit_s and time.monotonic() - started > limit_s:
                 return
             for position, message in feed.read_stream(svc.redis, notebook_id, position, block_ms=1000):

@@ -56,8 +56,8 @@ class Service:
         self.processes.append(process)
         return process
 
-    def start_api(self, output: Path | None = None, **settings) -> str:
-        port = free_port()
+    def start_api(self, output: Path | None = None, port: int | None = None, **settings) -> str:
+        port = port or free_port()
         process = self._start(["api", "--port", str(port)], output, settings)
         url = f"http://127.0.0.1:{port}"
         _wait_for(lambda: _http_ok(url + "/api/engines"), 30, f"API on {url}", process)
