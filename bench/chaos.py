@@ -231,7 +231,9 @@ def count(tally: Tally, svc: Service, submitters: list[Submitter], homes: dict[s
             ran = json.loads(client.notebook(nb_id).evaluate("import json; json.dumps(ran)", timeout=10)
                              ["outputs"][0]["data"]["text/plain"].strip("'"))
         except (ApiError, OSError, ValueError, KeyError, IndexError) as exc:
-            tally.notes.append(f"{nb_id[:8]}: ran unreadable ({exc!r})")
+            statuses = dict(Counter(submitter.statuses.values()))
+            tally.notes.append(f"{nb_id[:8]} (on {homes[nb_id]}): its namespace has no `ran` ({exc!r}); "
+                               f"its cells ended {statuses}")
             ran = []
         tally.twice += sum(n - 1 for n in Counter(ran).values() if n > 1)
         if ran != sorted(ran):
