@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from bench.services import Processes, wait_until
+from bench.services import Processes, descendants, wait_until
 from taskkernel import keys
 from taskkernel.client import ApiError, Client
 from taskkernel.redis_server import RedisServer, free_port
@@ -90,10 +90,17 @@ class Service:
         if self.server.process is not None and self.server.process.poll() is None:
             os.kill(self.server.process.pid, signal.SIGCONT)
         for process in self.hosts.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGCONT)
+            for pid in [process.pid, *descendants(process.pid)]:
+                _signal(pid, signal.SIGCONT)
         self.processes.stop_all()
         self.server.stop()
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _answers(url: str) -> bool:
@@ -157,12 +164,16 @@ def inject(fault: str, svc: Service) -> None:
         os.kill(svc.server.process.pid, signal.SIGSTOP)
         time.sleep(3 * TTL_S)
         os.kill(svc.server.process.pid, signal.SIGCONT)
-    elif fault == "host_freeze":
-        os.killpg(svc.hosts["hostB"].pid, signal.SIGSTOP)
+    elif fault == "host_freeze":  # the supervisor, its workers and engines (each in a group of its own)
+        host = [svc.hosts["hostB"].pid, *descendants(svc.hosts["hostB"].pid)]
+        for pid in host:
+            os.kill(pid, signal.SIGSTOP)
         time.sleep(3 * TTL_S)
-        os.killpg(svc.hosts["hostB"].pid, signal.SIGCONT)
+        for pid in host:
+            _signal(pid, signal.SIGCONT)
     elif fault == "host_kill":
-        os.killpg(svc.hosts["hostB"].pid, signal.SIGKILL)
+        for pid in [svc.hosts["hostB"].pid, *descendants(svc.hosts["hostB"].pid)]:
+            _signal(pid, signal.SIGKILL)
     elif fault == "api_restart":
         old = svc.api
         svc.api = svc.start_api()  # binds the same port beside the old one

@@ -255,11 +255,29 @@ def frozen_redis_service(config_dir):
     finally:
         if server.process is not None and server.process.poll() is None:
             os.kill(server.process.pid, signal.SIGCONT)
-        for process in svc.processes:
+        for process in svc.processes:  # and what they forked (workers have process groups of their own)
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
+                for pid in [process.pid, *descendants(process.pid)]:
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
         svc.close()
         server.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc's parent links), children first."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
