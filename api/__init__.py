@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from celery import Celery
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
+from taskkernel.deadlines import DeadlineConnection, set_deadline
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
 
@@ -29,6 +31,9 @@ class Services:
     store: NotebookStore
     celery: Celery
     feed_slots: threading.BoundedSemaphore  # one per SSE stream, so streams never starve other calls
+    # set when the API process is told to stop: feed streams end (followers resume elsewhere with
+    # Last-Event-ID) and waiting evaluates answer 202 at once, so a restart takes a second, not 30
+    stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
@@ -41,9 +46,10 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
     if client is None:
+        bounded = {"connection_class": DeadlineConnection} if settings.redis_url.startswith("redis://") else {}
         pool = redis.BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=max(16, settings.api_threads * 2), timeout=10,
-            health_check_interval=30,
+            health_check_interval=30, **bounded,
         )
         client = redis.Redis(connection_pool=pool)
     app.extensions["taskkernel"] = Services(
@@ -54,6 +60,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         feed_slots=threading.BoundedSemaphore(settings.feed_subscriber_limit),
     )
     errors.register(app)
+    app.before_request(lambda: set_deadline(settings.request_deadline_s))  # views may set their own
+    app.teardown_request(lambda exc: set_deadline(None))
     auth.register(app, settings)
     app.register_blueprint(engines.blueprint, url_prefix="/api")
     app.register_blueprint(notebooks.blueprint, url_prefix="/api")

@@ -12,6 +12,7 @@ from flask import Blueprint, current_app, jsonify, request
 from taskkernel import feed, messages
 from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.api.validation import request_body
+from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import InvalidField
 from taskkernel.workers.tasks import evaluate_message
 
@@ -21,6 +22,8 @@ log = logging.getLogger("taskkernel.api")
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # the execute_request fields an evaluate may set, with their Jupyter meaning (default: off, on, off, {})
 EXECUTE_OPTIONS = ("silent", "store_history", "allow_stdin", "user_expressions")
+REPLY_MARGIN_S = 0.5  # an evaluate with wait answers within its timeout and this (to read the cell)
+MIN_DEADLINE_S = 2.0  # and never sooner than this: recording the cell needs its round trips
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/evaluate")
@@ -35,6 +38,8 @@ def evaluate(notebook_id: str):
     body = request_body()
     options = {k: body[k] for k in EXECUTE_OPTIONS if k in body}
     timeout_s = body.get("timeout", svc.settings.wait_timeout_s)
+    if body.get("wait"):
+        set_deadline(max(timeout_s + REPLY_MARGIN_S, MIN_DEADLINE_S))  # heard by its own timeout, Redis frozen or not
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidField(f"header {IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters",
@@ -48,7 +53,8 @@ def evaluate(notebook_id: str):
     cell = submitted.cell
     if body.get("wait") and cell["state"] != "done":
         try:
-            reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], submitted.position, timeout_s)
+            reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], submitted.position, timeout_s,
+                                        stop=svc.stopping)
             record = feed.cell_record_from_reply(reply) if reply else None
             cell = messages.cell_from_redis(record) if record else svc.store.get_cell(cell["id"])
         except redis.RedisError as exc:  # the cell is recorded and may run: say so, never 503

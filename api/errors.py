@@ -36,7 +36,11 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = HTTP_CODES.get(exc.code, "http_error")
-        return jsonify({"error": code, "message": exc.description}), exc.code
+        response = jsonify({"error": code, "message": exc.description})
+        for name, value in exc.get_headers():  # 405's Allow, as RFC 9110 requires
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, exc.code
 
     @app.errorhandler(redis.RedisError)
     def redis_error(exc: redis.RedisError):

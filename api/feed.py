@@ -14,6 +14,7 @@ import time
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from taskkernel import feed
+from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import InvalidField, TooManySubscribers
 
 blueprint = Blueprint("feed", __name__)
@@ -44,6 +45,7 @@ def notebook_feed(notebook_id: str):
                                  "feed streams; retry later or subscribe to Redis directly")
 
     def events():
+        set_deadline(None)  # a stream lasts as long as its follower wants
         try:
             yield from _events()
         finally:
@@ -53,7 +55,7 @@ def notebook_feed(notebook_id: str):
         position = after
         started = last_sent = time.monotonic()
         yield ": taskkernel feed\n\n"
-        while True:
+        while not svc.stopping.is_set():  # this API is stopping: the follower resumes on the next one
             if limit_s and time.monotonic() - started > limit_s:
                 return
             for position, message in feed.read_stream(svc.redis, notebook_id, position, block_ms=1000):

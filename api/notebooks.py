@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 from flask import Blueprint, current_app, jsonify
 
-from taskkernel import rpc, workspace
+from taskkernel import keys, rpc, workspace
 from taskkernel.api.auth import token_digest
 from taskkernel.api.validation import request_body
 from taskkernel.engines import registry
@@ -98,8 +99,13 @@ def _introspect(notebook_id: str, op: str):
         args["cursor_pos"] = cursor_pos
     if "detail_level" in body:
         args["detail_level"] = body["detail_level"]
-    notebook = svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)
-    return jsonify(rpc.call(svc.redis, notebook["worker"]["id"], op, args, timeout_s=svc.settings.rpc_timeout_s))
+    deadline = time.monotonic() + svc.settings.rpc_timeout_s
+    while True:  # a worker retired meanwhile (a restart) is not waited on: its successor is asked
+        worker = svc.store.wait_for_worker(notebook_id, svc.settings.assign_timeout_s)["worker"]["id"]
+        result = rpc.call(svc.redis, worker, op, args, timeout_s=max(0.01, deadline - time.monotonic()),
+                          still_there=lambda: svc.redis.hget(keys.notebook(notebook_id), "worker") == worker.encode())
+        if result is not rpc.MOVED:
+            return jsonify(result)
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/complete")

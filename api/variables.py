@@ -8,24 +8,36 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 
 from flask import Blueprint, current_app, jsonify, request
 
 from taskkernel import keys, rpc
 from taskkernel.api.validation import request_body
-from taskkernel.exceptions import InvalidField
+from taskkernel.deadlines import set_deadline
+from taskkernel.exceptions import EngineUnavailable, InvalidField
 from taskkernel.messages import new_id
 from taskkernel.workers.tasks import call_message
 
 blueprint = Blueprint("variables", __name__)
+START_GRACE_S = 1.0  # an operation the worker started just before its not_after may answer this late
 
 
 def _call(notebook_id: str, op: str, args: dict, timeout_s: float | None = None):
     svc = current_app.extensions["taskkernel"]
+    wait_s = timeout_s or svc.settings.rpc_timeout_s
+    set_deadline(svc.settings.assign_timeout_s + wait_s + 1.0)
     reply_key = keys.reply(new_id())
+    # the worker does not start the operation after this (wall clock, as hosts share it): a caller
+    # told 504 is not surprised by a checkpoint or a restore that runs later
+    args = {**args, "not_after": time.time() + wait_s}
     svc.store.enqueue(notebook_id, call_message(svc.celery, notebook_id, op, args, reply_key),
                       worker_timeout_s=svc.settings.assign_timeout_s)
-    return rpc.wait_reply(svc.redis, reply_key, op, timeout_s or svc.settings.rpc_timeout_s)
+    try:
+        return rpc.wait_reply(svc.redis, reply_key, op, wait_s + START_GRACE_S)
+    except EngineUnavailable as exc:
+        raise EngineUnavailable(f"the notebook's worker did not answer {op!r} within {wait_s:g} s; it is not "
+                                "started after that (one already under way may still finish)", op=op) from exc
 
 
 def _check_name(name: str) -> None:

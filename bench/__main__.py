@@ -31,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.only and args.only.strip() == "chaos":  # its own services and faults: see bench/chaos.py
+        from bench import chaos
+
+        return chaos.main(["--quick"] if args.quick else [])
     plan = QUICK if args.quick else FULL
     steps = tuple(int(s) for s in args.scale_steps.split(",")) if args.scale_steps else None
     plan = plan.with_counts(reps=args.reps, rt_runs=args.runs, scale_steps=steps)

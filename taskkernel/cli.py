@@ -143,6 +143,11 @@ def cmd_api(settings: Settings) -> int:
             self.cfg.set("threads", settings.api_threads)
             self.cfg.set("timeout", 0)  # evaluate with wait may hold a request open for long
             self.cfg.set("keepalive", 30)
+            # a replacement binds while this one drains, and draining is short: feed streams and
+            # waiting evaluates end when the worker is told to stop (_stop_streams_on_sigterm)
+            self.cfg.set("reuse_port", True)
+            self.cfg.set("graceful_timeout", API_GRACEFUL_S)
+            self.cfg.set("post_worker_init", _stop_streams_on_sigterm)
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("logger_class", server.GunicornLogger)
@@ -173,6 +178,23 @@ def cmd_gateway(settings: Settings) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+API_GRACEFUL_S = 3  # seconds after SIGTERM at which requests still running are cut (gunicorn: an int)
+
+
+def _stop_streams_on_sigterm(worker) -> None:
+    """gunicorn's post_worker_init hook: SIGTERM also sets the app's `stopping`, which ends its
+    feed streams and its waits for cells within a second (see api.Services.stopping)."""
+    stopping = worker.wsgi.extensions["taskkernel"].stopping
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        stopping.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def cmd_up(settings: Settings) -> int:

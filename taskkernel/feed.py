@@ -8,6 +8,7 @@ supervisor reporting a death, the API aborting cells).
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import redis
@@ -18,6 +19,7 @@ from taskkernel.messages import as_text
 # Blocking reads are cut into slices shorter than redis-py's socket timeout (5 s by default),
 # so a dead connection is still noticed while no blocking call is ever mistaken for one.
 MAX_BLOCK_MS = 4000
+STOP_CHECK_MS = 250  # how often a wait that may be stopped looks at its stop event
 
 # A Lua function shared by every script that publishes (this module's, and the runtime's script
 # that finishes a cell): each message gets "seq" prepended, is XADDed with its type and parent cell
@@ -82,19 +84,21 @@ def last_position(client: redis.Redis, notebook_id: str) -> str:
 
 
 def wait_for_reply(client: redis.Redis, notebook_id: str, cell_id: str, after: str,
-                   timeout_s: float) -> dict | None:
+                   timeout_s: float, stop: threading.Event | None = None) -> dict | None:
     """Block until the cell's execute_reply appears in the stream after `after`.
 
     Returns the reply's stream entry fields as text (with "r", the finished cell record as a JSON
-    list of field/value pairs, when the worker could attach it), or None on timeout.
+    list of field/value pairs, when the worker could attach it), or None on timeout or, within
+    STOP_CHECK_MS, once `stop` is set.
     """
     deadline = time.monotonic() + timeout_s
     stream = keys.feed_stream(notebook_id)
+    block_ms = MAX_BLOCK_MS if stop is None else STOP_CHECK_MS
     while True:
         remaining_ms = int((deadline - time.monotonic()) * 1000)
-        if remaining_ms <= 0:
+        if remaining_ms <= 0 or (stop is not None and stop.is_set()):
             return None
-        answer = client.xread({stream: after}, count=500, block=min(remaining_ms, MAX_BLOCK_MS))
+        answer = client.xread({stream: after}, count=500, block=min(remaining_ms, block_ms))
         if not answer:
             continue
         for entry_id, fields in answer[0][1]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -28,12 +29,16 @@ REPLY_TTL_S = 60
 WORKER_ERRORS = {"variable_not_found": VariableNotFound, "no_checkpoint": NoCheckpoint,
                  "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest}
 MAX_BLOCK_S = 4.0  # below redis-py's default 5 s socket timeout
+MOVED_CHECK_S = 0.25  # how often a wait checks that the worker asked still serves the notebook
+MOVED = object()  # what a wait returns when it did (the caller asks the notebook's new worker)
 
 
 def call(client: redis.Redis, worker_id: str, op: str, args: dict | None = None, timeout_s: float = 10.0,
-         wait: bool = True):
+         wait: bool = True, still_there: Callable[[], bool] | None = None):
     """Ask worker `worker_id` to perform `op`; return its result, or None when not waiting.
 
+    With `still_there`, asked every MOVED_CHECK_S while waiting: when it says False (the worker
+    was retired, the notebook restarted) the wait ends at once with MOVED instead of running out.
     Raises EngineUnavailable when no answer comes within `timeout_s` seconds.
     """
     request_id = new_id()
@@ -45,15 +50,20 @@ def call(client: redis.Redis, worker_id: str, op: str, args: dict | None = None,
     pipe.execute()
     if not wait:
         return None
-    return wait_reply(client, reply_key, op, timeout_s)
+    return wait_reply(client, reply_key, op, timeout_s, still_there)
 
 
-def wait_reply(client: redis.Redis, reply_key: str, op: str, timeout_s: float) -> dict:
-    """The answer pushed on `reply_key`; EngineUnavailable on timeout, or the worker's error."""
+def wait_reply(client: redis.Redis, reply_key: str, op: str, timeout_s: float,
+               still_there: Callable[[], bool] | None = None):
+    """The answer pushed on `reply_key`; EngineUnavailable on timeout, or the worker's error;
+    MOVED as soon as `still_there()` says the worker asked is no longer the notebook's."""
     deadline = time.monotonic() + timeout_s
     answer = None
+    block_s = MOVED_CHECK_S if still_there is not None else MAX_BLOCK_S
     while answer is None and time.monotonic() < deadline:
-        answer = client.blpop([reply_key], timeout=max(0.01, min(MAX_BLOCK_S, deadline - time.monotonic())))
+        answer = client.blpop([reply_key], timeout=max(0.01, min(block_s, deadline - time.monotonic())))
+        if answer is None and still_there is not None and not still_there():
+            return MOVED
     if answer is None:
         raise EngineUnavailable(f"the notebook's worker did not answer {op!r} within {timeout_s:g} s "
                                 "(a long cell may be running ahead of it)", op=op)

@@ -55,6 +55,9 @@ class Settings:
     assign_timeout_s: float = 10.0  # how long a create waits for an idle worker
     rpc_timeout_s: float = 10.0  # complete/inspect/is_complete answers
     wait_timeout_s: float = 30.0  # default `timeout` of evaluate with wait
+    # an API call's Redis work ends by this, even with Redis frozen (evaluate with wait: by its
+    # `timeout` + REPLY_MARGIN_S); above assign_timeout_s and rpc_timeout_s, which it bounds
+    request_deadline_s: float = 15.0
     max_wait_timeout_s: float = 3600.0
     idempotency_ttl_s: float = 24 * 3600.0  # how long an evaluate's Idempotency-Key returns the same cell
     cell_timeout_s: float = 0.0  # 0: no wall-time limit per cell

@@ -56,8 +56,8 @@ class Service:
         self.processes.append(process)
         return process
 
-    def start_api(self, output: Path | None = None, **settings) -> str:
-        port = free_port()
+    def start_api(self, output: Path | None = None, port: int | None = None, **settings) -> str:
+        port = port or free_port()
         process = self._start(["api", "--port", str(port)], output, settings)
         url = f"http://127.0.0.1:{port}"
         _wait_for(lambda: _http_ok(url + "/api/engines"), 30, f"API on {url}", process)
@@ -256,3 +256,44 @@ def gateway_url(service, tmp_path_factory) -> str:
     """The shared service's Jupyter gateway (taskkernel/gateway), stopped with the service; its log
     is gateway.log in the session's temporary directory."""
     return start_gateway(service, output=tmp_path_factory.mktemp("gateway") / "gateway.log")[0]
+
+
+@pytest.fixture
+def frozen_redis_service(config_dir):
+    """A service on a Redis of its own, which the test may SIGSTOP (and its processes); (service, server).
+
+    Everything is sent SIGCONT before it is stopped, so a test failing mid-freeze leaves nothing stopped.
+    """
+    server = RedisServer().start()
+    svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
+    try:
+        yield svc, server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        for process in svc.processes:  # and what they forked (workers have process groups of their own)
+            if process.poll() is None:
+                for pid in [process.pid, *descendants(process.pid)]:
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+        svc.close()
+        server.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc's parent links), children first."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found

@@ -341,3 +341,33 @@ def raw_evaluate_wait(api_url: str, notebook_id: str) -> tuple[int, dict, dict]:
         return response.status, json.loads(response.read()), dict(response.getheaders())
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("reached_redis", [True, False], ids=["answer-lost", "never-sent"])
+def test_a_claim_that_meets_redis_failing_is_retried_and_the_cell_runs_once(private_service, reached_redis):
+    """The worker has the cell's message off the queue: a failed claim must not lose the cell
+    (it stayed queued forever), and a repeated claim that had reached Redis is the same claim."""
+    client = redis.Redis.from_url(private_service.redis_url)
+    worker_id = f"w-claim-{reached_redis}"
+    notebook_id = a_pinned_notebook(client, worker_id)
+    cell = NotebookStore(client).submit(notebook_id, "1 + 1", lambda cell_id: ("", "")).cell
+    runtime = Runtime(client, EngineStub(), CaptureStub(), worker_id=worker_id, output_limit=1 << 20,
+                      checkpoints=None)
+    script = runtime._claim
+    calls = []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            if reached_redis:
+                script(*args, **kwargs)
+                raise redis.TimeoutError("Timeout reading from socket")
+            raise redis.ConnectionError("Connection refused")
+        return script(*args, **kwargs)
+
+    runtime._claim = failing_once
+    assert runtime.run_cell(cell["id"], notebook_id) == "ok"
+    assert len(calls) == 2
+    done = NotebookStore(client).get_cell(cell["id"])
+    assert (done["state"], done["status"]) == ("done", "ok")
+    assert len(replies_of(client, notebook_id, cell["id"])) == 1

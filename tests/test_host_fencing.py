@@ -13,52 +13,16 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from taskkernel import keys
-from taskkernel.redis_server import RedisServer
-from tests.conftest import Service, pid_alive, wait_for
+from tests.conftest import Service, descendants, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 TTL_S, INTERVAL_S = 2.0, 0.5
 HOST = {"host_ttl_s": TTL_S, "heartbeat_interval_s": INTERVAL_S}
-
-
-@pytest.fixture
-def frozen_redis_service(config_dir):
-    """A service on a Redis of its own, which the test may SIGSTOP; (service, server)."""
-    server = RedisServer().start()
-    svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
-    try:
-        yield svc, server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        for process in svc.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGCONT)
-        svc.close()
-        server.stop()
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (from /proc), children first."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
 
 
 def feed_of(svc: Service, notebook_id: str, cell_id: str) -> list[dict]:
@@ -81,7 +45,10 @@ def test_a_host_frozen_past_the_ttl_is_given_up_and_fenced_when_it_thaws(frozen_
     wait_for(lambda: any(m["content"].get("text") == "before\n" for m in feed_of(svc, nb.id, cell["id"])),
              20, "the cell to print")
     supervisor = svc.supervisors[frozen]
-    os.killpg(supervisor.pid, signal.SIGSTOP)  # the supervisor, its workers and their engines
+    host = [supervisor.pid, *descendants(supervisor.pid)]  # workers have process groups of their own
+    assert old_worker in host
+    for pid in host:  # the supervisor, its workers and their engines
+        os.kill(pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
     wait_for(lambda: (nb.refresh()["worker"] or {}).get("host") == "watcher", 20, "the notebook to move")
     assert time.monotonic() - stopped_at >= TTL_S, "given up only after a whole TTL of silence"
@@ -99,7 +66,11 @@ def test_a_host_frozen_past_the_ttl_is_given_up_and_fenced_when_it_thaws(frozen_
     assert not any(m["content"].get("text") == "after\n" for m in feed_of(svc, nb.id, cell["id"])), \
         "the fenced worker published nothing"
 
-    os.killpg(supervisor.pid, signal.SIGCONT)
+    for pid in host:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
     wait_for(lambda: not pid_alive(old_worker), 20, "the thawed supervisor to stop its given-up worker")
     svc.wait_idle(frozen, "python", 1, timeout_s=60, process=supervisor)  # and to refill its pool
     again = nb.evaluate("'x' in globals()", timeout=30)

@@ -37,20 +37,26 @@ log = logging.getLogger("taskkernel.worker")
 # worker id and a fresh attempt id: only this run may complete it); returns {code, stop_on_error,
 # restore_pending, checkpoint_every_cell, epoch, options}.  Fenced: only while the notebook is pinned to
 # this worker in the epoch it was pinned in (a worker given up while its host was unreachable,
-# coming back, claims nothing).
+# coming back, claims nothing).  Repeating a claim that reached Redis (its answer was lost with
+# the connection) returns the same answer: the cell is running under this very token.
 _CLAIM_LUA = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return false end
+local state, claim = unpack(redis.call('HMGET', KEYS[1], 'state', 'claim'))
+local again = state == 'running' and claim == ARGV[5]
+if state ~= 'queued' and not again then return false end
 if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] then return false end
 local epoch = redis.call('HGET', KEYS[2], 'epoch') or ''
 if epoch ~= (redis.call('HGET', KEYS[3], 'epoch') or '') then return false end
-redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[4], 'claim', ARGV[5])
-redis.call('LREM', KEYS[4], 1, ARGV[1])
-redis.call('HSET', KEYS[2], 'state', 'busy', 'last_activity', ARGV[3])
-redis.call('HSET', KEYS[3], 'cell', ARGV[1], 'cell_started', ARGV[3])
-local cell = redis.call('HMGET', KEYS[1], 'code', 'stop_on_error', 'options')
-local nb = redis.call('HMGET', KEYS[2], 'restore_pending', 'checkpoint_every_cell')
-redis.call('HDEL', KEYS[2], 'restore_pending')
-return {cell[1], cell[2], nb[1] or '', nb[2] or '', epoch, cell[3] or ''}
+if not again then
+  local restore = redis.call('HGET', KEYS[2], 'restore_pending') or ''
+  redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[4], 'claim', ARGV[5], 'claim_restore', restore)
+  redis.call('LREM', KEYS[4], 1, ARGV[1])
+  redis.call('HSET', KEYS[2], 'state', 'busy', 'last_activity', ARGV[3])
+  redis.call('HSET', KEYS[3], 'cell', ARGV[1], 'cell_started', ARGV[3])
+  redis.call('HDEL', KEYS[2], 'restore_pending')
+end
+local cell = redis.call('HMGET', KEYS[1], 'code', 'stop_on_error', 'claim_restore', 'options')
+local every = redis.call('HGET', KEYS[2], 'checkpoint_every_cell')
+return {cell[1], cell[2], cell[3] or '', every or '', epoch, cell[4] or ''}
 """
 
 # Publish a running cell's live messages, only while it runs under this run's claim and its
@@ -391,11 +397,20 @@ class Runtime:
             self._files_ready_for = notebook_id
         now = time.time()
         claim = f"{self.worker_id}:{secrets.token_hex(8)}"
-        claimed = self._claim(
-            keys=[keys.cell(cell_id), keys.notebook(notebook_id), keys.worker(self.worker_id),
-                  keys.notebook_pending(notebook_id)],
-            args=[cell_id, self.worker_id, now, messages.now_iso(), claim],
-        )
+        deadline = time.monotonic() + FINAL_WRITE_RETRY_S
+        while True:  # the message is off the queue: if Redis is away, the cell waits for it, not lost
+            try:
+                claimed = self._claim(
+                    keys=[keys.cell(cell_id), keys.notebook(notebook_id), keys.worker(self.worker_id),
+                          keys.notebook_pending(notebook_id)],
+                    args=[cell_id, self.worker_id, now, messages.now_iso(), claim],
+                )
+                break
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("claiming cell %s: Redis is unavailable (%r); retrying", cell_id, exc)
+                time.sleep(0.5)
         if not claimed:
             log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id,
                      extra={"notebook_id": notebook_id, "cell_id": cell_id})
@@ -493,6 +508,10 @@ class Runtime:
     def run_call(self, notebook_id: str, op: str, args: dict, reply_key: str) -> None:
         """Perform a namespace operation queued behind the notebook's cells; answer on `reply_key`."""
         request = {"reply": reply_key}
+        if args.get("not_after") is not None and time.time() > float(args["not_after"]):
+            rpc.answer(self.redis, request, error=f"{op} was not started: its caller stopped waiting", code="expired")
+            log.info("%s for notebook %s not started: its caller stopped waiting", op, notebook_id)
+            return
         worker = self.redis.hget(keys.notebook(notebook_id), "worker")
         if worker is None or worker.decode() != self.worker_id:
             rpc.answer(self.redis, request, error="the notebook moved to another worker", code="notebook_gone")
