@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench import files as bench_files
 from bench import machine, profiling
 from bench.floors import EchoClient, RedisFloor
 from bench.jupyter import GatewayKernel, IPyKernel, peer_a_missing, peer_b_missing
@@ -22,7 +23,7 @@ from bench.stats import percentile
 from bench.taskkernel_side import HttpEvaluator, result_text, stream_lines
 from taskkernel.client import ApiError, Notebook
 
-FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge")
+FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge", "files")
 
 F_RT = "1. round trip of `1+1`"
 F_OPEN = "2. notebook open"
@@ -45,7 +46,7 @@ FLOOR_PING = "floor: Redis PING"
 FLOOR_PUBSUB = "floor: Redis PUBLISH -> subscriber"
 
 TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_STREAM, "memory": F_MEM,
-          "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE}
+          "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE, "files": bench_files.FIGURE}
 
 COMPLETION_CODE = "import math; math.sq"
 
@@ -757,9 +758,18 @@ class Bench:
                               "so min = median = max")
 
 
+    # --- 9. files ---------------------------------------------------------------------------------
+
+    def figure_files(self) -> None:
+        """100 MB up and down a notebook's directory against curl of a static file (bench/files.py)."""
+        bench_files.measure(self.stack, self.processes, self.results, size_mb=bench_files.size_mb(self.plan.quick),
+                            reps=self.plan.reps, log=self.log)
+
+
 def targets(plan: Plan) -> list[Target]:
     """The issue's targets, as ratios of medians measured in this run."""
     metric_open = "create -> first result of `1+1` (ms)"
+    files_mb = bench_files.size_mb(plan.quick)
     found = [
         Target("round trip p50 <= 0.5 x Jupyter direct", F_RT, "p50 (ms)", OURS_HTTP, PEER_A, 0.5),
         Target("round trip p50 <= 0.1 x Jupyter over HTTP", F_RT, "p50 (ms)", OURS_HTTP, PEER_B, 0.1),
@@ -776,5 +786,10 @@ def targets(plan: Plan) -> list[Target]:
                f"open notebooks held with p99 < {plan.scale_p99_ms:g} ms at {plan.scale_rate_per_s:g} cells/s",
                OURS, at_least=200,
                skip="not judged with --quick (a tiny step only)" if plan.quick else ""),
+        # >= 0.5 x curl's throughput is <= 2 x its time
+        Target("file upload (100 MiB) >= 0.5 x curl of a static file", bench_files.FIGURE,
+               bench_files.metric_time(files_mb), bench_files.OURS_UP, bench_files.PEER, 2.0),
+        Target("file download (100 MiB) >= 0.5 x curl of a static file", bench_files.FIGURE,
+               bench_files.metric_time(files_mb), bench_files.OURS_DOWN, bench_files.PEER, 2.0),
     ]
     return found

@@ -28,8 +28,21 @@ FIGURE = "9. files"
 OURS_UP = "taskkernel upload (curl -T, PUT)"
 OURS_DOWN = "taskkernel download (curl, GET)"
 PEER = "curl of a static file (python -m http.server)"
-METRIC_S = "100 MB: time (s)"
-METRIC_MBPS = "100 MB: throughput (MB/s)"
+
+
+def size_mb(quick: bool) -> int:
+    """The file's size in a run of the whole bench (`--quick`: a tenth)."""
+    return 10 if quick else 100
+
+
+def metric_time(size_mb: int) -> str:
+    return f"{size_mb} MiB: time (s)"
+
+
+def metric_rate(size_mb: int) -> str:
+    return f"{size_mb} MiB: throughput (MB/s)"
+
+
 METRIC_RSS = "API RSS above idle, peak during the transfer (MiB)"
 
 
@@ -81,7 +94,7 @@ def measure(stack: Stack, processes: Processes, results: Results, *, size_mb: in
     """Add the files figure's rows to `results` (interleaved repetitions: peer, upload, download)."""
     if shutil.which("curl") is None:
         for system in (PEER, OURS_UP, OURS_DOWN):
-            results.missing(FIGURE, system, METRIC_S, "s", "curl is not installed (apt-get install curl)")
+            results.missing(FIGURE, system, metric_time(size_mb), "s", "curl is not installed (apt-get install curl)")
         return
     size = size_mb * 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="bench-files-") as directory:
@@ -104,8 +117,9 @@ def measure(stack: Stack, processes: Processes, results: Results, *, size_mb: in
                     idle = tree_rss(api_pid)
                     with MemorySampler(api_pid) as sampler:
                         seconds = curl(*args)
-                    results.add(FIGURE, system, METRIC_S, "s", [seconds])
-                    results.add(FIGURE, system, METRIC_MBPS, "MB/s", [size / 1e6 / seconds], higher_is_better=True)
+                    results.add(FIGURE, system, metric_time(size_mb), "s", [seconds])
+                    results.add(FIGURE, system, metric_rate(size_mb), "MB/s", [size / 1e6 / seconds],
+                                higher_is_better=True)
                     if system != PEER:
                         results.add(FIGURE, system, METRIC_RSS, "MiB", [max(0, sampler.peak - idle) / 2**20])
                     log(f"files rep {rep + 1} {system}: {seconds:.3f} s, {size / 1e6 / seconds:.0f} MB/s, "

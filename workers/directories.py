@@ -21,6 +21,20 @@ log = logging.getLogger("taskkernel.supervisor")
 STASH = ".stash"
 
 
+SOCKETS = ".sockets"  # the workers' local file sockets (workers/files.py), 0700, the service's user
+
+
+def socket_path(root: Path, worker_id: str) -> Path:
+    return root / SOCKETS / worker_id
+
+
+def remove_socket(root: Path, worker_id: str) -> None:
+    try:
+        socket_path(root, worker_id).unlink()
+    except FileNotFoundError:
+        pass
+
+
 def stash_dir(root: Path) -> Path:
     return root / STASH
 

@@ -318,6 +318,7 @@ class Supervisor:
         """Clean up after a worker; if it was serving a notebook, fail its cell and re-home it."""
         self._keep_directory(child)
         sandbox.remove_directory(self.sandbox_root, child.worker_id)
+        directories.remove_socket(self.sandbox_root, child.worker_id)
         cgroups.remove(child.worker_id)
         wkey = keys.worker(child.worker_id)
         info = {k.decode(): v.decode() for k, v in self.redis.hgetall(wkey).items()}
