@@ -35,6 +35,14 @@ def remove_socket(root: Path, worker_id: str) -> None:
         pass
 
 
+def clear(root: Path) -> None:
+    """Remove the stashes and sockets under `root` (a supervisor starting on a used directory)."""
+    for name in (STASH, SOCKETS):
+        target = root / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+
+
 def stash_dir(root: Path) -> Path:
     return root / STASH
 

@@ -130,6 +130,7 @@ class Supervisor:
             root = Path(tempfile.mkdtemp(prefix=f"taskkernel-{self.host}-"))
             self._own_sandbox_root = True
         os.chmod(root, 0o711)
+        directories.clear(root)  # a previous run's stashes and sockets serve no notebook of this one
         return root
 
     def pool_size(self, engine: str) -> int:
