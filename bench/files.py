@@ -132,11 +132,11 @@ def measure(stack: Stack, processes: Processes, results: Results, *, size_mb: in
             notebook.close()
             processes.stop(server)
     results.note(FIGURE, f"{size_mb} MiB of random bytes; curl is the client for all three; the peer is "
-                         "`python -m http.server` serving the file from the same disk on loopback; taskkernel "
-                         "streams through Redis in 1 MiB frames, 8 in flight (taskkernel/files.py), to the "
-                         "notebook's worker and its file helper (as the engine's uid); RSS is of the API's "
-                         "gunicorn arbiter + worker, sampled every 10 ms")
-
+                         "`python -m http.server` serving the file from the same disk on loopback; the API "
+                         "runs on the worker's host, so it takes the fd the worker's file helper opened (as "
+                         "the engine's uid) over the worker's local socket: upload by splice(2) from the "
+                         "client's socket, download by sendfile; RSS is of the API's gunicorn arbiter + "
+                         "worker, sampled every 10 ms")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -420,3 +420,26 @@ def test_a_notebooks_own_token_reaches_its_files_and_no_other_notebooks(private_
         refused(lambda: intruder.read_file("private.txt"), 401, "unauthorized")
         refused(lambda: intruder.write_file("planted.txt", b"x"), 401, "unauthorized")
         refused(lambda: Client(private_service.api_url).notebook(mine.id), 401, "unauthorized")
+
+
+def test_a_refused_uploads_unread_body_is_never_taken_for_the_next_request(service, notebook):
+    value(notebook.evaluate("import os; os.symlink('/etc', 'etc'); 1"))
+    notebook.write_file("ok.txt", b"next")
+    parsed = urllib.parse.urlsplit(service.api_url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    try:
+        body = os.urandom(300_000)  # bytes the server never reads: they must not be taken for a request
+        conn.request("PUT", f"/api/notebooks/{notebook.id}/files/etc/x", body=body)
+        refused_response = conn.getresponse()
+        assert (refused_response.status, b"unsafe_path" in refused_response.read()) == (400, True)
+        # the server may close the connection (HTTP lets it) but never reads the body as a request
+        try:
+            conn.request("GET", f"/api/notebooks/{notebook.id}/files/ok.txt")
+            answer = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            conn.request("GET", f"/api/notebooks/{notebook.id}/files/ok.txt")
+            answer = conn.getresponse()
+        assert (answer.status, answer.read()) == (200, b"next")
+    finally:
+        conn.close()
