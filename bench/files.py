@@ -28,6 +28,7 @@ FIGURE = "9. files"
 OURS_UP = "taskkernel upload (curl -T, PUT)"
 OURS_DOWN = "taskkernel download (curl, GET)"
 PEER = "curl of a static file (python -m http.server)"
+FLOOR_WRITE = "floor: copying the file on the same disk (shutil.copyfile)"
 
 
 def size_mb(quick: bool) -> int:
@@ -112,6 +113,9 @@ def measure(stack: Stack, processes: Processes, results: Results, *, size_mb: in
             url = f"{stack.url}/api/notebooks/{notebook.id}/files/big.bin"
             curl("-T", str(big), url)  # warm-up: the helper starts, the page cache holds the file
             for rep in range(reps):
+                started = time.perf_counter()
+                shutil.copyfile(big, Path(directory) / "copy.bin")  # what writing the bytes costs this disk
+                results.add(FIGURE, FLOOR_WRITE, metric_time(size_mb), "s", [time.perf_counter() - started])
                 for system, args in ((PEER, [f"http://127.0.0.1:{port}/big.bin"]),
                                      (OURS_UP, ["-T", str(big), url]), (OURS_DOWN, [url])):
                     idle = tree_rss(api_pid)
@@ -132,7 +136,9 @@ def measure(stack: Stack, processes: Processes, results: Results, *, size_mb: in
             notebook.close()
             processes.stop(server)
     results.note(FIGURE, f"{size_mb} MiB of random bytes; curl is the client for all three; the peer is "
-                         "`python -m http.server` serving the file from the same disk on loopback; the API "
+                         "`python -m http.server` serving the file from the same disk on loopback; each upload "
+                         "replaces the file (a write, where the peer only reads: the floor row is a plain "
+                         "copy of the file on the same disk); the API "
                          "runs on the worker's host, so it takes the fd the worker's file helper opened (as "
                          "the engine's uid) over the worker's local socket: upload by splice(2) from the "
                          "client's socket, download by sendfile; RSS is of the API's gunicorn arbiter + "
