@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench import files as bench_files
 from bench import machine, profiling
 from bench.floors import EchoClient, RedisFloor
 from bench.jupyter import GatewayKernel, IPyKernel, peer_a_missing, peer_b_missing
@@ -22,7 +23,8 @@ from bench.stats import percentile
 from bench.taskkernel_side import HttpEvaluator, result_text, stream_lines
 from taskkernel.client import ApiError, Notebook
 
-FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge", "nbclient")
+FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge", "files",
+           "nbclient")
 
 F_RT = "1. round trip of `1+1`"
 F_OPEN = "2. notebook open"
@@ -32,7 +34,7 @@ F_MEM = "5. memory"
 F_SCALE = "6. scale"
 F_COMPLETE = "7. completion"
 F_BRIDGE = "8. Jupyter bridge"
-F_NBCLIENT = "9. nbclient's test suite"
+F_NBCLIENT = "12. nbclient's test suite"
 NBCLIENT_PASSED = "tests passed"
 BRIDGE = "taskkernel kernel (Jupyter bridge, jupyter_client)"
 
@@ -47,7 +49,7 @@ FLOOR_PING = "floor: Redis PING"
 FLOOR_PUBSUB = "floor: Redis PUBLISH -> subscriber"
 
 TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_STREAM, "memory": F_MEM,
-          "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE,
+          "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE, "files": bench_files.FIGURE,
           "nbclient": F_NBCLIENT}
 
 COMPLETION_CODE = "import math; math.sq"
@@ -388,7 +390,7 @@ class Bench:
                                f"5 warm-up cells, then {runs} round trips of `1+1`, each done when its "
                                "execute_reply and IOPub idle are in")
 
-    # --- 9. nbclient's own test suite ------------------------------------------------------------
+    # --- 12. nbclient's own test suite ------------------------------------------------------------
 
     def figure_nbclient(self) -> None:
         """nbclient's tests/test_client.py (fetched from PyPI) on ipykernel and on the bridge, one
@@ -792,9 +794,18 @@ class Bench:
                               "so min = median = max")
 
 
+    # --- 9. files ---------------------------------------------------------------------------------
+
+    def figure_files(self) -> None:
+        """100 MB up and down a notebook's directory against curl of a static file (bench/files.py)."""
+        bench_files.measure(self.stack, self.processes, self.results, size_mb=bench_files.size_mb(self.plan.quick),
+                            reps=self.plan.reps, log=self.log)
+
+
 def targets(plan: Plan) -> list[Target]:
     """The issue's targets, as ratios of medians measured in this run."""
     metric_open = "create -> first result of `1+1` (ms)"
+    files_mb = bench_files.size_mb(plan.quick)
     found = [
         Target("round trip p50 <= 0.5 x Jupyter direct", F_RT, "p50 (ms)", OURS_HTTP, PEER_A, 0.5),
         Target("round trip p50 <= 0.1 x Jupyter over HTTP", F_RT, "p50 (ms)", OURS_HTTP, PEER_B, 0.1),
@@ -814,5 +825,10 @@ def targets(plan: Plan) -> list[Target]:
         Target("nbclient's test suite: as many tests pass on the bridge (ipython engine) as on ipykernel",
                F_NBCLIENT, NBCLIENT_PASSED, f"{BRIDGE}, ipython engine", PEER_A, 1.0, higher_is_better=True,
                skip="not run with --quick" if plan.quick else ""),
+        # >= 0.5 x curl's throughput is <= 2 x its time
+        Target("file upload (100 MiB) >= 0.5 x curl of a static file", bench_files.FIGURE,
+               bench_files.metric_time(files_mb), bench_files.OURS_UP, bench_files.PEER, 2.0),
+        Target("file download (100 MiB) >= 0.5 x curl of a static file", bench_files.FIGURE,
+               bench_files.metric_time(files_mb), bench_files.OURS_DOWN, bench_files.PEER, 2.0),
     ]
     return found

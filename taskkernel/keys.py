@@ -5,6 +5,7 @@
     taskkernel:engine_counts             hash   engine -> open notebooks (for quotas)
     taskkernel:leases                    zset   notebooks opened with a lease, by when it runs out
     taskkernel:nb:<nb>                   hash   the notebook record (engine, worker, state, counts)
+                                                (files_from: a restart's files on their way)
     taskkernel:nb:<nb>:cells             list   cell ids in submission order
     taskkernel:nb:<nb>:pending           list   cell ids queued and not yet started
     taskkernel:nb:<nb>:seq               string feed sequence number of the notebook
@@ -14,6 +15,7 @@
     taskkernel:feed:<nb>                 channel the notebook's live feed (JSON Jupyter messages)
     taskkernel:stream:<nb>               stream the same messages, capped, for replay and waiting
     taskkernel:worker:<w>                hash   a worker process (host, pid, engine, queue, state, notebook, cell)
+                                                (and files_socket, files_boot: its local file socket)
     taskkernel:worker:<w>:rpc            list   side-channel requests (complete, inspect, interrupt, ...)
     taskkernel:reply:<request>           list   one side-channel answer
     taskkernel:worker:<w>:files          list   file requests for the worker's file service (put, get, list, ...)

@@ -34,6 +34,9 @@ OUR_ROWS = [
     ("5. memory", "taskkernel", "RSS, one idle notebook (MiB)"),
     ("6. scale", "taskkernel", "open notebooks held with p99 < 50 ms at 10 cells/s"),
     ("7. completion", "taskkernel", "p50 (ms)"),
+    ("9. files", "taskkernel upload (curl -T, PUT)", "10 MiB: time (s)"),
+    ("9. files", "taskkernel download (curl, GET)", "10 MiB: time (s)"),
+    ("9. files", "curl of a static file (python -m http.server)", "10 MiB: time (s)"),
 ]
 BRIDGE_ROW = ("8. Jupyter bridge", "taskkernel kernel (Jupyter bridge, jupyter_client)", "p50 (ms)")
 PEER_ROWS = [
@@ -99,8 +102,8 @@ def test_taskkernel_rows_hold_numbers(quick_run, figure, system, metric):
 def test_every_target_has_a_verdict(quick_run):
     _, stdout, _, output = quick_run
     verdicts = re.findall(r"^\s+(PASS|MISS|n/a)\s+\S", stdout.split("\ntargets\n", 1)[1], re.M)
-    assert len(verdicts) == 9
-    assert output.read_text().count("| **") >= 9
+    assert len(verdicts) == 11
+    assert output.read_text().count("| **") >= 11
 
 
 @pytest.mark.parametrize("figure,system,metric", PEER_ROWS)

@@ -401,3 +401,45 @@ def test_through_redis_files_round_trip_with_ranges_caps_and_refusals(private_se
         assert {e["name"] for e in notebook.files()} == {"deep", "shadow"}
         notebook.delete_file("deep")
         refused(lambda: notebook.read_file("deep/twenty.bin"), 404, "file_not_found")
+
+
+def test_a_notebooks_own_token_reaches_its_files_and_no_other_notebooks(private_service):
+    from taskkernel.client import Client
+
+    private_service.start_supervisor("tokens", pool=2)
+    private_service.start_api(token="service-secret")
+    admin = Client(private_service.api_url, token="service-secret")
+    with admin.start("python") as mine, admin.start("python") as theirs:
+        theirs.write_file("private.txt", b"theirs")
+        own = Client(private_service.api_url, token=mine.record["token"])
+        as_owner = own.notebook(mine.id)
+        as_owner.write_file("mine.txt", b"mine")
+        assert as_owner.read_file("mine.txt") == b"mine"
+        assert [e["name"] for e in as_owner.files()] == ["mine.txt"]
+        intruder = type(as_owner)(own, {"id": theirs.id})
+        refused(lambda: intruder.read_file("private.txt"), 401, "unauthorized")
+        refused(lambda: intruder.write_file("planted.txt", b"x"), 401, "unauthorized")
+        refused(lambda: Client(private_service.api_url).notebook(mine.id), 401, "unauthorized")
+
+
+def test_a_refused_uploads_unread_body_is_never_taken_for_the_next_request(service, notebook):
+    value(notebook.evaluate("import os; os.symlink('/etc', 'etc'); 1"))
+    notebook.write_file("ok.txt", b"next")
+    parsed = urllib.parse.urlsplit(service.api_url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    try:
+        body = os.urandom(300_000)  # bytes the server never reads: they must not be taken for a request
+        conn.request("PUT", f"/api/notebooks/{notebook.id}/files/etc/x", body=body)
+        refused_response = conn.getresponse()
+        assert (refused_response.status, b"unsafe_path" in refused_response.read()) == (400, True)
+        # the server may close the connection (HTTP lets it) but never reads the body as a request
+        try:
+            conn.request("GET", f"/api/notebooks/{notebook.id}/files/ok.txt")
+            answer = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            conn.request("GET", f"/api/notebooks/{notebook.id}/files/ok.txt")
+            answer = conn.getresponse()
+        assert (answer.status, answer.read()) == (200, b"next")
+    finally:
+        conn.close()

@@ -21,6 +21,28 @@ log = logging.getLogger("taskkernel.supervisor")
 STASH = ".stash"
 
 
+SOCKETS = ".sockets"  # the workers' local file sockets (workers/files.py), 0700, the service's user
+
+
+def socket_path(root: Path, worker_id: str) -> Path:
+    return root / SOCKETS / worker_id
+
+
+def remove_socket(root: Path, worker_id: str) -> None:
+    try:
+        socket_path(root, worker_id).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def clear(root: Path) -> None:
+    """Remove the stashes and sockets under `root` (a supervisor starting on a used directory)."""
+    for name in (STASH, SOCKETS):
+        target = root / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+
+
 def stash_dir(root: Path) -> Path:
     return root / STASH
 

@@ -81,7 +81,12 @@ class FileService:
     def _accept(self, listener: socket.socket) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
         while True:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except OSError as exc:  # out of fds, say: the API falls back to Redis meanwhile
+                log.warning("file service: accept: %r", exc)
+                time.sleep(0.5)
+                continue
             uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
             if uid not in (os.geteuid(), 0):  # the socket is 0600 already; this says so twice
                 conn.close()

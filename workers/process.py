@@ -19,7 +19,7 @@ from celery import Celery, signals
 
 from taskkernel import logs
 from taskkernel.settings import Settings
-from taskkernel.workers import cgroups, sandbox
+from taskkernel.workers import cgroups, directories, sandbox
 from taskkernel.workers.capture import OutputCapture
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
@@ -63,7 +63,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     def on_ready(**_):
         runtime.install_interrupt_handler()
         runtime.serve_side_channel()
-        file_service.start(local_socket=sandbox_root / ".sockets" / worker_id)
+        file_service.start(local_socket=directories.socket_path(sandbox_root, worker_id))
         runtime.announce_starts()
         runtime.announce_idle(spec["name"], settings.host_name, os.getpid())
 

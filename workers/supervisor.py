@@ -132,6 +132,7 @@ class Supervisor:
             root = Path(tempfile.mkdtemp(prefix=f"taskkernel-{self.host}-"))
             self._own_sandbox_root = True
         os.chmod(root, 0o711)
+        directories.clear(root)  # a previous run's stashes and sockets serve no notebook of this one
         return root
 
     def pool_size(self, engine: str) -> int:
@@ -324,6 +325,7 @@ class Supervisor:
         """Clean up after a worker; if it was serving a notebook, fail its cell and re-home it."""
         self._keep_directory(child)
         sandbox.remove_directory(self.sandbox_root, child.worker_id)
+        directories.remove_socket(self.sandbox_root, child.worker_id)
         cgroups.remove(child.worker_id)
         wkey = keys.worker(child.worker_id)
         info = {k.decode(): v.decode() for k, v in self.redis.hgetall(wkey).items()}
