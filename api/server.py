@@ -20,6 +20,7 @@ class GunicornLogger(Logger):
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
+        configure_logging(load_settings())  # a hand-run gunicorn's master logs before any app exists
         for logger in (self.error_log, self.access_log):
             logger.handlers.clear()
             logger.propagate = True

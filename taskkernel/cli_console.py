@@ -107,6 +107,9 @@ class CellEditor:
             if buffer.complete_state is not None and buffer.complete_state.current_completion is not None:
                 buffer.apply_completion(buffer.complete_state.current_completion)  # Enter picks from the menu
                 return
+            if not buffer.document.on_last_line:  # editing an earlier line of the cell: a new line there
+                buffer.newline()
+                return
             text = buffer.document.text
             try:
                 ends, indent = cell_ends(self.notebook, text)

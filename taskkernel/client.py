@@ -149,6 +149,10 @@ class Client:
                 self._local.conn = None
                 if attempt == 2 or not retry:
                     raise
+            except (OSError, http.client.HTTPException):  # refused, timed out: never reuse that connection
+                conn.close()
+                self._local.conn = None
+                raise
         decoded = _decode(response.status, response.reason, response.getheader("Content-Type", ""), data)
         return response.status, decoded
 

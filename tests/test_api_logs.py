@@ -2,12 +2,16 @@
 formatted (JSON with TASKKERNEL_LOG_JSON=1), INFO kept, passwords redacted."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from taskkernel import ApiError
+from taskkernel import ApiError, Client
 from taskkernel.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,3 +60,33 @@ def test_api_log_lines_are_formatted_text_by_default(private_service, tmp_path):
     assert not unformatted, unformatted
     assert any(" WARNING taskkernel.api: redis error" in line for line in lines)
     assert "hunter2secret" not in log.read_text()
+
+
+def test_a_gunicorn_run_by_hand_logs_the_same_way(redis_server, tmp_path):
+    """`gunicorn --logger-class taskkernel.api.server.GunicornLogger taskkernel.api.server:app`."""
+    port = free_port()
+    env = {**os.environ, "TASKKERNEL_REDIS_URL": redis_server.url, "TASKKERNEL_LOG_JSON": "1",
+           "TASKKERNEL_LOG_LEVEL": "INFO"}
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "--logger-class",
+                                    "taskkernel.api.server.GunicornLogger", "-k", "gthread", "--threads", "4",
+                                    "-b", f"127.0.0.1:{port}", "taskkernel.api.server:app"],
+                                   env=env, stderr=output, stdout=output, start_new_session=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert {e["name"] for e in client.engines()} >= {"python"}
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+                time.sleep(0.1)
+        lines = wait_for_line(log, "Booting worker")
+    finally:
+        process.terminate()
+        process.wait(20)
+    entries = [json.loads(line) for line in lines]
+    assert ("gunicorn.error", "INFO") in {(e["logger"], e["level"]) for e in entries}
+    assert "Listening at" in " ".join(e["message"] for e in entries), "the master's lines too"

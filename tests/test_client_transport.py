@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from taskkernel import ApiError, Client
+from taskkernel.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,7 +84,7 @@ class TlsRelay:
             s.close()
 
 
-def start_proxy(api_url: str, prefix: str = "", seen: list | None = None, answer_502: bool = False):
+def start_proxy(api_url: str, prefix: str = "", seen: list | None = None, answer_502: bool = False, port: int = 0):
     """An HTTP proxy on loopback in front of the API: as a reverse proxy it strips `prefix` from the
     path; as a forward proxy it takes absolute request targets. Records each request target in `seen`."""
     upstream = urllib.parse.urlsplit(api_url)
@@ -130,7 +131,7 @@ def start_proxy(api_url: str, prefix: str = "", seen: list | None = None, answer
 
         do_GET = do_POST = do_PUT = do_DELETE = _forward
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -210,3 +211,16 @@ def test_an_api_error_keeps_its_code_and_fields(client):
         client.request("POST", "/notebooks", {"engine": 5})
     assert (info.value.status, info.value.code) == (400, "invalid_field")
     assert info.value.details["field"] == "engine"
+
+
+def test_a_client_works_again_once_a_refusing_server_is_up(service):
+    port = free_port()
+    client = Client(f"http://127.0.0.1:{port}")
+    with pytest.raises(ConnectionRefusedError):
+        client.engines()
+    proxy = start_proxy(service.api_url, port=port)
+    try:
+        assert {e["name"] for e in client.engines()} >= {"python"}, "the failed connection is not reused"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
