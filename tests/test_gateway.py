@@ -87,6 +87,10 @@ def test_start_tolerates_env_and_unknown_fields_and_refuses_unknown_engines(gate
     assert call("DELETE", f"{gateway_url}/api/kernels/{model['id']}") == (204, None)
     status, error = call("GET", f"{gateway_url}/api/kernels/{model['id']}")
     assert status == 404 and error["error"] == "notebook_not_found"
+    # what Jupyter Server asks for before it knows the gateway's default: the default engine
+    status, model = call("POST", gateway_url + "/api/kernels", {"name": "python3"})
+    assert status == 201 and model["name"] == "ipython"
+    assert call("DELETE", f"{gateway_url}/api/kernels/{model['id']}") == (204, None)
     status, error = call("POST", gateway_url + "/api/kernels", {"name": "cobol"})
     assert status == 400 and error["error"] == "unknown_engine"
     status, error = call("POST", gateway_url + "/api/kernels", {"name": 3})
