@@ -22,7 +22,7 @@ from bench.stats import percentile
 from bench.taskkernel_side import HttpEvaluator, result_text, stream_lines
 from taskkernel.client import ApiError, Notebook
 
-FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge")
+FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge", "gateway")
 
 F_RT = "1. round trip of `1+1`"
 F_OPEN = "2. notebook open"
@@ -46,6 +46,7 @@ FLOOR_PUBSUB = "floor: Redis PUBLISH -> subscriber"
 
 TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_STREAM, "memory": F_MEM,
           "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE}
+TITLES["gateway"] = "9. Jupyter gateway"  # bench/gateway.py: figures 9 and 10
 
 COMPLETION_CODE = "import math; math.sq"
 
@@ -384,6 +385,13 @@ class Bench:
         results.note(F_BRIDGE, f"taskkernel.jupyter.cost.bridge_round_trip: a fresh kernel per repetition, "
                                f"5 warm-up cells, then {runs} round trips of `1+1`, each done when its "
                                "execute_reply and IOPub idle are in")
+
+    # --- 9, 10. the Jupyter gateway (bench/gateway.py) -------------------------------------------
+
+    def figure_gateway(self) -> None:
+        from bench import gateway
+
+        gateway.figure(self)
 
     # --- 4. streaming ----------------------------------------------------------------------------
 
@@ -777,4 +785,7 @@ def targets(plan: Plan) -> list[Target]:
                OURS, at_least=200,
                skip="not judged with --quick (a tiny step only)" if plan.quick else ""),
     ]
+    from bench import gateway
+
+    found += gateway.targets()
     return found

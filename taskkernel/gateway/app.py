@@ -29,7 +29,7 @@ from taskkernel.api.auth import _origin_host, authorization_token, host_name, to
 from taskkernel.api.errors import from_redis_error
 from taskkernel.exceptions import (CrossSiteRequest, Forbidden, HostNotAllowed, NotFound, TaskkernelError,
                                    Unauthorized)
-from taskkernel.notebooks import NotebookStore
+from taskkernel.notebooks import SUBMIT_LUA, NotebookStore
 from taskkernel.settings import Settings, comma_list, is_loopback, networks
 
 log = logging.getLogger("taskkernel.gateway")
@@ -50,6 +50,7 @@ class Gateway:
     pool: concurrent.futures.ThreadPoolExecutor
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     hub: object = None  # hub.FeedHub, set by make_app
+    submit_script: object = None  # NotebookStore's submit script on `aredis`
 
     async def run(self, fn, *args, **kwargs):
         """Run a blocking call of the shared code off the event loop."""
@@ -196,6 +197,7 @@ def make_app(settings: Settings) -> tornado.web.Application:
                       pool=concurrent.futures.ThreadPoolExecutor(settings.gateway_threads,
                                                                  thread_name_prefix="gateway"))
     gateway.hub = hub.FeedHub(gateway)
+    gateway.submit_script = gateway.aredis.register_script(SUBMIT_LUA)
     args = {"gateway": gateway}
     kernel = r"(?P<kernel_id>[0-9a-fA-F-]{32,36})"
     routes = [

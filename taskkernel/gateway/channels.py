@@ -22,7 +22,7 @@ import tornado.websocket
 
 from taskkernel import __version__, rpc
 from taskkernel.engines import registry
-from taskkernel.exceptions import BadRequest, TaskkernelError
+from taskkernel.exceptions import BadRequest, SubmitUncertain, TaskkernelError
 from taskkernel.gateway import framing
 from taskkernel.gateway.app import Gateway, check_request, error_body, notebook_id_of, origin_allowed
 from taskkernel.gateway.hub import KernelFeed, Request
@@ -75,7 +75,9 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
 
     def send(self, msg: dict) -> None:
         """Write a message to this front end; a closed socket drops it."""
-        frame = framing.dump(msg)
+        self.send_frame(framing.dump(msg))
+
+    def send_frame(self, frame: str | bytes) -> None:
         try:
             self.write_message(frame, binary=isinstance(frame, bytes))
         except tornado.websocket.WebSocketClosedError:
@@ -113,11 +115,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         done = asyncio.get_running_loop().create_future()
         feed.in_flight.add(done)
         try:
-            submitted = await gateway.run(
-                gateway.store.submit, self.notebook_id, str(content.get("code", "")),
-                functools.partial(evaluate_message, gateway.celery, notebook_id=self.notebook_id),
-                stop_on_error=bool(content.get("stop_on_error", False)),
-                worker_timeout_s=gateway.settings.assign_timeout_s)
+            submitted = await self._submit(str(content.get("code", "")), bool(content.get("stop_on_error", False)))
             feed.requests[submitted.cell["id"]] = Request(msg["header"], self, bool(content.get("silent")))
         except (TaskkernelError, redis.RedisError) as exc:  # the cell was not queued: fail this request
             body, _ = error_body(exc, 500)
@@ -130,6 +128,23 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         finally:
             done.set_result(None)
             feed.in_flight.discard(done)
+
+    async def _submit(self, code: str, stop_on_error: bool):
+        """NotebookStore.submit: its script on the event loop's Redis client when the notebook has a
+        worker (the common case: no thread hop); otherwise the store's own submit on a thread, which
+        waits for a restarting notebook's worker or raises what the notebook's state means."""
+        gateway = self.gateway
+        task_message = functools.partial(evaluate_message, gateway.celery, notebook_id=self.notebook_id)
+        call = gateway.store.submit_call(self.notebook_id, code, task_message, stop_on_error=stop_on_error)
+        try:
+            got = await gateway.submit_script(keys=call.keys, args=call.args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise SubmitUncertain(f"Redis failed while cell {call.cell['id']} was being recorded ({exc})",
+                                  notebook_id=self.notebook_id, cell_id=call.cell["id"]) from exc
+        if got and got[0] not in (b"", b"="):
+            return call.queued(got)
+        return await gateway.run(gateway.store.submit, self.notebook_id, code, task_message,
+                                 stop_on_error=stop_on_error, worker_timeout_s=gateway.settings.assign_timeout_s)
 
     # --- everything else ----------------------------------------------------------------------
 

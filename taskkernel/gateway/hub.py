@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import redis
 
 from taskkernel import keys
+from taskkernel.gateway import framing
 from taskkernel.gateway.framing import jupyter_message
 
 log = logging.getLogger("taskkernel.gateway")
@@ -54,8 +55,9 @@ class KernelFeed:
         self.task = asyncio.create_task(self._route_all(), name=f"feed-{notebook_id}")
 
     def broadcast(self, msg: dict) -> None:
+        frame = framing.dump(msg)  # once, whatever the number of watchers
         for connection in list(self.connections):
-            connection.send(msg)
+            connection.send_frame(frame)
 
     def status(self, state: str, parent: dict) -> dict:
         return jupyter_message("status", {"execution_state": state}, parent, "iopub", session=self.notebook_id)
