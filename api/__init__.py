@@ -62,6 +62,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     app.register_blueprint(openapi.blueprint, url_prefix="/api")
     app.register_blueprint(pools.blueprint, url_prefix="/api")
     app.register_blueprint(variables.blueprint, url_prefix="/api")
+    from taskkernel.api import comms, stdin  # the front end's channels to a running engine
+    app.register_blueprint(comms.blueprint, url_prefix="/api")
+    app.register_blueprint(stdin.blueprint, url_prefix="/api")
     from taskkernel.api import console, metrics as metrics_api  # /metrics, /api/status, the page at /
     app.register_blueprint(metrics_api.blueprint)
     app.register_blueprint(console.blueprint)

@@ -19,6 +19,8 @@ blueprint = Blueprint("cells", __name__)
 log = logging.getLogger("taskkernel.api")
 
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+# the execute_request fields an evaluate may set, with their Jupyter meaning (default: off, on, off, {})
+EXECUTE_OPTIONS = {"silent": bool, "store_history": bool, "allow_stdin": bool, "user_expressions": dict}
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/evaluate")
@@ -30,7 +32,11 @@ def evaluate(notebook_id: str):
     carries it, even if Redis fails while the caller waits (202 then).
     """
     svc = current_app.extensions["taskkernel"]
-    body = json_body({"code": str, "wait": bool, "timeout": float, "stop_on_error": bool}, required=("code",))
+    body = json_body({"code": str, "wait": bool, "timeout": float, "stop_on_error": bool, **EXECUTE_OPTIONS},
+                     required=("code",))
+    options = {k: body[k] for k in EXECUTE_OPTIONS if k in body}
+    if not all(isinstance(v, str) for v in options.get("user_expressions", {}).values()):
+        raise InvalidField("field 'user_expressions' must map names to expressions (strings)", field="user_expressions")
     timeout_s = body.get("timeout", svc.settings.wait_timeout_s)
     if not 0 <= timeout_s <= svc.settings.max_wait_timeout_s:
         raise InvalidField(f"field 'timeout' must be between 0 and {svc.settings.max_wait_timeout_s:g} s", field="timeout")
@@ -43,7 +49,7 @@ def evaluate(notebook_id: str):
                                  stop_on_error=body.get("stop_on_error", False),
                                  worker_timeout_s=svc.settings.assign_timeout_s,
                                  idempotency_key=idempotency_key or "",
-                                 idempotency_ttl_s=svc.settings.idempotency_ttl_s)
+                                 idempotency_ttl_s=svc.settings.idempotency_ttl_s, options=options)
     cell = submitted.cell
     if body.get("wait") and cell["state"] != "done":
         try:

@@ -169,13 +169,14 @@ class Notebook:
         threading.Thread(target=renew, name="taskkernel-lease", daemon=True).start()
 
     def evaluate(self, code: str, wait: bool = True, timeout: float = 60.0, stop_on_error: bool = False,
-                 idempotency_key: str | None = None) -> dict:
+                 idempotency_key: str | None = None, **options) -> dict:
         """Run a cell; with `wait`, return the finished cell (or the running one after `timeout` s).
 
         Each call sends an Idempotency-Key (a fresh one unless `idempotency_key` is given), so the
-        request is repeated after a connection reset without the code running twice.
+        request is repeated after a connection reset without the code running twice. `options` are
+        Jupyter's execute_request flags: silent, store_history, allow_stdin, user_expressions.
         """
-        body = {"code": code, "wait": wait, "timeout": timeout}
+        body = {"code": code, "wait": wait, "timeout": timeout, **options}
         if stop_on_error:
             body["stop_on_error"] = True
         headers = {IDEMPOTENCY_HEADER: idempotency_key or uuid.uuid4().hex}
@@ -268,6 +269,37 @@ class Notebook:
             yield message
             if message["header"]["msg_type"] == "execute_reply":
                 return
+
+    def send_comm(self, msg_type: str, content: dict, buffers: list[bytes] = (), msg_id: str | None = None) -> str:
+        """Deliver a comm_open / comm_msg / comm_close to the engine (even while a cell runs); return
+        its msg_id, the parent of what the comm's handler publishes on the feed."""
+        from taskkernel.messages import encode_buffers
+
+        body = {"msg_type": msg_type, "content": content}
+        if buffers:
+            body["buffers"] = encode_buffers(list(buffers))
+        if msg_id:
+            body["msg_id"] = msg_id
+        return self.client.request("POST", f"/notebooks/{self.id}/comms", body)[1]["msg_id"]
+
+    def comm_msg(self, comm_id: str, data: dict, buffers: list[bytes] = ()) -> str:
+        """A comm_msg to comm `comm_id` (say, a widget's `{"method": "update", "state": {...}}`)."""
+        return self.send_comm("comm_msg", {"comm_id": comm_id, "data": data}, buffers)
+
+    def comm_info(self, target_name: str | None = None) -> dict:
+        """Jupyter's comm_info_reply content: {"comms": {comm_id: {"target_name"}}, "status"}."""
+        query = "?" + urllib.parse.urlencode({"target_name": target_name}) if target_name else ""
+        return self.client.request("GET", f"/notebooks/{self.id}/comms{query}")[1]
+
+    def comms(self, after: str = "0-0", timeout: float | None = None) -> Iterator[dict]:
+        """The comm_open / comm_msg / comm_close messages of the feed (with base64 `buffers`)."""
+        for message in self.feed(after=after, timeout=timeout):
+            if message["header"]["msg_type"] in ("comm_open", "comm_msg", "comm_close"):
+                yield message
+
+    def input_reply(self, value: str) -> dict:
+        """Answer the running cell's input_request (it was evaluated with allow_stdin=True)."""
+        return self.client.request("POST", f"/notebooks/{self.id}/input", {"value": value})[1]
 
     def stream(self, code: str, after: str = "0-0", timeout: float | None = None) -> Iterator[dict]:
         """Queue a cell and yield its feed messages (output as it is printed), ending with its reply.

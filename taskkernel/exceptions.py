@@ -178,6 +178,13 @@ class NotebookGone(TaskkernelError):
     status = 409
 
 
+class NoInputPending(TaskkernelError):
+    """No cell of the notebook waits for input (input_reply without an input_request)."""
+
+    code = "no_input_pending"
+    status = 409
+
+
 class RedisUnavailable(TaskkernelError):
     """Redis is unavailable."""
 

@@ -8,10 +8,20 @@ A feed message is a JSON object:
      "metadata": {}, "content": {...}, "notebook_id": <nb>}
 
 `content` follows the Jupyter messaging spec for each msg_type in MSG_TYPES.
+
+Comm messages (widgets) may carry binary buffers; on the feed, and in the bodies of the comms
+endpoint, they are `"buffers": [<base64>, ...]` at the top level of the message (absent when
+there are none), the JSON stand-in for the binary frames Jupyter's wire protocol uses.
+
+A message's parent is the request it answers: the cell (`execute_request`, msg_id = cell id),
+or a comm message or input reply delivered through the API (msg_id = the id that request was
+given, its msg_type `comm_msg`, `comm_open`, `comm_close`): output a widget callback prints
+while handling a comm message is the comm message's, as on ipykernel.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import json
 import uuid
@@ -29,7 +39,13 @@ MSG_TYPES: dict[str, tuple[str, ...]] = {
     "error": ("ename", "evalue", "traceback"),
     "execute_reply": ("status", "execution_count"),
     "clear_output": ("wait",),
+    "comm_open": ("comm_id", "target_name", "data"),
+    "comm_msg": ("comm_id", "data"),
+    "comm_close": ("comm_id", "data"),
+    "input_request": ("prompt", "password"),
 }
+# what a front end may send to a notebook's engine through the comms endpoint
+COMM_TYPES = ("comm_open", "comm_msg", "comm_close")
 # the messages that may carry transient.display_id (nbclient updates its outputs on each)
 DISPLAY_TYPES = ("display_data", "update_display_data", "execute_result")
 EXECUTION_STATES = ("busy", "idle", "starting", "restarting", "dead")
@@ -48,10 +64,12 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def make_message(msg_type: str, content: dict, *, notebook_id: str, cell_id: str | None = None) -> dict:
-    """Build one feed message; `cell_id` becomes the parent header's msg_id."""
-    parent = {"msg_id": cell_id, "msg_type": "execute_request"} if cell_id else {}
-    return {
+def make_message(msg_type: str, content: dict, *, notebook_id: str, cell_id: str | None = None,
+                 parent_type: str = "execute_request", buffers: list[bytes] | None = None) -> dict:
+    """Build one feed message; `cell_id` becomes the parent header's msg_id (a request of
+    `parent_type`), `buffers` the message's base64 `buffers`."""
+    parent = {"msg_id": cell_id, "msg_type": parent_type} if cell_id else {}
+    msg = {
         "header": {
             "msg_id": new_id(),
             "msg_type": msg_type,
@@ -65,6 +83,18 @@ def make_message(msg_type: str, content: dict, *, notebook_id: str, cell_id: str
         "content": content,
         "notebook_id": notebook_id,
     }
+    if buffers:
+        msg["buffers"] = encode_buffers(buffers)
+    return msg
+
+
+def encode_buffers(buffers: list[bytes]) -> list[str]:
+    return [base64.b64encode(bytes(b)).decode("ascii") for b in buffers]
+
+
+def decode_buffers(encoded: list[str]) -> list[bytes]:
+    """The bytes of a message's base64 `buffers`; ValueError when one is not base64."""
+    return [base64.b64decode(b, validate=True) for b in encoded]
 
 
 def status(state: str, *, notebook_id: str, cell_id: str | None = None) -> dict:
@@ -94,6 +124,8 @@ def validate_message(msg: dict) -> list[str]:
         problems.append(f"bad execution_state {msg['content'].get('execution_state')!r}")
     if msg_type == "stream" and msg["content"].get("name") not in ("stdout", "stderr"):
         problems.append("stream.name must be stdout or stderr")
+    if "buffers" in msg and not (isinstance(msg["buffers"], list) and all(isinstance(b, str) for b in msg["buffers"])):
+        problems.append("buffers must be a list of base64 strings")
     if "seq" in msg and not isinstance(msg["seq"], int):
         problems.append("seq must be an integer")
     return problems

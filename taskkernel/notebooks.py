@@ -453,7 +453,7 @@ class NotebookStore:
 
     def submit(self, notebook_id: str, code: str, task_message: Callable[[str], tuple[str, str]], *,
                stop_on_error: bool = False, worker_timeout_s: float = 10.0, idempotency_key: str = "",
-               idempotency_ttl_s: float = 24 * 3600.0) -> "Submitted":
+               idempotency_ttl_s: float = 24 * 3600.0, options: dict | None = None) -> "Submitted":
         """Record a queued cell and enqueue the Celery task that runs it (`task_message(cell_id)`
         gives its two halves). Waits up to `worker_timeout_s` for a restarting notebook.
 
@@ -463,7 +463,8 @@ class NotebookStore:
         SubmitUncertain when Redis failed while the cell was being recorded (it may run).
         """
         call = self.submit_call(notebook_id, code, task_message, stop_on_error=stop_on_error,
-                                idempotency_key=idempotency_key, idempotency_ttl_s=idempotency_ttl_s)
+                                idempotency_key=idempotency_key, idempotency_ttl_s=idempotency_ttl_s,
+                                options=options)
         cell = call.cell
         while True:
             try:
@@ -492,7 +493,7 @@ class NotebookStore:
 
     def submit_call(self, notebook_id: str, code: str, task_message: Callable[[str], tuple[str, str]], *,
                     stop_on_error: bool = False, idempotency_key: str = "",
-                    idempotency_ttl_s: float = 24 * 3600.0) -> "SubmitCall":
+                    idempotency_ttl_s: float = 24 * 3600.0, options: dict | None = None) -> "SubmitCall":
         """The submit script's keys and arguments for a new cell (see `submit`); the gateway runs
         them on its event loop's own Redis client (SUBMIT_LUA)."""
         cell = {
@@ -504,6 +505,8 @@ class NotebookStore:
             "stop_on_error": stop_on_error,
             "submitted": messages.now_iso(),
         }
+        if options:  # the execute_request's flags (silent, store_history, allow_stdin, user_expressions)
+            cell["options"] = json.dumps(options)
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else ""
         if digest:
             cell["idempotency"] = digest

@@ -116,10 +116,11 @@ def test_matplotlib_figures_arrive_as_png_without_show(notebook):
 
 
 def test_input_fails_at_once_instead_of_hanging(notebook):
+    """Without allow_stdin, input() raises as on ipykernel (tests/test_stdin.py has the round trip)."""
     started = time.monotonic()
     cell = notebook.evaluate("input('name? ')", timeout=10)
     assert time.monotonic() - started < 5
-    assert cell["status"] == "error" and "standard input" in cell["error"]["evalue"]
+    assert cell["status"] == "error" and cell["error"]["ename"] == "StdinNotImplementedError"
     assert notebook.evaluate("import sys; sys.stdin.read()")["status"] == "error"
 
 

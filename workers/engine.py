@@ -3,7 +3,9 @@
 The worker owns the engine for its whole life. It launches it (inside the sandbox), hands it
 one end of a socketpair and the write ends of two pipes as stdout and stderr, and from then on
 speaks only the framed protocol of taskkernel.engines.wire. A reader thread routes the engine's
-frames: events to the running cell, replies to whoever waits for them. When the socket closes,
+frames: events to the running cell, replies to whoever waits for them, and events that name
+their own parent (a comm's, an input request, a thread's output) to `on_event`, which knows
+whether that parent is the running cell. When the socket closes,
 every waiter is told at once (EngineDied), so a dead engine never leaves a caller waiting.
 """
 
@@ -34,6 +36,8 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 READY_TIMEOUT_S = 60.0
 
 EventSink = Callable[[str, dict], None]
+# (event frame: event, content, parent, metadata; its buffers)
+ParentedSink = Callable[[dict, list[bytes]], None]
 
 
 class EngineProcess:
@@ -46,6 +50,7 @@ class EngineProcess:
         self.pipes: dict[str, int] = {}  # stdout/stderr read ends, for the worker's capture
         self.on_output_flush: Callable[[], None] = lambda: None  # drain the pipes before an event
         self.on_death: Callable[[str], None] = lambda reason: None
+        self.on_event: ParentedSink | None = None
         self.death: str = ""  # why the engine is gone, once it is
         self._sock: socket.socket | None = None
         self._pidfd = -1
@@ -212,6 +217,10 @@ class EngineProcess:
             self._died(exc)
 
     def _route(self, message: dict, buffers: list[bytes]) -> None:
+        if "event" in message and isinstance(message.get("parent"), dict) and self.on_event is not None:
+            self.on_output_flush()
+            self.on_event(message, buffers)
+            return
         rid = message.get("id")
         with self._lock:
             sink = self._sinks.get(rid) if rid is not None else next(iter(self._sinks.values()), None)

@@ -35,7 +35,7 @@ log = logging.getLogger("taskkernel.worker")
 # KEYS: cell, notebook, worker, pending.  ARGV: cell id, worker id, now (epoch s), now (ISO), claim
 # token.  Moves a queued cell of this worker's notebook to running under the claim token (the
 # worker id and a fresh attempt id: only this run may complete it); returns {code, stop_on_error,
-# restore_pending, checkpoint_every_cell}.
+# restore_pending, checkpoint_every_cell, options}.
 _CLAIM_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return false end
 if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] then return false end
@@ -43,10 +43,10 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[4], 'claim', ARG
 redis.call('LREM', KEYS[4], 1, ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'busy', 'last_activity', ARGV[3])
 redis.call('HSET', KEYS[3], 'cell', ARGV[1], 'cell_started', ARGV[3])
-local cell = redis.call('HMGET', KEYS[1], 'code', 'stop_on_error')
+local cell = redis.call('HMGET', KEYS[1], 'code', 'stop_on_error', 'options')
 local nb = redis.call('HMGET', KEYS[2], 'restore_pending', 'checkpoint_every_cell')
 redis.call('HDEL', KEYS[2], 'restore_pending')
-return {cell[1], cell[2], nb[1] or '', nb[2] or ''}
+return {cell[1], cell[2], nb[1] or '', nb[2] or '', cell[3] or ''}
 """
 
 # Finish a cell in one atomic step: write its record, count it, free the worker, publish its last
@@ -91,6 +91,8 @@ LIVE_TYPES = ("stream", "display_data", "update_display_data", "clear_output")
 # cell itself at the claim); the rich ones count against the cell's output limit
 ENGINE_EVENTS = ("execute_result", "display_data", "update_display_data", "clear_output", "error")
 CAPPED_TYPES = ("execute_result", "display_data", "update_display_data", "error")
+# engine events that are no output of a cell: published live, under whatever parent they name
+PARENTED_EVENTS = ("comm_open", "comm_msg", "comm_close", "input_request")
 # A cell's start (busy, execute_input) is published when it has run this long, or with its first
 # live output or its reply if that comes sooner: watchers see a long cell start at once, while a
 # quick cell's whole story goes out in the one script that finishes it (one round trip fewer).
@@ -173,6 +175,8 @@ class Runtime:
         self.checkpoints = checkpoints
         engine.on_output_flush = capture.flush
         engine.on_death = self._on_engine_death
+        engine.on_event = self._on_parented_event
+        self._notebook_id = ""  # the notebook this worker last ran a cell of (for events between cells)
         self._gone = threading.Lock()
         self._budget_lock = threading.Lock()
         self._execution_count = 0  # the engine's, as its last reply said  # the running cell's output budget: pump and engine reader
@@ -182,6 +186,7 @@ class Runtime:
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
         self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
+        self._comm_requests: queue.SimpleQueue[dict] = queue.SimpleQueue()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -200,7 +205,15 @@ class Runtime:
         """Start the thread that answers complete/inspect/is_complete/interrupt during a cell."""
         thread = threading.Thread(target=self._side_channel_loop, name="taskkernel-rpc", daemon=True)
         thread.start()
+        # comm messages wait for their widget's handler: on a thread of their own, in order, so a
+        # slow callback holds up no completion or interrupt behind it
+        threading.Thread(target=self._comm_loop, name="taskkernel-comms", daemon=True).start()
         return thread
+
+    def _comm_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
+        while True:
+            self._answer(self._comm_requests.get())
 
     def announce_starts(self) -> threading.Thread:
         """Start the thread that publishes a cell's start once it has run ANNOUNCE_AFTER_S."""
@@ -228,7 +241,9 @@ class Runtime:
                 log.warning("side channel: %r", exc)
                 time.sleep(0.5)
                 continue
-            if request is not None:
+            if request is not None and request.get("op") == "comm":
+                self._comm_requests.put(request)
+            elif request is not None:
                 self._answer(request)
 
     def _answer(self, request: dict) -> None:
@@ -243,6 +258,8 @@ class Runtime:
                 if op == "inspect":
                     fields["detail_level"] = int(args.get("detail_level", 0))
                 result = self.engine.request(op, timeout_s=self.rpc_timeout_s, **fields)[0]
+            elif op in ("comm", "comm_info", "input_reply"):
+                result = self._deliver(op, args)
             elif op == "ping":
                 result = {"worker": self.worker_id, "running": self._run.cell_id if self._run else None}
             else:
@@ -251,6 +268,54 @@ class Runtime:
             rpc.answer(self.redis, request, error=f"{type(exc).__name__}: {exc}")
         else:
             rpc.answer(self.redis, request, result=result)
+
+    def _deliver(self, op: str, args: dict) -> dict:
+        """A front end's comm message, comm_info request or input value, to the engine at once
+        (its reader thread takes them even while a cell runs)."""
+        self._notebook_id = str(args.get("notebook_id") or self._notebook_id)
+        if op == "comm_info":
+            fields = {"target_name": args["target_name"]} if args.get("target_name") else {}
+            return self.engine.request("comm_info", timeout_s=self.rpc_timeout_s, **fields)[0]
+        if op == "input_reply":
+            return self.engine.request("input_reply", timeout_s=self.rpc_timeout_s, value=str(args["value"]))[0]
+        buffers = messages.decode_buffers(args.get("buffers") or [])
+        parent = {"msg_id": str(args["msg_id"]), "msg_type": str(args["msg_type"])}
+        self.engine.request("comm", timeout_s=self.rpc_timeout_s, msg_type=str(args["msg_type"]),
+                            content=args.get("content") or {}, parent=parent, buffers=buffers)
+        return {"msg_id": parent["msg_id"]}
+
+    def _on_parented_event(self, event: dict, buffers: list[bytes]) -> None:
+        """An engine event that names its parent (engine reader thread): the running cell's joins
+        the cell (its outputs, its cap); another request's (a comm message's, a finished cell's
+        thread's) is published at once under that parent, never kept in another cell's record."""
+        msg_type, content = str(event.get("event")), event.get("content") or {}
+        parent = event.get("parent") or {}
+        run = self._run
+        if msg_type not in ENGINE_EVENTS and msg_type not in PARENTED_EVENTS and msg_type != "stream":
+            return
+        if run is not None and parent.get("msg_id") in (None, run.cell_id):
+            if msg_type in PARENTED_EVENTS:  # comms and input requests: live, outside the output cap
+                msg = messages.make_message(msg_type, content, notebook_id=run.notebook_id, cell_id=run.cell_id,
+                                            buffers=buffers)
+                with self._publish_lock:
+                    run.outbox.append(msg)
+                self._flush_outbox(run)
+            else:
+                self._on_message(msg_type, content)
+            return
+        notebook_id = self._notebook_id
+        if not notebook_id or not parent.get("msg_id") and msg_type not in PARENTED_EVENTS:
+            if msg_type == "stream":
+                log.info("engine output outside a cell: %s", str(content.get("text"))[:2000])
+            return
+        if msg_type == "stream" and content.get("name") not in ("stdout", "stderr"):
+            return
+        msg = messages.make_message(msg_type, content, notebook_id=notebook_id, cell_id=parent.get("msg_id"),
+                                    parent_type=str(parent.get("msg_type") or "execute_request"), buffers=buffers)
+        try:
+            self.feed.publish(notebook_id, msg)
+        except redis.RedisError as exc:
+            log.warning("publishing a %s outside the running cell: %r", msg_type, exc)
 
     def interrupt(self) -> dict:
         """Raise KeyboardInterrupt in the running cell; a no-op when none runs."""
@@ -278,20 +343,25 @@ class Runtime:
             return "skipped"
         code = claimed[0].decode()
         stop_on_error = claimed[1] == b"1"
+        options = json.loads(claimed[4]) if len(claimed) > 4 and claimed[4] else {}
         context = {"notebook_id": notebook_id, "cell_id": cell_id}
         log.debug("cell started", extra=context)
         if claimed[2] == b"1":
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now)
+        self._notebook_id = notebook_id
         self._queue("status", {"execution_state": "busy"})
         # announced here, not by the engine: a long cell is seen starting at once, and a quick
         # one's events come back in the one frame that carries its reply
-        self._queue("execute_input", {"code": code, "execution_count": self._execution_count + 1})
+        if not options.get("silent"):
+            self._queue("execute_input", {"code": code, "execution_count": self._execution_count + 1})
         self._started_runs.put(run)
         self.capture.begin(self._on_output)
         death = ""
         try:
-            reply = _reply_content(self.engine.request("execute", code=code, on_event=self._on_message)[0])
+            reply = _reply_content(self.engine.request(
+                "execute", code=code, on_event=self._on_message, options=options,
+                parent={"msg_id": cell_id, "msg_type": "execute_request"})[0])
         except EngineDied as exc:
             death = str(exc)
             reply = self._died_in_cell(run, death)

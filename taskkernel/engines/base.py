@@ -77,6 +77,9 @@ class Engine:
         self.spec = spec or {}
         self.execution_count = 0
         self._emit: Emit | None = None
+        self.emit_elsewhere: Emit | None = None  # events between cells (a widget callback, a thread)
+        self.silent = False  # the running cell's request said silent (no result, count not advanced)
+        self.store_history = True
 
     # --- hooks an engine implements --------------------------------------------------------
 
@@ -101,6 +104,20 @@ class Engine:
     def take_payload(self) -> list[dict]:
         """The execute_reply payloads the cell wrote (pager text, ask_exit), as ipykernel returns them."""
         return []
+
+    def user_expressions(self, expressions: dict) -> dict:
+        """execute_reply's user_expressions: each expression's mime bundle or error, as ipykernel's."""
+        results = {}
+        ns = getattr(self, "namespace", None)
+        for name, expr in expressions.items():
+            try:
+                if ns is None:
+                    raise NotImplementedError("this engine has no Python namespace")
+                data, metadata = self.format_result(eval(str(expr), ns))  # noqa: S307 - the user's own code
+                results[name] = {"status": "ok", "data": data, "metadata": metadata}
+            except Exception as exc:
+                results[name] = {"status": "error", **self.format_error(exc)}
+        return results
 
     def complete(self, code: str, cursor_pos: int) -> dict:
         return {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos, "metadata": {}}
@@ -137,22 +154,32 @@ class Engine:
         self.emit("clear_output", {"wait": bool(wait)})
 
     def emit(self, msg_type: str, content: dict) -> None:
-        if self._emit is not None:
-            self._emit(msg_type, content)
+        emit = self._emit or self.emit_elsewhere
+        if emit is not None:
+            emit(msg_type, content)
 
-    def execute(self, code: str, emit: Emit) -> dict:
-        """Run one cell, emitting execute_input, outputs and an error; return execute_reply content."""
+    def execute(self, code: str, emit: Emit, *, silent: bool = False, store_history: bool = True,
+                user_expressions: dict | None = None) -> dict:
+        """Run one cell, emitting execute_input, outputs and an error; return execute_reply content.
+
+        As on ipykernel: `silent` shows no value and does not advance the execution count (nor
+        does `store_history=False`); `user_expressions` are evaluated after a cell that succeeded.
+        """
         self._emit = emit
-        self.execution_count += 1
+        self.silent, self.store_history = silent, store_history and not silent
+        if self.store_history:
+            self.execution_count += 1
         count = self.execution_count
-        emit("execute_input", {"code": code, "execution_count": count})
+        if not silent:
+            emit("execute_input", {"code": code, "execution_count": count})
         try:
             value = self.evaluate(code, f"<cell-{count}>")
-            if value is not None:
+            if value is not None and not silent:
                 data, metadata = self.format_result(value)
                 emit("execute_result", {"execution_count": count, "data": data, "metadata": metadata})
             self._after_cell_safely()
-            return {"status": "ok", "execution_count": count, "user_expressions": {},
+            return {"status": "ok", "execution_count": count,
+                    "user_expressions": self.user_expressions(user_expressions or {}),
                     "payload": self.take_payload()}
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
             if isinstance(exc, GeneratorExit):

@@ -45,7 +45,7 @@ class IPythonEngine(PythonEngine):
         self._error = None
         self.running_user_code = True
         try:
-            result = self.shell.run_cell(code, store_history=True)
+            result = self.shell.run_cell(code, store_history=self.store_history, silent=self.silent)
         finally:
             self.running_user_code = False
         if not result.success:
@@ -58,6 +58,9 @@ class IPythonEngine(PythonEngine):
         if isinstance(exc, CellFailed):
             return exc.content
         return super().format_error(exc)
+
+    def user_expressions(self, expressions: dict) -> dict:
+        return self.shell.user_expressions(expressions)
 
     def format_result(self, value: Any) -> tuple[dict, dict]:
         data, metadata = self.shell.display_formatter.format(value)

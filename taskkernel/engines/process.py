@@ -6,7 +6,10 @@ worker reads (output of C code and child processes; Python's own prints travel a
 on the socket, see streams.py). It holds no Redis connection, URL, password, token or
 settings: everything it knows comes in the `init` frame (its engine spec and limits). The main
 thread runs cells and namespace operations in order; a reader thread answers complete, inspect
-and is_complete at once, even while a cell runs. SIGINT interrupts the running cell.
+and is_complete at once, even while a cell runs, and hands input values to a waiting input()
+(engines/stdin.py); a comm thread hands front-end comm messages to their widgets (engines/comms.py)
+in order, also while a cell runs, so a slow widget callback delays no other request. SIGINT
+interrupts the running cell. Every event names the parent it belongs to (engines/parents.py).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import socket
 import sys
 import threading
 
-from taskkernel.engines import namespace, registry, wire
+from taskkernel.engines import comms, namespace, parents, registry, wire
 from taskkernel.engines.base import Engine
+from taskkernel.engines.stdin import Stdin
 from taskkernel.engines.streams import StreamSet
 
-INSTANT_OPS = ("complete", "inspect", "is_complete")
+INSTANT_OPS = ("complete", "inspect", "is_complete", "comm_info", "input_reply")
+COMM_OPS = ("comm",)  # handled in order on the comm thread
 # a cell's events that go out with the next frame rather than alone (the worker announces the
 # cell's start itself; a value or an error is followed by the reply at once)
 HELD_EVENTS = ("execute_input", "execute_result", "error")
@@ -69,6 +74,10 @@ class EngineServer:
         self.streams = streams
         self._send_lock = threading.Lock()
         self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._comm_work: queue.SimpleQueue = queue.SimpleQueue()
+        self.stdin = Stdin(lambda prompt, password: self.send_event(
+            "input_request", {"prompt": prompt, "password": password}, parents.current()))
+        engine.emit_elsewhere = lambda msg_type, content: self.send_event(msg_type, content, parents.current())
 
     def send(self, message: dict, buffers=()) -> None:
         self.streams.flush()  # what the cell printed goes out before this frame
@@ -78,11 +87,23 @@ class EngineServer:
         with self._send_lock:
             wire.send(self.sock, message, buffers)
 
-    def send_stream(self, name: str, text: str) -> None:
-        self.send_now({"event": "stream", "content": {"name": name, "text": text}})
+    def send_stream(self, name: str, text: str, parent: dict) -> None:
+        self.send_now({"event": "stream", "content": {"name": name, "text": text}, "parent": parent})
+
+    def send_event(self, msg_type: str, content: dict, parent: dict, metadata: dict | None = None,
+                   buffers=()) -> None:
+        """An event outside the running cell's frames: a comm's, an input request, a thread's."""
+        event = {"event": msg_type, "content": content, "parent": parent}
+        if metadata:
+            event["metadata"] = metadata
+        self.send(event, buffers)
+
+    def publish_comm(self, msg_type: str, content: dict, metadata: dict, buffers: list, parent: dict) -> None:
+        self.send_event(msg_type, content, parent, metadata, buffers)
 
     def serve(self) -> None:
         threading.Thread(target=self._read_loop, name="taskkernel-engine-reader", daemon=True).start()
+        threading.Thread(target=self._comm_loop, name="taskkernel-engine-comms", daemon=True).start()
         self.send({"ready": True, "pid": os.getpid()})
         while True:
             request, buffers = self._work.get()
@@ -97,10 +118,17 @@ class EngineServer:
                 request, buffers = wire.receive(self.sock)
                 if request.get("op") in INSTANT_OPS:
                     self._answer(request, buffers)
+                elif request.get("op") in COMM_OPS:
+                    self._comm_work.put((request, buffers))
                 else:
                     self._work.put((request, buffers))
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: so is this notebook
+
+    def _comm_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        while True:
+            self._answer(*self._comm_work.get())
 
     def _answer(self, request: dict, buffers: list[bytes]) -> None:
         rid, op = request.get("id"), request.get("op")
@@ -120,8 +148,16 @@ class EngineServer:
         """Run a cell. Events that a watcher need not see at once (HELD_EVENTS) wait for the next
         frame, so a quick cell is one frame back: its events and its reply together."""
         rid, held = request["id"], []
+        cell = request.get("parent") or {}
+        parents.set_main(cell)
+        options = request.get("options") or {}
+        self.stdin.allowed = bool(options.get("allow_stdin"))
 
         def emit(msg_type: str, content: dict) -> None:
+            parent = parents.current()
+            if parent.get("msg_id") != cell.get("msg_id"):
+                self.send_event(msg_type, content, parent)  # a comm handler's, or a thread's after the cell
+                return
             event = {"event": msg_type, "content": content}
             if msg_type in HELD_EVENTS:
                 held.append(event)
@@ -130,10 +166,13 @@ class EngineServer:
             held.clear()
 
         try:
-            reply = self.engine.execute(request["code"], emit)
+            reply = self.engine.execute(request["code"], emit, **{
+                k: options[k] for k in ("silent", "store_history", "user_expressions") if k in options})
         except BaseException as exc:  # noqa: BLE001 - the engine itself failed (an interrupt between hooks)
             reply = {"status": "error", "execution_count": self.engine.execution_count,
                      "ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
+        finally:
+            self.stdin.allowed = False
         self.send({"id": rid, "events": held, "reply": reply})
 
     def _perform(self, op: str, request: dict, buffers: list[bytes]) -> tuple[dict, list[bytes]]:
@@ -145,6 +184,13 @@ class EngineServer:
                                   int(request.get("detail_level", 0))), []
         if op == "is_complete":
             return engine.is_complete(request["code"]), []
+        if op == "comm":
+            comms.deliver(request["msg_type"], request.get("content") or {}, buffers, request.get("parent") or {})
+            return {}, []
+        if op == "comm_info":
+            return comms.info(request.get("target_name")), []
+        if op == "input_reply":
+            return {"delivered": self.stdin.answer(str(request.get("value", "")))}, []
         if ns is None:
             raise namespace.NamespaceError("not_supported", "this engine has no Python namespace")
         if op == "push":
@@ -179,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_limits(init.get("limits", {}))
     sys.path[:0] = [p for p in init.get("sys_path", []) if p not in sys.path]
     server: EngineServer | None = None
-    streams = StreamSet(lambda name, text: server.send_stream(name, text))
+    parents.install()
+    streams = StreamSet(lambda name, text, parent: server.send_stream(name, text, parent))
     sys.stdout, sys.stderr = streams.streams()
     sys.stdin = NoStdin()
     spec = init["spec"]
@@ -191,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_interrupt)
     server = EngineServer(sock, engine, streams)
+    comms.install(server.publish_comm, on_import=getattr(engine, "ensure_shell", None))
+    server.stdin.install()
     engine.start()
     server.serve()
     return 0

@@ -61,6 +61,9 @@ class PythonEngine(Engine):
     # --- evaluate -----------------------------------------------------------------------------
 
     def evaluate(self, code: str, cell_name: str) -> Any:
+        # a warning shows again in every cell that raises it, as on ipykernel (Python would show
+        # it once per line number of the namespace)
+        self.namespace.pop("__warningregistry__", None)
         if self.shell is None and any(name in code for name in IPYTHON_NAMES):
             self.ensure_shell()
         try:

@@ -10,7 +10,10 @@ payload instead, exactly where ipykernel makes the same substitution:
 - the pager (`obj?`, `%pinfo`, `%prun`'s report) writes a `page` payload, `exit()` an `ask_exit`
   payload, `set_next_input` a `set_next_input` payload;
 - `%matplotlib inline` works through matplotlib-inline's backend; GUI event loops (`qt`, `tk`)
-  are refused, as there is no display in the sandbox.
+  are refused, as there is no display in the sandbox;
+- `get_ipython().kernel` and `'IPKernelApp' in get_ipython().config` are there, as libraries look
+  for them to detect a notebook (tqdm.auto, ipywidgets' Output widget, plotly's renderer choice):
+  the kernel object gives the parent request (`get_parent()`) and the comm manager.
 
 Both engines use it: the ipython engine runs every cell with the shell, the python engine makes one
 only when a cell needs IPython (engines/python.py).
@@ -18,7 +21,10 @@ only when a cell needs IPython (engines/python.py).
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
+import sys
 from typing import Any
 
 from IPython.core import page
@@ -65,6 +71,32 @@ class EngineExitAutocall(ExitAutocall):
         self._ip.ask_exit()
 
 
+class EngineKernel:
+    """What `get_ipython().kernel` is to a library: the request being answered, the comms."""
+
+    implementation = "taskkernel"
+
+    def __init__(self, shell: "EngineShell"):
+        self.shell = shell
+
+    @property
+    def comm_manager(self):
+        from taskkernel.engines import comms
+
+        return comms.manager()
+
+    def get_parent(self, channel: str = "shell") -> dict:
+        """The request the calling thread works for, as a message (ipykernel's get_parent); {} for none."""
+        from taskkernel.engines import parents
+
+        header = parents.current()
+        return {"header": dict(header), "parent_header": {}, "metadata": {}, "content": {}} if header else {}
+
+    @property
+    def _parent_header(self) -> dict:  # ipykernel < 6 spelling, still read by some libraries
+        return self.get_parent()
+
+
 class EngineShell(InteractiveShell):
     """An InteractiveShell whose output goes to `engine` (an Engine: anything with `emit`)."""
 
@@ -72,6 +104,23 @@ class EngineShell(InteractiveShell):
     display_pub_class = Type(EnginePublisher)
     engine = AnyTrait(None, allow_none=True)
     keepkernel_on_exit: bool | None = None
+
+    @property
+    def kernel(self) -> EngineKernel:
+        kernel = self.__dict__.get("_engine_kernel")
+        if kernel is None:
+            kernel = self.__dict__["_engine_kernel"] = EngineKernel(self)
+        return kernel
+
+    def get_parent(self) -> dict:
+        return self.kernel.get_parent()
+
+    @property
+    def parent_header(self) -> dict:
+        return self.get_parent()
+
+    def set_parent(self, parent: dict) -> None:
+        """ipykernel points its streams at `parent` here; an engine's threads know their parent already."""
 
     @default("exiter")
     def _exiter_default(self):
@@ -111,6 +160,29 @@ class EngineShell(InteractiveShell):
         return payload
 
 
+def announce_ipykernel() -> None:
+    """Put ipykernel's shell module in sys.modules, loaded only when first touched (LazyLoader).
+
+    tqdm.auto chooses its notebook bar when `ipykernel.zmqshell` is imported: it sees it, at no
+    cost until something reads an attribute of it (then the real module loads). `ipykernel`
+    itself is not announced: ipywidgets would then import it (ZMQ, jupyter_client: ~15 MiB) to
+    read its version, where the `comm` package serves it as well. Without ipykernel installed,
+    nothing is announced.
+    """
+    if "ipykernel" in sys.modules or "ipykernel.zmqshell" in sys.modules:
+        return
+    package = importlib.util.find_spec("ipykernel")
+    if package is None or not package.submodule_search_locations:
+        return
+    shell = importlib.machinery.PathFinder.find_spec("ipykernel.zmqshell", list(package.submodule_search_locations))
+    if shell is None:
+        return
+    shell.loader = importlib.util.LazyLoader(shell.loader)
+    module = importlib.util.module_from_spec(shell)
+    sys.modules[shell.name] = module
+    shell.loader.exec_module(module)
+
+
 def make_shell(engine: Any, user_ns: dict | None = None) -> EngineShell:
     """The process's one EngineShell (IPython's singleton, so `get_ipython()` finds it)."""
     if not os.environ.get("MPLBACKEND"):
@@ -119,6 +191,8 @@ def make_shell(engine: Any, user_ns: dict | None = None) -> EngineShell:
         os.environ["MPLBACKEND"] = INLINE_BACKEND
     config = Config()
     config.HistoryManager.hist_file = ":memory:"  # workers must not share one sqlite history file
+    config.IPKernelApp.kernel_class = "taskkernel"  # what tqdm.auto and others test for a notebook
+    announce_ipykernel()
     shell = EngineShell.instance(config=config, colors="nocolor", autoindent=False, user_ns=user_ns)
     shell.engine = engine
     return shell

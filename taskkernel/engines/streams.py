@@ -4,7 +4,8 @@ A print travels on the same socket as displays, results and errors, so its order
 exact (as ipykernel's OutStream does it). Text is batched: it goes out before any other frame,
 when 64 KiB are waiting, or 50 ms after it was written (a flusher thread), so a hundred thousand
 prints make a few hundred frames, not a hundred thousand. Output of C code and child processes
-reaches fds 1 and 2 instead, which are pipes the worker reads.
+reaches fds 1 and 2 instead, which are pipes the worker reads. Each run of text keeps the parent
+of the thread that wrote it (engines/parents.py), so a thread's late output is its own cell's.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import io
 import threading
 from collections.abc import Callable
 
+from taskkernel.engines import parents
+
 INTERVAL_S = 0.05
 BATCH_CHARS = 64 * 1024
 
-Sender = Callable[[str, str], None]  # (stream name, text)
+Sender = Callable[[str, str, dict], None]  # (stream name, text, parent header)
 
 
 class OutStream(io.TextIOBase):
@@ -77,7 +80,7 @@ class StreamSet:
         self._send = send
         self.interval_s = interval_s
         self.batch_chars = batch_chars
-        self._pending: list[list[str]] = []  # [name, text] runs
+        self._pending: list[list] = []  # [name, parent, text] runs
         self._size = 0
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -90,11 +93,12 @@ class StreamSet:
     def add(self, name: str, text: str) -> None:
         if not text:
             return
+        parent = parents.current()
         with self._lock:
-            if self._pending and self._pending[-1][0] == name:
-                self._pending[-1][1] += text
+            if self._pending and self._pending[-1][0] == name and self._pending[-1][1] is parent:
+                self._pending[-1][2] += text
             else:
-                self._pending.append([name, text])
+                self._pending.append([name, parent, text])
             self._size += len(text)
             full = self._size >= self.batch_chars
             if len(self._pending) == 1 and not full:
@@ -107,8 +111,8 @@ class StreamSet:
         with self._flushing:  # one sender at a time: runs go out in the order written
             with self._lock:
                 pending, self._pending, self._size = self._pending, [], 0
-            for name, text in pending:
-                self._send(name, text)
+            for name, parent, text in pending:
+                self._send(name, text, parent)
 
     def _flush_loop(self) -> None:
         import signal

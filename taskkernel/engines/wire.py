@@ -17,6 +17,16 @@ the same `id` and either `reply` or `error`, and may send `event` frames with th
     pull           {name, dill: bool}       reply: {name, json, value | repr}, dill in buffers[0]
     checkpoint     {}                       reply: {saved, skipped, names}, one buffer per name
     restore        {names}, one buffer per name             reply: {restored, failed}
+    comm           {msg_type, content, parent}, buffers     reply: {}  (comm_open / comm_msg / comm_close
+                                                        from a front end, handled in order on the comm thread)
+    comm_info      {target_name?}           reply: comm_info_reply content
+    input_reply    {value}                  reply: {delivered: bool}
+
+`execute` also carries `parent` (the cell's request header) and `options` (silent,
+store_history, allow_stdin, user_expressions). Besides the frames of a request, the engine sends
+event frames that name their own `parent` (stream text, comm messages with their buffers,
+input_request, the displays of a comm handler or of a thread whose cell has ended): the worker
+joins the ones of the running cell to it and publishes the others under their parent.
 
 The first frame the engine sends, unasked, is `{"ready": true, "pid": ...}`; the first frame
 it reads is the `init` frame with its engine spec.
