@@ -46,7 +46,7 @@ FLOOR_PUBSUB = "floor: Redis PUBLISH -> subscriber"
 
 TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_STREAM, "memory": F_MEM,
           "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE}
-TITLES["gateway"] = "9. Jupyter gateway"  # bench/gateway.py: figures 9 and 10
+TITLES["gateway"] = "10. Jupyter gateway"  # bench/gateway.py: figures 10 and 11 (9 is the files figure)
 
 COMPLETION_CODE = "import math; math.sq"
 
@@ -386,7 +386,7 @@ class Bench:
                                f"5 warm-up cells, then {runs} round trips of `1+1`, each done when its "
                                "execute_reply and IOPub idle are in")
 
-    # --- 9, 10. the Jupyter gateway (bench/gateway.py) -------------------------------------------
+    # --- 10, 11. the Jupyter gateway (bench/gateway.py) -------------------------------------------
 
     def figure_gateway(self) -> None:
         from bench import gateway

@@ -1,10 +1,10 @@
-"""Figures 9 and 10: taskkernel's Jupyter gateway (taskkernel/gateway) next to Jupyter's own.
+"""Figures 10 and 11: taskkernel's Jupyter gateway (taskkernel/gateway) next to Jupyter's own.
 
-9. `1+1` over the gateway's kernel websocket, the way a web front end (or Jupyter Server with
+10. `1+1` over the gateway's kernel websocket, the way a web front end (or Jupyter Server with
    --gateway-url) drives it: execute_request, then its execute_reply and iopub idle. Measured in
    the same run, interleaved, against jupyter-kernel-gateway (B, and B' whose client acks every
    segment at once) and ipykernel through jupyter_client (A).
-10. HTTP evaluate latency of the API with no gateway websocket open, and with N idle ones open
+11. HTTP evaluate latency of the API with no gateway websocket open, and with N idle ones open
    (the gateway is an event loop: an open websocket must cost the API nothing), plus the
    gateway's own round trip while they are open.
 """
@@ -24,8 +24,8 @@ from bench.taskkernel_side import HttpEvaluator, result_text
 from taskkernel.redis_server import free_port
 from taskkernel.settings import settings_environ
 
-F_GW = "9. Jupyter gateway: `1+1` over the kernel websocket"
-F_IDLE = "10. idle gateway websockets"
+F_GW = "10. Jupyter gateway: `1+1` over the kernel websocket"
+F_IDLE = "11. idle gateway websockets"
 GW_PYTHON = "taskkernel gateway (websocket, python engine)"
 GW_IPYTHON = "taskkernel gateway (websocket, ipython engine)"
 HTTP_NONE = "taskkernel HTTP evaluate, no gateway websocket open"
