@@ -322,8 +322,9 @@ def test_a_second_gateway_process_watches_the_same_kernel(service, gateway_url, 
         service.stop_process(process)
 
 
-def test_with_a_token_the_jupyter_scheme_and_bearer_are_accepted(service):
-    url, process = start_gateway(service, token="s3cret-gateway")
+def test_with_a_token_the_jupyter_scheme_and_bearer_are_accepted(service, tmp_path):
+    log = tmp_path / "gateway.log"
+    url, process = start_gateway(service, output=log, token="s3cret-gateway", log_level="DEBUG")
     try:
         status, error = call("GET", url + "/api/kernels")
         assert status == 401 and error["error"] == "unauthorized"
@@ -337,6 +338,25 @@ def test_with_a_token_the_jupyter_scheme_and_bearer_are_accepted(service):
             assert getattr(failure.value, "code", None) == 401
 
         asyncio.run(refused())
+
+        # a browser cannot set headers on a websocket: ?token= opens it, and never reaches the log
+        status, model = call("POST", url + "/api/kernels", {"name": "python"},
+                             headers={"Authorization": "token s3cret-gateway"})
+        assert status == 201
+
+        async def by_query():
+            ws = await KernelSocket.open(f"{url}/api/kernels/{model['id']}/channels?token=s3cret-gateway")
+            try:
+                assert reply_of(await ws.request("kernel_info_request", {}))["content"]["status"] == "ok"
+            finally:
+                ws.close()
+
+        try:
+            asyncio.run(by_query())
+        finally:
+            call("DELETE", f"{url}/api/kernels/{model['id']}", headers={"Authorization": "Bearer s3cret-gateway"})
+        wait_for(lambda: f"/api/kernels/{model['id']}/channels" in log.read_text(), 10, "the websocket's log line")
+        assert "s3cret-gateway" not in log.read_text()
     finally:
         service.stop_process(process)
 

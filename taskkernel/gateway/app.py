@@ -27,8 +27,8 @@ from celery import Celery
 from taskkernel import keys
 from taskkernel.api.auth import _origin_host, authorization_token, host_name, token_digest
 from taskkernel.api.errors import from_redis_error
-from taskkernel.exceptions import (CrossSiteRequest, Forbidden, HostNotAllowed, NotFound, TaskkernelError,
-                                   Unauthorized)
+from taskkernel.exceptions import (CrossSiteRequest, Forbidden, HostNotAllowed, InvalidJSON, NotFound,
+                                   TaskkernelError, Unauthorized)
 from taskkernel.notebooks import SUBMIT_LUA, NotebookStore
 from taskkernel.settings import Settings, comma_list, is_loopback, networks
 
@@ -90,12 +90,8 @@ class BaseHandler(tornado.web.RequestHandler):
         try:
             body = json.loads(self.request.body)
         except ValueError as exc:
-            from taskkernel.exceptions import InvalidJSON
-
             raise InvalidJSON(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict):
-            from taskkernel.exceptions import InvalidJSON
-
             raise InvalidJSON("the body must be a JSON object")
         return body
 
@@ -211,9 +207,18 @@ def make_app(settings: Settings) -> tornado.web.Application:
         (r"/api/?", kernels.InfoHandler, args),
     ]
     app = tornado.web.Application(routes, default_handler_class=NotFoundHandler, default_handler_args=args,
-                                  websocket_ping_interval=30, max_body_size=settings.max_request_bytes)
+                                  websocket_ping_interval=30, max_body_size=settings.max_request_bytes,
+                                  log_function=log_request)
     app.settings["taskkernel_gateway"] = gateway
     return app
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One line per request, with its path only: a websocket's ?token= never reaches a log."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    log.log(level, "%d %s %s %.1f ms", status, handler.request.method, handler.request.path,
+            1000 * handler.request.request_time())
 
 
 async def keep_registered(gateway: Gateway) -> None:

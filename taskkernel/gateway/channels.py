@@ -63,6 +63,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         self.engine = "python"
         self.shutting_down = False
         self._comm_order = asyncio.Lock()  # comm messages reach the engine in the order sent
+        self._tasks: set[asyncio.Task] = set()  # requests being answered (the loop keeps weak references only)
 
     async def prepare(self) -> None:
         try:
@@ -84,7 +85,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         if self.feed is not None:
-            asyncio.ensure_future(self.gateway.hub.detach(self.notebook_id, self))
+            self._spawn(self.gateway.hub.detach(self.notebook_id, self))
 
     def send(self, msg: dict) -> None:
         """Write a message to this front end; a closed socket drops it."""
@@ -109,13 +110,18 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         if channel == "shell" and msg_type == "execute_request":
             await self._execute_cell(msg)
         elif channel == "shell" and msg_type in messages.COMM_TYPES:
-            asyncio.ensure_future(self._comm(msg, msg_type))
+            self._spawn(self._comm(msg, msg_type))
         elif channel in ("shell", "control"):
-            asyncio.ensure_future(self._answer(msg, msg_type, channel))
+            self._spawn(self._answer(msg, msg_type, channel))
         elif channel == "stdin" and msg_type == "input_reply":
-            asyncio.ensure_future(self._input_reply(msg))
+            self._spawn(self._input_reply(msg))
         else:
             log.debug("kernel %s: %s on %s is not served", self.notebook_id, msg_type, channel)
+
+    def _spawn(self, work) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _reply(self, msg: dict, msg_type: str, content: dict, channel: str = "shell") -> None:
         self.send(framing.jupyter_message(msg_type, content, msg["header"], channel, session=self.notebook_id))

@@ -23,6 +23,7 @@ import redis
 
 from taskkernel import keys, messages
 from taskkernel.gateway import framing
+from taskkernel.gateway.app import REGISTRATION_TTL_S
 from taskkernel.gateway.framing import jupyter_message
 
 log = logging.getLogger("taskkernel.gateway")
@@ -168,7 +169,7 @@ class FeedHub:
             held = await self.gateway.aredis.hincrby(key, notebook_id, delta)
             if held <= 0:
                 await self.gateway.aredis.hdel(key, notebook_id)
-            await self.gateway.aredis.expire(key, 30)
+            await self.gateway.aredis.expire(key, int(REGISTRATION_TTL_S))
         except redis.RedisError as exc:
             log.warning("counting connections: %r", exc)
 
