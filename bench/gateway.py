@@ -117,7 +117,7 @@ def figure(bench) -> None:
         nb = bench.main_notebook()
         if result_text(http.evaluate(nb.id)) != "2":
             raise RuntimeError("taskkernel did not answer 2")
-        targets_of_idle = [python, ipython] + [kernel("python") for _ in range(IDLE_KERNELS - 2)]
+        targets_of_idle = [kernel("python") for _ in range(IDLE_KERNELS)]  # not the kernel timed below
         with_idle, gw_idle = HTTP_IDLE.format(n=IDLE_SOCKETS), GW_IDLE.format(n=IDLE_SOCKETS)
         for rep in range(plan.reps):
             samples = timed_batch(lambda: http.evaluate(nb.id), plan.rt_runs, plan.rt_warmup, plan.batch_timeout_s)
@@ -134,9 +134,10 @@ def figure(bench) -> None:
             close_all(idle)
             idle = []
         results.note(F_IDLE, f"{IDLE_SOCKETS} websockets (websocket-client, in the bench process) are opened on "
-                             f"{IDLE_KERNELS} kernels of the gateway and left idle while HTTP evaluate (wait) of "
-                             "`1+1` runs on one keep-alive connection to the API, then the gateway's own `1+1`; "
-                             "they are closed before the next repetition's `none` batch")
+                             f"{IDLE_KERNELS} other kernels of the gateway (each answers a kernel_info_request, then "
+                             "stays idle) while HTTP evaluate (wait) of `1+1` runs on one keep-alive connection to "
+                             "the API, then the gateway's own `1+1` on a kernel without them; they are closed "
+                             "before the next repetition's `none` batch")
     finally:
         close_all(idle)
         http.close()

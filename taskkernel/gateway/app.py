@@ -207,7 +207,10 @@ def make_app(settings: Settings) -> tornado.web.Application:
         (r"/api/?", kernels.InfoHandler, args),
     ]
     app = tornado.web.Application(routes, default_handler_class=NotFoundHandler, default_handler_args=args,
-                                  websocket_ping_interval=30, max_body_size=settings.max_request_bytes,
+                                  # no server pings: a client that reads only when it expects an
+                                  # answer (websocket-client, scripts) would miss the pong deadline
+                                  # and be cut off; as Kernel Gateway, a dead peer is found by TCP
+                                  websocket_ping_interval=0, max_body_size=settings.max_request_bytes,
                                   log_function=log_request)
     app.settings["taskkernel_gateway"] = gateway
     return app
