@@ -24,7 +24,7 @@ from bench.taskkernel_side import HttpEvaluator, result_text, stream_lines
 from taskkernel.client import ApiError, Notebook
 
 FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge", "files",
-           "nbclient")
+           "gateway", "nbclient")
 
 F_RT = "1. round trip of `1+1`"
 F_OPEN = "2. notebook open"
@@ -51,6 +51,7 @@ FLOOR_PUBSUB = "floor: Redis PUBLISH -> subscriber"
 TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_STREAM, "memory": F_MEM,
           "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE, "files": bench_files.FIGURE,
           "nbclient": F_NBCLIENT}
+TITLES["gateway"] = "10. Jupyter gateway"  # bench/gateway.py: figures 10 and 11 (9 is the files figure)
 
 COMPLETION_CODE = "import math; math.sq"
 
@@ -421,6 +422,13 @@ class Bench:
                                  "run with its own pytest configuration; for taskkernel the bridge kernelspec is "
                                  "installed as `python3` in a private JUPYTER_PATH, so every kernel the suite starts "
                                  "runs its cells on this run's service; one run per system (a count, not a timing)")
+
+    # --- 10, 11. the Jupyter gateway (bench/gateway.py) -------------------------------------------
+
+    def figure_gateway(self) -> None:
+        from bench import gateway
+
+        gateway.figure(self)
 
     # --- 4. streaming ----------------------------------------------------------------------------
 
@@ -831,4 +839,7 @@ def targets(plan: Plan) -> list[Target]:
         Target("file download (100 MiB) >= 0.5 x curl of a static file", bench_files.FIGURE,
                bench_files.metric_time(files_mb), bench_files.OURS_DOWN, bench_files.PEER, 2.0),
     ]
+    from bench import gateway
+
+    found += gateway.targets()
     return found

@@ -126,10 +126,12 @@ class IPyKernel:
 class GatewayKernel:
     """Peer B: one kernel of a jupyter-kernel-gateway, over REST and its websocket channels."""
 
-    def __init__(self, port: int, quickack: bool = False):
+    def __init__(self, port: int, quickack: bool = False, name: str = "python3"):
         """`quickack`: the client acknowledges every TCP segment at once (Linux TCP_QUICKACK), which
-        shows how much of the gateway's latency is Nagle's algorithm waiting for a delayed ACK."""
+        shows how much of the gateway's latency is Nagle's algorithm waiting for a delayed ACK.
+        `name`: the kernelspec (taskkernel's gateway, bench/gateway.py, names its engines)."""
         self.port = port
+        self.name = name
         self.quickack = quickack and hasattr(socket, "TCP_QUICKACK")
         self.kernel_id = ""
         self.ws = None
@@ -149,7 +151,7 @@ class GatewayKernel:
         """Create the kernel (REST) and open its channels (websocket), as a web front end does."""
         import websocket
 
-        status, kernel = self._rest("POST", "/api/kernels", {"name": "python3"})
+        status, kernel = self._rest("POST", "/api/kernels", {"name": self.name})
         if status != 201:
             raise RuntimeError(f"kernel gateway answered {status}: {kernel}")
         self.kernel_id = kernel["id"]

@@ -167,11 +167,11 @@ def cmd_api(settings: Settings) -> int:
 def cmd_gateway(settings: Settings) -> int:
     _require_redis(settings)
     import asyncio
-    import logging
 
+    from taskkernel import logs
     from taskkernel.gateway.app import serve
 
-    logging.basicConfig(level=settings.log_level.upper())
+    logs.configure(settings.log_level, bool(settings.log_json), sys.stderr, component="gateway")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: cleanly
     try:
         asyncio.run(serve(settings))

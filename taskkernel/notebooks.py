@@ -228,6 +228,23 @@ class Submitted(NamedTuple):
     replayed: bool
 
 
+class SubmitCall(NamedTuple):
+    """One call of the submit script: the cell it records, and the script's keys and arguments."""
+
+    cell: dict
+    record: dict
+    keys: list
+    args: list
+
+    def queued(self, got) -> "Submitted":
+        """What the script's answer {queue, position, newest stream id} means: the cell is queued."""
+        return Submitted(messages.cell_from_redis({**self.record, "position": str(got[1])}), as_text(got[0]),
+                         as_text(got[2]), replayed=False)
+
+
+SUBMIT_LUA = _SUBMIT_LUA
+
+
 def new_notebook_id() -> str:
     """128 random bits: notebook ids are unguessable."""
     return secrets.token_hex(16)
@@ -451,32 +468,14 @@ class NotebookStore:
         NotebookNotFound, NotebookGone, IdempotencyKeyReused (the key came with other code), and
         SubmitUncertain when Redis failed while the cell was being recorded (it may run).
         """
-        cell = {
-            "id": messages.new_id(),
-            "notebook_id": notebook_id,
-            "code": code,
-            "state": "queued",
-            "status": None,
-            "stop_on_error": stop_on_error,
-            "submitted": messages.now_iso(),
-        }
-        if options:  # the execute_request's flags (silent, store_history, allow_stdin, user_expressions)
-            cell["options"] = json.dumps(options)
-        digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else ""
-        if digest:
-            cell["idempotency"] = digest
-        record = messages.cell_to_redis(cell)
-        message = task_message(cell["id"])
-        ttl_ms = max(1, int(idempotency_ttl_s * 1000)) if digest else 0
+        call = self.submit_call(notebook_id, code, task_message, stop_on_error=stop_on_error,
+                                idempotency_key=idempotency_key, idempotency_ttl_s=idempotency_ttl_s,
+                                options=options)
+        cell = call.cell
         while True:
             try:
                 # redis-py retries a call that timed out: the script is a no-op the second time
-                got = self._submit(
-                    keys=[keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
-                          keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id),
-                          keys.idempotency(notebook_id, digest)],
-                    args=[cell["id"], *message, ttl_ms, *messages.hash_pairs(record)],
-                )
+                got = self._submit(keys=call.keys, args=call.args)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise SubmitUncertain(
                     f"Redis failed while cell {cell['id']} was being recorded ({exc}): it may run; GET the "
@@ -496,8 +495,35 @@ class NotebookStore:
             if got[0]:
                 break
             self.wait_for_worker(notebook_id, worker_timeout_s)
-        return Submitted(messages.cell_from_redis({**record, "position": str(got[1])}), as_text(got[0]),
-                         as_text(got[2]), replayed=False)
+        return call.queued(got)
+
+    def submit_call(self, notebook_id: str, code: str, task_message: Callable[[str], tuple[str, str]], *,
+                    stop_on_error: bool = False, idempotency_key: str = "",
+                    idempotency_ttl_s: float = 24 * 3600.0, options: dict | None = None) -> "SubmitCall":
+        """The submit script's keys and arguments for a new cell (see `submit`); the gateway runs
+        them on its event loop's own Redis client (SUBMIT_LUA)."""
+        cell = {
+            "id": messages.new_id(),
+            "notebook_id": notebook_id,
+            "code": code,
+            "state": "queued",
+            "status": None,
+            "stop_on_error": stop_on_error,
+            "submitted": messages.now_iso(),
+        }
+        if options:  # the execute_request's flags (silent, store_history, allow_stdin, user_expressions)
+            cell["options"] = json.dumps(options)
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else ""
+        if digest:
+            cell["idempotency"] = digest
+        record = messages.cell_to_redis(cell)
+        message = task_message(cell["id"])
+        ttl_ms = max(1, int(idempotency_ttl_s * 1000)) if digest else 0
+        return SubmitCall(
+            cell, record,
+            [keys.notebook(notebook_id), keys.cell(cell["id"]), keys.notebook_cells(notebook_id),
+             keys.notebook_pending(notebook_id), keys.feed_stream(notebook_id), keys.idempotency(notebook_id, digest)],
+            [cell["id"], *message, ttl_ms, *messages.hash_pairs(record)])
 
     def enqueue(self, notebook_id: str, message: tuple[str, str], *, worker_timeout_s: float = 10.0) -> str:
         """Push a task message onto the notebook's worker queue, behind its cells, in one script (so

@@ -63,8 +63,8 @@ class KernelSocket:
         return mine
 
     async def request(self, msg_type: str, content: dict, channel: str = "shell", timeout_s: float = 60.0,
-                      buffers=()) -> list[dict]:
-        return await self.collect(self.send(msg_type, content, channel, buffers), timeout_s)
+                      buffers=(), reply: bool = True) -> list[dict]:
+        return await self.collect(self.send(msg_type, content, channel, buffers), timeout_s, reply=reply)
 
     async def execute(self, code: str, timeout_s: float = 60.0, **content) -> list[dict]:
         return await self.request("execute_request", {"code": code, "silent": False, "store_history": True,

@@ -12,7 +12,7 @@ import pytest
 
 from taskkernel.client import Client
 from taskkernel.redis_server import free_port
-from tests.conftest import pid_alive
+from tests.conftest import _http_ok, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,17 +35,18 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def start_up(port: int, **env) -> subprocess.Popen:
+def start_up(port: int, gateway_port: int | None = None, **env) -> subprocess.Popen:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TASKKERNEL_")}
     environ.update({"TASKKERNEL_LOG_LEVEL": "WARNING", **env})
-    return subprocess.Popen([sys.executable, "-m", "taskkernel", "up", "--port", str(port), "--pool", "1"],
+    return subprocess.Popen([sys.executable, "-m", "taskkernel", "up", "--port", str(port), "--pool", "1",
+                             "--gateway-port", str(gateway_port or free_port())],
                             env=environ, stdout=subprocess.PIPE, text=True, start_new_session=True)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_up_runs_everything_and_stops_it_all(stop_signal):
-    port = free_port()
-    process = start_up(port)
+    port, gateway_port = free_port(), free_port()
+    process = start_up(port, gateway_port)
     tree: set[int] = set()
     try:
         banner = process.stdout.readline()
@@ -54,6 +55,9 @@ def test_up_runs_everything_and_stops_it_all(stop_signal):
         assert match, banner
         isolation = process.stdout.readline()
         assert isolation.startswith("taskkernel sandbox: bubblewrap, "), isolation
+        gateway = process.stdout.readline()
+        assert gateway.startswith(f"taskkernel gateway on http://127.0.0.1:{gateway_port}"), gateway
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{gateway_port}/api/kernelspecs"), 30, "the gateway")
         with Client(f"http://127.0.0.1:{port}").start() as nb:
             assert nb.evaluate("6 * 7")["outputs"][0]["data"]["text/plain"] == "42"
         tree = descendants(process.pid)

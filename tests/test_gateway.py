@@ -87,6 +87,10 @@ def test_start_tolerates_env_and_unknown_fields_and_refuses_unknown_engines(gate
     assert call("DELETE", f"{gateway_url}/api/kernels/{model['id']}") == (204, None)
     status, error = call("GET", f"{gateway_url}/api/kernels/{model['id']}")
     assert status == 404 and error["error"] == "notebook_not_found"
+    # what Jupyter Server asks for before it knows the gateway's default: the default engine
+    status, model = call("POST", gateway_url + "/api/kernels", {"name": "python3"})
+    assert status == 201 and model["name"] == "ipython"
+    assert call("DELETE", f"{gateway_url}/api/kernels/{model['id']}") == (204, None)
     status, error = call("POST", gateway_url + "/api/kernels", {"name": "cobol"})
     assert status == 400 and error["error"] == "unknown_engine"
     status, error = call("POST", gateway_url + "/api/kernels", {"name": 3})
@@ -318,8 +322,9 @@ def test_a_second_gateway_process_watches_the_same_kernel(service, gateway_url, 
         service.stop_process(process)
 
 
-def test_with_a_token_the_jupyter_scheme_and_bearer_are_accepted(service):
-    url, process = start_gateway(service, token="s3cret-gateway")
+def test_with_a_token_the_jupyter_scheme_and_bearer_are_accepted(service, tmp_path):
+    log = tmp_path / "gateway.log"
+    url, process = start_gateway(service, output=log, token="s3cret-gateway", log_level="DEBUG")
     try:
         status, error = call("GET", url + "/api/kernels")
         assert status == 401 and error["error"] == "unauthorized"
@@ -333,6 +338,25 @@ def test_with_a_token_the_jupyter_scheme_and_bearer_are_accepted(service):
             assert getattr(failure.value, "code", None) == 401
 
         asyncio.run(refused())
+
+        # a browser cannot set headers on a websocket: ?token= opens it, and never reaches the log
+        status, model = call("POST", url + "/api/kernels", {"name": "python"},
+                             headers={"Authorization": "token s3cret-gateway"})
+        assert status == 201
+
+        async def by_query():
+            ws = await KernelSocket.open(f"{url}/api/kernels/{model['id']}/channels?token=s3cret-gateway")
+            try:
+                assert reply_of(await ws.request("kernel_info_request", {}))["content"]["status"] == "ok"
+            finally:
+                ws.close()
+
+        try:
+            asyncio.run(by_query())
+        finally:
+            call("DELETE", f"{url}/api/kernels/{model['id']}", headers={"Authorization": "Bearer s3cret-gateway"})
+        wait_for(lambda: f"/api/kernels/{model['id']}/channels" in log.read_text(), 10, "the websocket's log line")
+        assert "s3cret-gateway" not in log.read_text()
     finally:
         service.stop_process(process)
 
@@ -343,3 +367,75 @@ def test_requests_from_other_sites_and_hosts_are_refused(gateway_url):
     assert status == 403 and error["error"] == "cross_site_request"
     status, error = call("GET", gateway_url + "/api/kernels", headers={"Host": "rebound.example"})
     assert status == 403 and error["error"] == "host_not_allowed"
+
+
+# --- comms, stdin, execute_request flags (the engine's, from branch fidelity) -------------------------
+
+def test_widgets_round_trip_over_the_websocket_with_their_buffers(gateway_url, kernel):
+    async def scenario():
+        ws = await KernelSocket.open(channels(gateway_url, kernel))
+        try:
+            header = ws.send("execute_request", {"code": (
+                "import ipywidgets as w\nslider = w.IntSlider(value=1)\n"
+                "slider.observe(lambda change: print('moved to', change['new']), 'value')\n"
+                "image = w.Image(value=b'\\x89PNG-bytes', format='png')\nslider")})
+            messages = await ws.collect(header)
+            opens = {m["content"]["data"]["state"]["_model_name"]: m for m in of_type(messages, "comm_open")}
+            slider, image = opens["IntSliderModel"], opens["ImageModel"]
+            assert slider["channel"] == "iopub" and slider["parent_header"]["msg_id"] == header["msg_id"]
+            assert image["buffers"] == [b"\x89PNG-bytes"]  # a binary frame, as Jupyter sends buffers
+            comm_id = slider["content"]["comm_id"]
+            info = reply_of(await ws.request("comm_info_request", {"target_name": "jupyter.widget"}))
+            assert info["content"]["comms"][comm_id] == {"target_name": "jupyter.widget"}
+            # the user moves the slider: the callback's print comes back under the comm_msg's header
+            moved = await ws.request("comm_msg", {"comm_id": comm_id, "data": {
+                "method": "update", "state": {"value": 7}, "buffer_paths": []}}, reply=False)
+            assert [m["content"]["execution_state"] for m in of_type(moved, "status")] == ["busy", "idle"]
+            while not [m for m in ws.seen if m["msg_type"] == "stream" and "moved to 7" in m["content"]["text"]]:
+                await ws.next()
+            (printed,) = [m for m in ws.seen if m["msg_type"] == "stream" and "moved to 7" in m["content"]["text"]]
+            assert printed["parent_header"]["msg_id"] == moved[0]["parent_header"]["msg_id"]
+            result = await ws.execute("slider.value")
+            assert of_type(result, "execute_result")[0]["content"]["data"] == {"text/plain": "7"}
+        finally:
+            ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_input_is_asked_on_stdin_of_the_asking_socket_and_answered_there(gateway_url, kernel):
+    async def scenario():
+        ws = await KernelSocket.open(channels(gateway_url, kernel))
+        try:
+            header = ws.send("execute_request", {"code": "name = input('who? ')\nprint('hi', name)",
+                                                 "allow_stdin": True})
+            asked = None
+            while asked is None:
+                msg = await ws.next()
+                asked = msg if msg["msg_type"] == "input_request" else None
+            assert asked["channel"] == "stdin" and asked["parent_header"]["msg_id"] == header["msg_id"]
+            assert asked["content"] == {"prompt": "who? ", "password": False}
+            ws.send("input_reply", {"value": "ann"}, channel="stdin")
+            messages = await ws.collect(header)
+            assert [m["content"]["text"] for m in of_type(messages, "stream")] == ["hi ann\n"]
+        finally:
+            ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_silent_and_user_expressions_as_ipykernel_answers_them(gateway_url, kernel):
+    async def scenario():
+        ws = await KernelSocket.open(channels(gateway_url, kernel))
+        try:
+            quiet = await ws.execute("x = 6\nx * 7", silent=True)
+            assert not of_type(quiet, "execute_input") and not of_type(quiet, "execute_result")
+            loud = await ws.execute("x", user_expressions={"answer": "x * 7", "bad": "1/0"})
+            reply = reply_of(loud)["content"]
+            assert reply["execution_count"] == 1  # the silent cell did not count
+            assert reply["user_expressions"]["answer"]["data"] == {"text/plain": "42"}
+            assert reply["user_expressions"]["bad"]["status"] == "error"
+        finally:
+            ws.close()
+
+    asyncio.run(scenario())

@@ -27,9 +27,9 @@ from celery import Celery
 from taskkernel import keys
 from taskkernel.api.auth import _origin_host, authorization_token, host_name, token_digest
 from taskkernel.api.errors import from_redis_error
-from taskkernel.exceptions import (CrossSiteRequest, Forbidden, HostNotAllowed, NotFound, TaskkernelError,
-                                   Unauthorized)
-from taskkernel.notebooks import NotebookStore
+from taskkernel.exceptions import (CrossSiteRequest, Forbidden, HostNotAllowed, InvalidJSON, NotFound,
+                                   TaskkernelError, Unauthorized)
+from taskkernel.notebooks import SUBMIT_LUA, NotebookStore
 from taskkernel.settings import Settings, comma_list, is_loopback, networks
 
 log = logging.getLogger("taskkernel.gateway")
@@ -50,6 +50,7 @@ class Gateway:
     pool: concurrent.futures.ThreadPoolExecutor
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     hub: object = None  # hub.FeedHub, set by make_app
+    submit_script: object = None  # NotebookStore's submit script on `aredis`
 
     async def run(self, fn, *args, **kwargs):
         """Run a blocking call of the shared code off the event loop."""
@@ -89,12 +90,8 @@ class BaseHandler(tornado.web.RequestHandler):
         try:
             body = json.loads(self.request.body)
         except ValueError as exc:
-            from taskkernel.exceptions import InvalidJSON
-
             raise InvalidJSON(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict):
-            from taskkernel.exceptions import InvalidJSON
-
             raise InvalidJSON("the body must be a JSON object")
         return body
 
@@ -196,6 +193,7 @@ def make_app(settings: Settings) -> tornado.web.Application:
                       pool=concurrent.futures.ThreadPoolExecutor(settings.gateway_threads,
                                                                  thread_name_prefix="gateway"))
     gateway.hub = hub.FeedHub(gateway)
+    gateway.submit_script = gateway.aredis.register_script(SUBMIT_LUA)
     args = {"gateway": gateway}
     kernel = r"(?P<kernel_id>[0-9a-fA-F-]{32,36})"
     routes = [
@@ -209,9 +207,21 @@ def make_app(settings: Settings) -> tornado.web.Application:
         (r"/api/?", kernels.InfoHandler, args),
     ]
     app = tornado.web.Application(routes, default_handler_class=NotFoundHandler, default_handler_args=args,
-                                  websocket_ping_interval=30, max_body_size=settings.max_request_bytes)
+                                  # no server pings: a client that reads only when it expects an
+                                  # answer (websocket-client, scripts) would miss the pong deadline
+                                  # and be cut off; as Kernel Gateway, a dead peer is found by TCP
+                                  websocket_ping_interval=0, max_body_size=settings.max_request_bytes,
+                                  log_function=log_request)
     app.settings["taskkernel_gateway"] = gateway
     return app
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One line per request, with its path only: a websocket's ?token= never reaches a log."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    log.log(level, "%d %s %s %.1f ms", status, handler.request.method, handler.request.path,
+            1000 * handler.request.request_time())
 
 
 async def keep_registered(gateway: Gateway) -> None:

@@ -2,10 +2,11 @@
 
 shell: execute_request queues a cell (its outputs come back through the feed hub, hub.py);
 complete / inspect / is_complete go to the worker's side channel, so they answer while a cell runs;
-kernel_info, history (the notebook's cells) and comm_info are answered here. Each non-execute
-request gets busy and idle around its reply, on this websocket only (broadcasting them would tell
-the other front ends that a running cell had gone idle). control: interrupt_request and
-shutdown_request (restart or delete). stdin and comms are not served yet (see the TODOs).
+kernel_info and history (the notebook's cells) are answered here; comm_open/comm_msg/comm_close
+and comm_info go to the engine's comms (also while a cell runs). Each non-execute request gets
+busy and idle around it, on this websocket only (broadcasting them would tell the other front
+ends that a running cell had gone idle). control: interrupt_request and shutdown_request (restart
+or delete). stdin: input_reply answers the running cell's input().
 
 A websocket holds no thread: it is a callback on the gateway's event loop and one entry in the hub.
 """
@@ -20,9 +21,9 @@ import platform
 import redis
 import tornado.websocket
 
-from taskkernel import __version__, rpc
+from taskkernel import __version__, messages, rpc
 from taskkernel.engines import registry
-from taskkernel.exceptions import BadRequest, TaskkernelError
+from taskkernel.exceptions import BadRequest, SubmitUncertain, TaskkernelError
 from taskkernel.gateway import framing
 from taskkernel.gateway.app import Gateway, check_request, error_body, notebook_id_of, origin_allowed
 from taskkernel.gateway.hub import KernelFeed, Request
@@ -41,6 +42,17 @@ WORKER_REQUESTS = {
 }
 
 
+def execute_options(content: dict) -> dict:
+    """The execute_request flags the notebook's cell takes (see api/cells.py EXECUTE_OPTIONS), as
+    Jupyter defines them; anything malformed is left out (the default)."""
+    options = {name: content[name] for name in ("silent", "store_history", "allow_stdin")
+               if isinstance(content.get(name), bool)}
+    expressions = content.get("user_expressions")
+    if isinstance(expressions, dict) and expressions and all(isinstance(v, str) for v in expressions.values()):
+        options["user_expressions"] = expressions
+    return options
+
+
 class ChannelsHandler(tornado.websocket.WebSocketHandler):
     """One front end's websocket on one kernel."""
 
@@ -50,6 +62,8 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         self.feed: KernelFeed | None = None
         self.engine = "python"
         self.shutting_down = False
+        self._comm_order = asyncio.Lock()  # comm messages reach the engine in the order sent
+        self._tasks: set[asyncio.Task] = set()  # requests being answered (the loop keeps weak references only)
 
     async def prepare(self) -> None:
         try:
@@ -71,11 +85,13 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         if self.feed is not None:
-            asyncio.ensure_future(self.gateway.hub.detach(self.notebook_id, self))
+            self._spawn(self.gateway.hub.detach(self.notebook_id, self))
 
     def send(self, msg: dict) -> None:
         """Write a message to this front end; a closed socket drops it."""
-        frame = framing.dump(msg)
+        self.send_frame(framing.dump(msg))
+
+    def send_frame(self, frame: str | bytes) -> None:
         try:
             self.write_message(frame, binary=isinstance(frame, bytes))
         except tornado.websocket.WebSocketClosedError:
@@ -93,10 +109,19 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         channel = msg.get("channel") or "shell"
         if channel == "shell" and msg_type == "execute_request":
             await self._execute_cell(msg)
+        elif channel == "shell" and msg_type in messages.COMM_TYPES:
+            self._spawn(self._comm(msg, msg_type))
         elif channel in ("shell", "control"):
-            asyncio.ensure_future(self._answer(msg, msg_type, channel))
-        else:  # TODO(stdin): input_reply once engines can ask for input (branch `fidelity`)
+            self._spawn(self._answer(msg, msg_type, channel))
+        elif channel == "stdin" and msg_type == "input_reply":
+            self._spawn(self._input_reply(msg))
+        else:
             log.debug("kernel %s: %s on %s is not served", self.notebook_id, msg_type, channel)
+
+    def _spawn(self, work) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _reply(self, msg: dict, msg_type: str, content: dict, channel: str = "shell") -> None:
         self.send(framing.jupyter_message(msg_type, content, msg["header"], channel, session=self.notebook_id))
@@ -113,11 +138,8 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         done = asyncio.get_running_loop().create_future()
         feed.in_flight.add(done)
         try:
-            submitted = await gateway.run(
-                gateway.store.submit, self.notebook_id, str(content.get("code", "")),
-                functools.partial(evaluate_message, gateway.celery, notebook_id=self.notebook_id),
-                stop_on_error=bool(content.get("stop_on_error", False)),
-                worker_timeout_s=gateway.settings.assign_timeout_s)
+            submitted = await self._submit(str(content.get("code", "")), bool(content.get("stop_on_error", False)),
+                                           execute_options(content))
             feed.requests[submitted.cell["id"]] = Request(msg["header"], self, bool(content.get("silent")))
         except (TaskkernelError, redis.RedisError) as exc:  # the cell was not queued: fail this request
             body, _ = error_body(exc, 500)
@@ -131,11 +153,30 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
             done.set_result(None)
             feed.in_flight.discard(done)
 
+    async def _submit(self, code: str, stop_on_error: bool, options: dict):
+        """NotebookStore.submit: its script on the event loop's Redis client when the notebook has a
+        worker (the common case: no thread hop); otherwise the store's own submit on a thread, which
+        waits for a restarting notebook's worker or raises what the notebook's state means."""
+        gateway = self.gateway
+        task_message = functools.partial(evaluate_message, gateway.celery, notebook_id=self.notebook_id)
+        call = gateway.store.submit_call(self.notebook_id, code, task_message, stop_on_error=stop_on_error,
+                                         options=options)
+        try:
+            got = await gateway.submit_script(keys=call.keys, args=call.args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise SubmitUncertain(f"Redis failed while cell {call.cell['id']} was being recorded ({exc})",
+                                  notebook_id=self.notebook_id, cell_id=call.cell["id"]) from exc
+        if got and got[0] not in (b"", b"="):
+            return call.queued(got)
+        return await gateway.run(gateway.store.submit, self.notebook_id, code, task_message,
+                                 stop_on_error=stop_on_error, worker_timeout_s=gateway.settings.assign_timeout_s,
+                                 options=options)
+
     # --- everything else ----------------------------------------------------------------------
 
     async def _answer(self, msg: dict, msg_type: str, channel: str) -> None:
         content = msg.get("content") or {}
-        if not msg_type.endswith("_request"):  # TODO(comms): comm_open/comm_msg/comm_close (branch `fidelity`)
+        if not msg_type.endswith("_request"):
             log.debug("kernel %s: %s is not served", self.notebook_id, msg_type)
             return
         self._status("busy", msg["header"])
@@ -167,7 +208,9 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         if msg_type == "history_request":
             return (await self._guarded(self._history(content), {"status": "ok", "history": []}))[1]
         if msg_type == "comm_info_request":
-            return {"status": "ok", "comms": {}}  # TODO(comms): the notebook's open comms
+            args = {"target_name": content["target_name"]} if isinstance(content.get("target_name"), str) else {}
+            ok, reply = await self._guarded(self._worker_call("comm_info", args))
+            return {"status": "ok", "comms": {}, **(reply or {})}
         return {"status": "error", "ename": "NotImplementedError", "evalue": f"{msg_type} is not served",
                 "traceback": []}
 
@@ -185,6 +228,49 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         except (TaskkernelError, redis.RedisError) as exc:
             log.warning("kernel %s: %r", self.notebook_id, exc)
             return False, fallback
+
+    async def _worker_call(self, op: str, args: dict, wait_for_worker: bool = True) -> dict:
+        """One side-channel call to the notebook's worker (waiting for a restarting notebook's)."""
+        gateway = self.gateway
+
+        def call():
+            if wait_for_worker:
+                notebook = gateway.store.wait_for_worker(self.notebook_id, gateway.settings.assign_timeout_s)
+            else:
+                notebook = gateway.store.get(self.notebook_id)
+                if not notebook["worker"]:
+                    return {}
+            return rpc.call(gateway.redis, notebook["worker"]["id"], op, {"notebook_id": self.notebook_id, **args},
+                            timeout_s=gateway.settings.rpc_timeout_s)
+
+        return await gateway.run(call)
+
+    async def _comm(self, msg: dict, msg_type: str) -> None:
+        """A front end's comm_open / comm_msg / comm_close to the engine, in the order this socket sent
+        them, between busy and idle as ipykernel handles them; what the comm's handler publishes has
+        this message as parent (the hub maps it back to its header)."""
+        content = msg.get("content") or {}
+        if not isinstance(content.get("comm_id"), str) or \
+                (msg_type == "comm_open" and not isinstance(content.get("target_name"), str)):
+            log.info("kernel %s: dropped a %s without comm_id/target_name", self.notebook_id, msg_type)
+            return
+        self.feed.remember_comm(msg["header"])
+        async with self._comm_order:
+            self._status("busy", msg["header"])
+            try:
+                await self._guarded(self._worker_call("comm", {
+                    "msg_type": msg_type, "content": content, "msg_id": msg["header"]["msg_id"],
+                    "buffers": messages.encode_buffers(msg.get("buffers") or [])}))
+            finally:
+                self._status("idle", msg["header"])
+
+    async def _input_reply(self, msg: dict) -> None:
+        """stdin's input_reply: what the running cell's input() returns."""
+        value = (msg.get("content") or {}).get("value", "")
+        ok, result = await self._guarded(self._worker_call("input_reply", {"value": str(value)},
+                                                           wait_for_worker=False))
+        if not ok or not (result or {}).get("delivered"):
+            log.info("kernel %s: an input_reply came while no cell waited for input", self.notebook_id)
 
     async def _ask_worker(self, msg_type: str, content: dict) -> dict:
         op, fields, fallback = WORKER_REQUESTS[msg_type]

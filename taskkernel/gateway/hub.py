@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import redis
 
-from taskkernel import keys
+from taskkernel import keys, messages
+from taskkernel.gateway import framing
+from taskkernel.gateway.app import REGISTRATION_TTL_S
 from taskkernel.gateway.framing import jupyter_message
 
 log = logging.getLogger("taskkernel.gateway")
@@ -29,7 +31,8 @@ log = logging.getLogger("taskkernel.gateway")
 SUBSCRIBE_TIMEOUT_S = 10.0
 SUBMIT_WAIT_S = 30.0  # a submit waits at most assign_timeout_s for a worker; never hold a kernel's feed longer
 IOPUB_TYPES = frozenset({"status", "execute_input", "stream", "display_data", "update_display_data",
-                         "execute_result", "error", "clear_output"})
+                         "execute_result", "error", "clear_output", "comm_open", "comm_msg", "comm_close"})
+MAX_COMM_PARENTS = 10_000  # comm message headers remembered per kernel (oldest forgotten first)
 SILENT_HIDDEN = frozenset({"execute_input", "execute_result"})  # what a silent execute_request does not show
 
 
@@ -49,13 +52,21 @@ class KernelFeed:
         self.notebook_id = notebook_id
         self.connections: set = set()
         self.requests: dict[str, Request] = {}
+        self.comm_parents: dict[str, dict] = {}  # comm messages sent here: msg_id -> the front end's header
         self.in_flight: set[asyncio.Future] = set()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task = asyncio.create_task(self._route_all(), name=f"feed-{notebook_id}")
 
+    def remember_comm(self, header: dict) -> None:
+        """A comm message this process delivers: what its handler publishes goes under `header`."""
+        self.comm_parents[header["msg_id"]] = header
+        while len(self.comm_parents) > MAX_COMM_PARENTS:
+            self.comm_parents.pop(next(iter(self.comm_parents)))
+
     def broadcast(self, msg: dict) -> None:
+        frame = framing.dump(msg)  # once, whatever the number of watchers
         for connection in list(self.connections):
-            connection.send(msg)
+            connection.send_frame(frame)
 
     def status(self, state: str, parent: dict) -> dict:
         return jupyter_message("status", {"execution_state": state}, parent, "iopub", session=self.notebook_id)
@@ -74,8 +85,13 @@ class KernelFeed:
         if cell_id and cell_id not in self.requests and self.in_flight:
             await asyncio.wait(list(self.in_flight), timeout=SUBMIT_WAIT_S)
         request = self.requests.get(cell_id) if cell_id else None
-        parent = request.header if request else feed_msg["parent_header"]
+        parent = request.header if request else self.comm_parents.get(cell_id) or feed_msg["parent_header"]
         content = feed_msg["content"]
+        if msg_type == "input_request":  # stdin: to the socket whose execute_request allowed it, alone
+            if request is not None:
+                request.connection.send(jupyter_message("input_request", content, parent, "stdin",
+                                                        session=self.notebook_id, msg_id=feed_msg["header"]["msg_id"]))
+            return
         if msg_type == "execute_reply":
             if request is None:
                 return
@@ -93,7 +109,8 @@ class KernelFeed:
             return
         out = jupyter_message(msg_type, content, parent, "iopub", session=self.notebook_id,
                               msg_id=feed_msg["header"]["msg_id"], date=feed_msg["header"].get("date"),
-                              metadata=feed_msg.get("metadata"), buffers=feed_msg.get("buffers") or ())
+                              metadata=feed_msg.get("metadata"),
+                              buffers=messages.decode_buffers(feed_msg.get("buffers") or []))
         self.broadcast(out)
         state = content.get("execution_state") if msg_type == "status" else None
         if state == "idle" and request is not None:
@@ -152,7 +169,7 @@ class FeedHub:
             held = await self.gateway.aredis.hincrby(key, notebook_id, delta)
             if held <= 0:
                 await self.gateway.aredis.hdel(key, notebook_id)
-            await self.gateway.aredis.expire(key, 30)
+            await self.gateway.aredis.expire(key, int(REGISTRATION_TTL_S))
         except redis.RedisError as exc:
             log.warning("counting connections: %r", exc)
 

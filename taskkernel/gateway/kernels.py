@@ -26,6 +26,9 @@ from taskkernel.notebooks import RESTARTED_ERROR, notebook_from_redis
 
 # notebook record state -> Jupyter's execution_state
 EXECUTION_STATES = {"busy": "busy", "restarting": "restarting", "deleting": "dead"}
+# the kernel name Jupyter Server asks for before it has read the gateway's default (and most saved
+# notebooks name): it gets the default engine
+JUPYTER_DEFAULT_NAME = "python3"
 # Jupyter Server parses last_activity with exactly this format (GatewayKernelManager.refresh_model)
 LAST_ACTIVITY_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -93,7 +96,7 @@ class KernelsHandler(BaseHandler):
             raise InvalidField("field 'name' must be a string", field="name")
         if not isinstance(body.get("env", {}), dict):
             raise InvalidField("field 'env' must be an object", field="env")
-        if not name:
+        if not name or name == JUPYTER_DEFAULT_NAME:
             name = default_name(registry.load_specs(settings.config_dir)[0])
         spec = registry.get_spec(settings.config_dir, name)  # UnknownEngine -> 400
         notebook = await self.gateway.run(self.gateway.store.create, name, timeout_s=settings.assign_timeout_s,
