@@ -7,7 +7,7 @@ import binascii
 from flask import Blueprint, current_app, jsonify, request
 
 from taskkernel import messages, rpc
-from taskkernel.api.validation import json_body
+from taskkernel.api.validation import request_body
 from taskkernel.exceptions import InvalidField
 
 blueprint = Blueprint("comms", __name__)
@@ -22,18 +22,13 @@ def send_comm(notebook_id: str):
     feed (a widget's echo, an interact's output), as on ipykernel; a bridge passes the Jupyter id.
     """
     svc = current_app.extensions["taskkernel"]
-    body = json_body({"msg_type": str, "content": dict, "metadata": dict, "buffers": list, "msg_id": str},
-                     required=("msg_type", "content"))
-    if body["msg_type"] not in messages.COMM_TYPES:
-        raise InvalidField(f"msg_type must be one of {', '.join(messages.COMM_TYPES)}", field="msg_type")
+    body = request_body()
     if not isinstance(body["content"].get("comm_id"), str):
         raise InvalidField("content.comm_id must be a string", field="content")
     if body["msg_type"] == "comm_open" and not isinstance(body["content"].get("target_name"), str):
         raise InvalidField("a comm_open's content.target_name must be a string", field="content")
     buffers = body.get("buffers", [])
     try:
-        if not all(isinstance(b, str) for b in buffers):
-            raise ValueError
         messages.decode_buffers(buffers)
     except (ValueError, binascii.Error):
         raise InvalidField("buffers must be a list of base64 strings", field="buffers") from None

@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify
 
 import taskkernel
 from taskkernel.settings import Settings
+from taskkernel import messages
 from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S
 
@@ -275,7 +276,7 @@ def document(settings: Settings | None = None) -> dict:
                     {"200": ok("delivered; msg_id is the parent of what its handler publishes",
                                {"type": "object", "required": ["msg_id"]}),
                      "504": _error("the worker did not answer")},
-                    body=_body({"msg_type": {"type": "string", "enum": ["comm_open", "comm_msg", "comm_close"]},
+                    body=_body({"msg_type": {"type": "string", "enum": list(messages.COMM_TYPES)},
                                 "content": {"type": "object"}, "metadata": {"type": "object"},
                                 "buffers": {"type": "array", "items": {"type": "string"}},
                                 "msg_id": {"type": "string"}}, ["msg_type", "content"]),

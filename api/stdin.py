@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from taskkernel import rpc
-from taskkernel.api.validation import json_body
+from taskkernel.api.validation import request_body
 from taskkernel.exceptions import NoInputPending
 
 blueprint = Blueprint("stdin", __name__)
@@ -16,7 +16,7 @@ def input_reply(notebook_id: str):
     """Jupyter's input_reply: `value` is what the waiting input() returns ("\\x04" is end of file).
     409 no_input_pending when no cell waits for input."""
     svc = current_app.extensions["taskkernel"]
-    body = json_body({"value": str}, required=("value",))
+    body = request_body()
     notebook = svc.store.get(notebook_id)
     if not notebook["worker"]:
         raise NoInputPending("no cell of this notebook waits for input", notebook_id=notebook_id)

@@ -3,8 +3,7 @@
 field (`invalid_field`).
 
 An endpoint calls `request_body()`: the schema is the one the document gives its route and
-method. `json_body(fields, required)` is the older hand-written check, kept for endpoints not yet
-described in the document; converting one is describing it there and calling `request_body()`.
+method, so describing a body in the document is what makes it checked.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from flask import current_app, request
 
 from taskkernel.exceptions import InvalidField, InvalidJSON, UnsupportedMediaType
 
-_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object"}
 _SCHEMA_TYPES = {"string": "a string", "boolean": "a boolean", "integer": "an integer", "number": "a number",
                  "object": "an object", "array": "an array"}
 _RULE_PARAMETER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -103,25 +101,3 @@ def request_body() -> dict:
     if validator is None:
         raise LookupError(f"the OpenAPI document gives {request.method} {request.url_rule.rule} no request body")
     return validator(body)
-
-
-def json_body(fields: dict[str, type], required: tuple[str, ...] = ()) -> dict:
-    """The request's JSON object, checked against `fields` ({name: type}); unknown fields are refused.
-    For endpoints whose body the OpenAPI document does not describe yet (prefer request_body)."""
-    body = _parsed_body()
-    for name in body:
-        if name not in fields:
-            raise InvalidField(f"unknown field {name!r}; allowed: {', '.join(fields)}", field=name)
-    for name in required:
-        if name not in body:
-            raise InvalidField(f"missing field {name!r}", field=name)
-    for name, value in body.items():
-        expected = fields[name]
-        if expected is object:  # any JSON value
-            continue
-        ok = isinstance(value, expected) and not (expected in (int, float) and isinstance(value, bool))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise InvalidField(f"field {name!r} must be {_TYPES.get(expected, expected.__name__)}", field=name)
-    return body

@@ -218,18 +218,27 @@ def test_every_comm_message_conforms_to_the_wire_format(ipython_notebook):
 
 
 def test_a_slow_widget_callback_delays_no_cell_and_no_completion(ipython_notebook):
+    """A callback still running (it waits for a file a later cell writes) holds up neither a cell
+    nor a completion: ordering, not a clock, shows it."""
     nb = ipython_notebook
-    _, feed = run(nb, "import ipywidgets as w, time\nslider = w.IntSlider()\n"
-                      "slider.observe(lambda change: time.sleep(6), 'value')")
+    _, feed = run(nb, "import ipywidgets as w, os, time\nslider = w.IntSlider()\ncallback = {'done': False}\n"
+                      "def slow(change):\n"
+                      "    deadline = time.monotonic() + 60\n"
+                      "    while not os.path.exists('release') and time.monotonic() < deadline:\n"
+                      "        time.sleep(0.02)\n"
+                      "    callback['done'] = True\n"
+                      "slider.observe(slow, 'value')")
     comm_id = widget_open(feed, "IntSliderModel")["content"]["comm_id"]
-    nb.complete("sli")  # the first completion warms jedi up (seconds on a loaded machine)
     mover = threading.Thread(target=update, args=(nb, comm_id), kwargs={"value": 9}, daemon=True)
     mover.start()
-    time.sleep(0.5)  # the callback is sleeping on the engine's comm thread
-    started = time.monotonic()
-    assert nb.evaluate("'answered'")["outputs"][0]["data"]["text/plain"] == "'answered'"
+    deadline = time.monotonic() + 30
+    while nb.evaluate("slider.value")["outputs"][0]["data"]["text/plain"] != "9":  # the callback has begun
+        assert time.monotonic() < deadline, "the comm message never reached the widget"
+        time.sleep(0.05)
+    assert nb.evaluate("callback['done']")["outputs"][0]["data"]["text/plain"] == "False"
     assert "slider" in nb.complete("sli")["matches"]
-    assert time.monotonic() - started < 4
+    assert nb.evaluate("callback['done']")["outputs"][0]["data"]["text/plain"] == "False"
+    run(nb, "open('release', 'w').close()")
     mover.join(30)
     assert not mover.is_alive()
-    assert run(nb, "print(slider.value)")[0]["stdout"] == "9\n"
+    assert run(nb, "print(callback['done'], slider.value)")[0]["stdout"] == "True 9\n"
