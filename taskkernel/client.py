@@ -89,12 +89,12 @@ class Client:
         self._proxy = _proxy_for(parsed.scheme, self._host)
         self._local = threading.local()
 
-    def _new_connection(self, timeout_s: float) -> http.client.HTTPConnection:
-        """A connection to the API, or to the proxy that reaches it."""
+    def _new_connection(self, timeout_s: float, blocksize: int = 8192) -> http.client.HTTPConnection:
+        """A connection to the API, or to the proxy that reaches it (`blocksize`: of a streamed body)."""
         host, port = self._proxy or (self._host, self._port)
         if self._tls is None:
-            return http.client.HTTPConnection(host, port, timeout=timeout_s)
-        conn = http.client.HTTPSConnection(host, port, timeout=timeout_s, context=self._tls)
+            return http.client.HTTPConnection(host, port, timeout=timeout_s, blocksize=blocksize)
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout_s, context=self._tls, blocksize=blocksize)
         if self._proxy:  # CONNECT through the proxy; TLS (and the certificate check) is end to end
             conn.set_tunnel(self._host, self._port)
         return conn
@@ -163,11 +163,10 @@ class Client:
         headers = {**(headers or {})}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s or self._timeout_s,
-                                          blocksize=STREAM_BLOCK_BYTES)
+        conn = self._new_connection(timeout_s or self._timeout_s, blocksize=STREAM_BLOCK_BYTES)
         try:
             try:
-                conn.request(method, "/api" + path, body=body, headers=headers)
+                conn.request(method, self._target(path), body=body, headers=headers)
             except (BrokenPipeError, ConnectionResetError):
                 # the server answered before reading the whole body (a 413 for a file over the cap):
                 # its answer may be waiting to be read
@@ -179,14 +178,10 @@ class Client:
         except BaseException:
             conn.close()
             raise
-        if response.status >= 400:
+        if not 200 <= response.status < 300:
             data = response.read()
             conn.close()
-            try:
-                decoded = json.loads(data) if data else {}
-            except ValueError:
-                decoded = {"message": data.decode(errors="replace")}
-            raise ApiError(response.status, decoded)
+            _decode(response.status, response.reason, response.getheader("Content-Type", ""), data)
         return response
 
     def engines(self) -> list[dict]:

@@ -154,6 +154,8 @@ def test_https_checks_the_certificate_against_the_given_ca_bundle(tls_url, certi
         assert nb.evaluate("7 * 7")["outputs"][0]["data"]["text/plain"] == "49", "over the kept connection"
         kinds = [m["header"]["msg_type"] for m in nb.feed(timeout=1)]
         assert kinds.count("execute_reply") == 2, "the feed streams over TLS too"
+        nb.write_file("data/in.bin", bytes(range(256)) * 64)  # files stream over TLS too
+        assert nb.read_file("data/in.bin") == bytes(range(256)) * 64
 
 
 def test_https_refuses_a_certificate_it_cannot_verify(tls_url):
@@ -169,6 +171,8 @@ def test_a_path_prefix_in_the_url_is_kept(service):
         with client.start("python") as nb:
             assert nb.evaluate("1 + 1")["outputs"][0]["data"]["text/plain"] == "2"
             assert [m["header"]["msg_type"] for m in nb.feed(timeout=1)][-1] == "status"
+            nb.write_file("note.txt", b"behind a proxy")
+            assert nb.read_file("note.txt") == b"behind a proxy"
         assert seen and all(path.startswith("/taskkernel/api/") for path in seen), seen
     finally:
         proxy.shutdown()

@@ -296,6 +296,11 @@ def test_a_notebooks_processes_share_one_memory_and_pids_cgroup(private_service)
         worker_id = nb.record["worker"]["id"]
         groups = Path(f"/proc/{engine_pid(nb)}/cgroup").read_text()
         assert "memory:" in groups and f"taskkernel-{worker_id}" in groups
+        # hierarchy:controller:path lines -> the notebook's own directories (not a walk of the whole tree,
+        # where other services' cgroups come and go)
+        own = [Path("/sys/fs/cgroup", line.split(":")[1], line.split(":", 2)[2].lstrip("/"))
+               for line in groups.splitlines() if line.split(":")[1] in ("memory", "pids")]
+        assert len(own) == 2 and all(p.is_dir() for p in own), own
         forks = nb.evaluate("import subprocess\nprocs = []\ntry:\n    for _ in range(200):\n"
                             "        procs.append(subprocess.Popen(['sleep', '30']))\nexcept OSError as exc:\n"
                             "    print(type(exc).__name__)\nlen(procs)", timeout=60)
@@ -307,8 +312,7 @@ def test_a_notebooks_processes_share_one_memory_and_pids_cgroup(private_service)
                            timeout=60)
         assert cell["outputs"][-1]["data"]["text/plain"] == "-9", "the child was OOM-killed"
         assert nb.evaluate("'alive'")["status"] == "ok"
-    wait_for(lambda: not list(Path("/sys/fs/cgroup/memory").rglob(f"taskkernel-{worker_id}")), 10,
-             "the cgroups to be removed with the worker")
+    wait_for(lambda: not any(p.exists() for p in own), 10, "the cgroups to be removed with the worker")
 
 
 @pytest.fixture
