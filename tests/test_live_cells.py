@@ -60,6 +60,17 @@ def test_interrupt_stops_a_busy_loop_or_a_sleep_and_keeps_the_namespace(notebook
     assert notebook.wait(queued["id"])["outputs"][0]["data"]["text/plain"] == "'still here'"
 
 
+def test_an_interrupt_that_comes_while_the_engine_still_compiles_the_cell_is_kept(notebook):
+    """The cell is running (claimed) but its code has not begun: the interrupt waits for it."""
+    code = "x = 0\n" * 60_000 + "import time\ntime.sleep(60)"  # seconds of parsing and compiling first
+    running = notebook.evaluate(code, wait=False)
+    wait_for(lambda: notebook.cell(running["id"])["state"] == "running", 10, "the cell to start")
+    assert notebook.interrupt()["interrupted"] == running["id"]
+    cell = notebook.wait(running["id"], timeout=40)  # a lost interrupt would leave it sleeping 60 s
+    assert cell["status"] == "error" and cell["error"]["ename"] == "KeyboardInterrupt", cell["error"]
+    assert notebook.evaluate("'next'")["outputs"][0]["data"]["text/plain"] == "'next'", "no interrupt left over"
+
+
 def test_interrupt_with_no_running_cell_is_a_harmless_no_op(notebook):
     assert notebook.interrupt() == {"interrupted": None}
     assert notebook.evaluate("1 + 1")["status"] == "ok"

@@ -56,6 +56,8 @@ class EngineProcess:
         self._pidfd = -1
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._execute_rid = 0  # the execute request in flight: what an interrupt is for
+        self._interrupt_next = False  # interrupted before its execute was sent
         self._waiting: dict[int, queue.SimpleQueue] = {}
         self._sinks: dict[int, EventSink] = {}
         self._lock = threading.Lock()
@@ -143,12 +145,29 @@ class EngineProcess:
         return pid
 
     def interrupt(self) -> None:
-        """SIGINT to the engine: KeyboardInterrupt in the running cell, nothing between cells."""
-        if self._pidfd >= 0 and not self.death:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        """KeyboardInterrupt in the cell last sent to the engine: at once if its code runs, as soon
+        as it begins if the engine has not started it yet, nothing if it has finished. Sent as a
+        frame naming the execute request (the engine's reader thread signals its main thread), so
+        an interrupt that overtakes the cell's own start is kept, not dropped as a bare SIGINT
+        arriving between cells would be. Called only while a cell is the worker's (see
+        Runtime.interrupt), which clears what is left with `disarm_interrupt` when the cell ends."""
+        with self._lock:
+            rid = self._execute_rid
+            if not rid:  # the cell's execute is not sent yet: it goes out interrupted
+                self._interrupt_next = True
+                return
+        if self.death:
+            return
+        try:
+            with self._send_lock:
+                wire.send(self._sock, {"op": "interrupt", "request": rid})
+        except OSError:
+            pass  # the engine is dying: its death answers the cell
+
+    def disarm_interrupt(self) -> None:
+        """The cell is over: an interrupt meant for it must not reach the next one."""
+        with self._lock:
+            self._interrupt_next = False
 
     def kill(self) -> None:
         """Kill the engine and, with its pid namespace, every process its cells started."""
@@ -173,6 +192,10 @@ class EngineProcess:
             if self.death:
                 raise EngineDied(self.death)
             self._waiting[rid] = answer
+            if op == "execute":
+                self._execute_rid = rid
+                if self._interrupt_next:
+                    args["interrupted"], self._interrupt_next = True, False
             if on_event is not None:
                 self._sinks[rid] = on_event
         try:
@@ -195,6 +218,8 @@ class EngineProcess:
             with self._lock:
                 self._waiting.pop(rid, None)
                 self._sinks.pop(rid, None)
+                if rid == self._execute_rid:
+                    self._execute_rid = 0
         if message.get("dead"):
             raise EngineDied(message["dead"])
         if "error" in message:

@@ -213,8 +213,9 @@ class Runtime:
         self._notebook_id = ""  # the notebook this worker last ran a cell of (for events between cells)
         self._between_cells_bytes = 0  # what was published outside the running cell since it started
         self._gone = threading.Lock()
-        self._budget_lock = threading.Lock()
-        self._execution_count = 0  # the engine's, as its last reply said  # the running cell's output budget: pump and engine reader
+        self._budget_lock = threading.Lock()  # the running cell's output budget: pump and engine reader
+        self._interrupt_lock = threading.Lock()  # an interrupt and the end of its cell, one at a time
+        self._execution_count = 0  # the engine's, as its last reply said
         self.feed = self.store.feed
         self._claim = client.register_script(_CLAIM_LUA)
         self._publish_live = client.register_script(_PUBLISH_LIVE_LUA)
@@ -382,10 +383,11 @@ class Runtime:
 
     def interrupt(self) -> dict:
         """Raise KeyboardInterrupt in the running cell; a no-op when none runs."""
-        run = self._run
-        if run is None:
-            return {"interrupted": None}
-        self.engine.interrupt()
+        with self._interrupt_lock:  # the cell cannot end (and the next begin) meanwhile
+            run = self._run
+            if run is None:
+                return {"interrupted": None}
+            self.engine.interrupt()
         return {"interrupted": run.cell_id}
 
     # --- one cell ------------------------------------------------------------------------------
@@ -447,7 +449,9 @@ class Runtime:
         finally:
             run.ended.set()
             self.capture.end()
-            self._run = None
+            with self._interrupt_lock:
+                self._run = None
+                self.engine.disarm_interrupt()
         if isinstance(reply.get("execution_count"), int):
             self._execution_count = reply["execution_count"]
         # logged before the reply goes out: whoever sees the reply (and deletes the notebook, say)

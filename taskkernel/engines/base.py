@@ -80,6 +80,17 @@ class Engine:
         self.emit_elsewhere: Emit | None = None  # events between cells (a widget callback, a thread)
         self.silent = False  # the running cell's request said silent (no result, count not advanced)
         self.store_history = True
+        self.running_user_code = False  # SIGINT raises KeyboardInterrupt only while this is true
+        self.interrupt_pending = False  # the running cell was interrupted before its code began
+
+    def enter_user_code(self) -> None:
+        """Mark the cell's own code as running; call it inside the try whose finally clears
+        running_user_code. An interrupt that came while the cell was still being set up (parsed,
+        compiled) takes effect here, so no interrupt of a running cell is ever lost."""
+        self.running_user_code = True
+        if self.interrupt_pending:
+            self.interrupt_pending = False
+            raise KeyboardInterrupt
 
     # --- hooks an engine implements --------------------------------------------------------
 

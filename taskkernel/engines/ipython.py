@@ -43,8 +43,8 @@ class IPythonEngine(PythonEngine):
     def evaluate(self, code: str, cell_name: str) -> Any:
         """Run the cell with the shell; its display hook has already emitted the value, so None."""
         self._error = None
-        self.running_user_code = True
         try:
+            self.enter_user_code()
             result = self.shell.run_cell(code, store_history=self.store_history, silent=self.silent)
         finally:
             self.running_user_code = False

@@ -28,6 +28,7 @@ from taskkernel.engines.stdin import Stdin
 from taskkernel.engines.streams import StreamSet
 
 INSTANT_OPS = ("complete", "inspect", "is_complete", "comm_info", "input_reply")
+INTERRUPT_OP = "interrupt"  # {"request": the execute's id}: no reply; handled on the reader thread
 COMM_OPS = ("comm",)  # handled in order on the comm thread
 # a cell's events that go out with the next frame rather than alone (the worker announces the
 # cell's start itself; a value or an error is followed by the reply at once)
@@ -75,6 +76,12 @@ class EngineServer:
         self._send_lock = threading.Lock()
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._comm_work: queue.SimpleQueue = queue.SimpleQueue()
+        # interrupts are of one execute request: the one running, or one still queued behind it
+        self._interrupt_lock = threading.Lock()
+        self._started_rid = 0  # the execute the main thread took last (ids only grow)
+        self._finished_rid = 0
+        self._early_interrupts: set[int] = set()
+        self._main_thread = threading.main_thread().ident
         self.stdin = Stdin(lambda prompt, password: self.send_event(
             "input_request", {"prompt": prompt, "password": password}, parents.current()))
         engine.emit_elsewhere = lambda msg_type, content: self.send_event(msg_type, content, parents.current())
@@ -116,7 +123,9 @@ class EngineServer:
         try:
             while True:
                 request, buffers = wire.receive(self.sock)
-                if request.get("op") in INSTANT_OPS:
+                if request.get("op") == INTERRUPT_OP:
+                    self._interrupt(int(request.get("request") or 0))
+                elif request.get("op") in INSTANT_OPS:
                     self._answer(request, buffers)
                 elif request.get("op") in COMM_OPS:
                     self._comm_work.put((request, buffers))
@@ -124,6 +133,20 @@ class EngineServer:
                     self._work.put((request, buffers))
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: so is this notebook
+
+    def _interrupt(self, rid: int) -> None:
+        """KeyboardInterrupt in execute `rid`: at once if its code runs, when it begins if it is
+        queued or still being set up, not at all if it has finished (a late interrupt is nobody's)."""
+        with self._interrupt_lock:
+            if rid > self._started_rid:
+                self._early_interrupts.add(rid)
+                return
+            if rid != self._started_rid or rid == self._finished_rid:
+                return
+            self.engine.interrupt_pending = True
+            running = self.engine.running_user_code
+        if running:
+            signal.pthread_kill(self._main_thread, signal.SIGINT)
 
     def _comm_loop(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -148,6 +171,10 @@ class EngineServer:
         """Run a cell. Events that a watcher need not see at once (HELD_EVENTS) wait for the next
         frame, so a quick cell is one frame back: its events and its reply together."""
         rid, held = request["id"], []
+        with self._interrupt_lock:
+            self._started_rid = rid
+            self.engine.interrupt_pending = rid in self._early_interrupts or bool(request.get("interrupted"))
+            self._early_interrupts.discard(rid)
         cell = request.get("parent") or {}
         parents.set_main(cell)
         options = request.get("options") or {}
@@ -173,6 +200,9 @@ class EngineServer:
                      "ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
         finally:
             self.stdin.allowed = False
+            with self._interrupt_lock:
+                self._finished_rid = rid
+                self.engine.interrupt_pending = False
         self.send({"id": rid, "events": held, "reply": reply})
 
     def _perform(self, op: str, request: dict, buffers: list[bytes]) -> tuple[dict, list[bytes]]:

@@ -48,7 +48,6 @@ class PythonEngine(Engine):
     def __init__(self, spec: dict | None = None):
         super().__init__(spec)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-        self.running_user_code = False
         self.shell = None  # IPython's shell over self.namespace, made when a cell first needs it
         self._loop = None  # the asyncio loop of cells with top-level await (asyncio imported then)
 
@@ -79,8 +78,8 @@ class PythonEngine(Engine):
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last_expr = ast.Expression(tree.body.pop().value)
         body = compile(tree, cell_name, "exec", flags=TOP_LEVEL_AWAIT)
-        self.running_user_code = True
         try:
+            self.enter_user_code()
             self._run(body)
             value = self._run(compile(last_expr, cell_name, "eval", flags=TOP_LEVEL_AWAIT)) if last_expr else None
         finally:

@@ -25,7 +25,10 @@ the same `id` and either `reply` or `error`, and may send `event` frames with th
                                                         created on demand, and os.environ.update(env))
 
 `execute` also carries `parent` (the cell's request header) and `options` (silent,
-store_history, allow_stdin, user_expressions). Besides the frames of a request, the engine sends
+store_history, allow_stdin, user_expressions), and `interrupted: true` when the cell was
+interrupted before it was sent. `{"op": "interrupt", "request": id}` has no `id` and no reply:
+KeyboardInterrupt in that execute, at once if its code runs, when its code begins if it has not
+yet, never in a later one. Besides the frames of a request, the engine sends
 event frames that name their own `parent` (stream text, comm messages with their buffers,
 input_request, the displays of a comm handler or of a thread whose cell has ended): the worker
 joins the ones of the running cell to it and publishes the others under their parent.
