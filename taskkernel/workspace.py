@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Callable, Mapping
 
 from taskkernel.exceptions import InvalidField
 
@@ -31,6 +32,7 @@ MAX_ENV_VALUE_CHARS = 32 * 1024
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 REFUSED_PREFIXES = ("TASKKERNEL_", "LD_", "PYTHON")
 REFUSED_NAMES = frozenset({"HOME", "TMPDIR", "PATH", "USER", "LOGNAME"})
+JUPYTER_CWD = "KERNEL_WORKING_DIR"  # what Jupyter (a kernel's env, a gateway's request) names the cwd
 RECORD_FIELD = "workspace"  # the notebook record's field holding {"cwd", "env"} as JSON
 
 
@@ -65,6 +67,21 @@ def check_env(value: dict) -> dict[str, str]:
                                "characters", field="env")
         env[name] = text
     return env
+
+
+def from_jupyter(environ: Mapping[str, str], wanted: Callable[[str], bool]) -> dict:
+    """What a Jupyter kernel environment asks of a notebook, as create's {"cwd", "env"} fields: the
+    `wanted` variables the service accepts (others are left out, not refused: Jupyter sends its
+    own), and KERNEL_WORKING_DIR as the cwd when it is relative (an absolute one is a path on the
+    Jupyter server's host, which the sandbox does not show)."""
+    env = {name: value for name, value in environ.items()
+           if wanted(name) and name != JUPYTER_CWD and ENV_NAME.fullmatch(name)
+           and not name.upper().startswith(REFUSED_PREFIXES) and name not in REFUSED_NAMES}
+    found: dict = {"env": env} if env else {}
+    cwd = environ.get(JUPYTER_CWD, "")
+    if isinstance(cwd, str) and cwd and not posixpath.isabs(cwd):
+        found["cwd"] = cwd
+    return found
 
 
 def encode(cwd: str, env: dict[str, str]) -> str:

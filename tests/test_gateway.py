@@ -100,6 +100,29 @@ def test_start_tolerates_env_and_unknown_fields_and_refuses_unknown_engines(gate
     assert status == 404 and error["error"] == "not_found"
 
 
+def test_a_kernel_runs_in_jupyters_working_directory_with_its_kernel_variables(gateway_url):
+    """As Jupyter Server asks: KERNEL_* variables are the notebook's; a relative KERNEL_WORKING_DIR
+    its cwd under the private home; Jupyter's other variables (and refused names) are left out."""
+    status, model = call("POST", gateway_url + "/api/kernels", {"name": "python", "env": {
+        "KERNEL_WORKING_DIR": "projects/one", "KERNEL_USERNAME": "ann",
+        "JUPYTER_TOKEN": "secret", "PATH": "/evil"}})
+    assert status == 201, model
+
+    async def scenario():
+        ws = await KernelSocket.open(channels(gateway_url, model))
+        try:
+            messages = await ws.execute("import os\nprint(os.getcwd(), os.environ.get('KERNEL_USERNAME'), "
+                                        "'JUPYTER_TOKEN' in os.environ, os.environ['PATH'] != '/evil')")
+            return "".join(m["content"]["text"] for m in of_type(messages, "stream"))
+        finally:
+            ws.close()
+
+    try:
+        assert asyncio.run(scenario()) == "/home/notebook/projects/one ann False True\n"
+    finally:
+        call("DELETE", f"{gateway_url}/api/kernels/{model['id']}")
+
+
 def test_restart_keeps_the_kernel_id_and_starts_a_fresh_namespace(gateway_url, kernel):
     async def scenario():
         ws = await KernelSocket.open(channels(gateway_url, kernel))

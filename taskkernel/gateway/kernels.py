@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from taskkernel import __version__, keys, rpc
+from taskkernel import __version__, keys, rpc, workspace
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField, NotebookNotFound
 from taskkernel.gateway.app import BaseHandler, Gateway, kernel_id_of, notebook_id_of
@@ -86,8 +86,9 @@ class KernelsHandler(BaseHandler):
     async def post(self) -> None:
         """Start a kernel: pin a notebook of engine `name` (the default engine without one).
 
-        `env` is accepted as Jupyter Server sends it (KERNEL_WORKING_DIR, KERNEL_*) and not applied:
-        a notebook's working directory and environment come from its engine file.
+        `env` is what Jupyter Server sends: its KERNEL_* variables become the notebook's environment
+        and a relative KERNEL_WORKING_DIR its working directory (workspace.from_jupyter); the rest
+        of it is Jupyter's own and left out.
         """
         body = self.json_body()
         settings = self.gateway.settings
@@ -99,9 +100,13 @@ class KernelsHandler(BaseHandler):
         if not name or name == JUPYTER_DEFAULT_NAME:
             name = default_name(registry.load_specs(settings.config_dir)[0])
         spec = registry.get_spec(settings.config_dir, name)  # UnknownEngine -> 400
+        asked = workspace.from_jupyter(body.get("env") or {}, lambda variable: variable.startswith("KERNEL_"))
+        cwd = workspace.check_cwd(asked.get("cwd", spec.get("cwd", "")))
+        env = workspace.check_env(asked.get("env", {}))
         notebook = await self.gateway.run(self.gateway.store.create, name, timeout_s=settings.assign_timeout_s,
                                           max_total=settings.max_notebooks,
-                                          max_of_engine=int(spec.get("max_notebooks", 0)))
+                                          max_of_engine=int(spec.get("max_notebooks", 0)),
+                                          workspace_json=workspace.encode(cwd, env) if cwd or env else "")
         self.set_header("Location", f"/api/kernels/{kernel_id_of(notebook['id'])}")
         self.send_json(kernel_model(notebook, 0), status=201)
 

@@ -115,6 +115,7 @@ class TaskkernelKernel(Kernel):
         self._history: list[tuple[int, int, str, str | None]] = []  # (session, line, code, output)
         self._handed_over = False  # a restart left the notebook to the next kernel process
         self._released = False
+        self._releasing = threading.Lock()
         self.shutdown_requested = False
         self._opening = threading.Lock()  # execute and introspection may both find no notebook yet
         self._abort_done_before_reply = False
@@ -170,15 +171,8 @@ class TaskkernelKernel(Kernel):
         from taskkernel import workspace
 
         patterns = [p.strip() for p in self.forward_env.split(",") if p.strip()]
-        env = {name: value for name, value in os.environ.items()
-               if any(fnmatch.fnmatchcase(name, p) for p in patterns) and name != "KERNEL_WORKING_DIR"
-               and not name.startswith(BRIDGE_ONLY_PREFIXES) and workspace.ENV_NAME.fullmatch(name)
-               and not name.upper().startswith(workspace.REFUSED_PREFIXES) and name not in workspace.REFUSED_NAMES}
-        found: dict = {"env": env} if env else {}
-        cwd = os.environ.get("KERNEL_WORKING_DIR", "")
-        if cwd and not os.path.isabs(cwd):
-            found["cwd"] = cwd
-        return found
+        return workspace.from_jupyter(os.environ, lambda name: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+                                      and not name.startswith(BRIDGE_ONLY_PREFIXES))
 
     def _take_over(self) -> Notebook | None:
         sidecar = self._sidecar()
@@ -196,14 +190,17 @@ class TaskkernelKernel(Kernel):
         return None
 
     def release_notebook(self) -> None:
-        """Delete the notebook unless a restart handed it over; safe to call more than once."""
-        if self._released or self._handed_over or self.notebook is None:
-            return
-        self._released = True
-        try:
-            self.notebook.close()
-        except Exception as exc:
-            self.log.warning("taskkernel: could not delete notebook %s: %r", self.notebook.id, exc)
+        """Delete the notebook unless a restart handed it over; safe to call more than once, and
+        from several threads: a second caller returns once the first one's delete is done (the
+        feed reader and the cell's thread may both see the engine die, and each then exits)."""
+        with self._releasing:
+            if self._released or self._handed_over or self.notebook is None:
+                return
+            self._released = True
+            try:
+                self.notebook.close()
+            except Exception as exc:
+                self.log.warning("taskkernel: could not delete notebook %s: %r", self.notebook.id, exc)
 
     async def do_shutdown(self, restart: bool) -> dict:
         self.shutdown_requested = True
