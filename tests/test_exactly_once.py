@@ -38,6 +38,9 @@ class EngineStub:
     def interrupt(self):
         pass
 
+    def disarm_interrupt(self):
+        pass
+
 
 class CaptureStub:
     def begin(self, on_output):
