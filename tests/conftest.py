@@ -231,6 +231,28 @@ def persistent_service(config_dir):
         server.stop()
 
 
+ENGINES = ("python", "ipython")  # the engines a fidelity test runs on, one after the other
+
+
+@pytest.fixture(params=ENGINES)
+def any_notebook(request, service, client):
+    """A fresh notebook of each engine in turn on the shared service (the test runs once per engine)."""
+    service.wait_idle("main", request.param, 1, timeout_s=60)
+    nb = client.start(request.param)
+    try:
+        yield nb
+    finally:
+        nb.close()
+
+
+def run_followed(nb, code: str, timeout_s: float = 90, **options) -> tuple[dict, list[dict]]:
+    """Run a cell; (its record, its feed messages up to its execute_reply)."""
+    cell = nb.evaluate(code, wait=False, **options)
+    feed = list(nb.follow(cell["id"], timeout=timeout_s))
+    assert feed and feed[-1]["header"]["msg_type"] == "execute_reply", feed
+    return nb.cell(cell["id"]), feed
+
+
 @pytest.fixture
 def ipython_notebook(service, client):
     """A fresh ipython notebook on the shared service, deleted after the test."""

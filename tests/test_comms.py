@@ -9,26 +9,9 @@ import threading
 import time
 
 import pytest
+from tests.conftest import run_followed as run
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(params=["python", "ipython"])
-def any_notebook(request, service, client):
-    service.wait_idle("main", request.param, 1, timeout_s=60)
-    nb = client.start(request.param)
-    try:
-        yield nb
-    finally:
-        nb.close()
-
-
-def run(nb, code: str, **options) -> tuple[dict, list[dict]]:
-    """Run a cell; (its record, its feed messages up to its execute_reply)."""
-    cell = nb.evaluate(code, wait=False, **options)
-    feed = list(nb.follow(cell["id"], timeout=90))
-    assert feed and feed[-1]["header"]["msg_type"] == "execute_reply", feed
-    return nb.cell(cell["id"]), feed
 
 
 def of_type(feed: list[dict], msg_type: str) -> list[dict]:

@@ -7,27 +7,9 @@ execute_reply, each as a mime bundle or an error. Warnings and logging reach std
 """
 
 import pytest
+from tests.conftest import run_followed as run
 
 pytestmark = pytest.mark.timeout(120)
-
-ENGINES = ["python", "ipython"]
-
-
-@pytest.fixture(params=ENGINES)
-def any_notebook(request, service, client):
-    service.wait_idle("main", request.param, 1, timeout_s=60)
-    nb = client.start(request.param)
-    try:
-        yield nb
-    finally:
-        nb.close()
-
-
-def run(nb, code: str, **options) -> tuple[dict, list[dict]]:
-    cell = nb.evaluate(code, wait=False, **options)
-    feed = list(nb.follow(cell["id"], timeout=60))
-    assert feed and feed[-1]["header"]["msg_type"] == "execute_reply", feed
-    return nb.cell(cell["id"]), feed
 
 
 def types(feed: list[dict]) -> list[str]:

@@ -15,18 +15,6 @@ from taskkernel import messages
 pytestmark = pytest.mark.timeout(120)
 
 PNG = b"\x89PNG\r\n\x1a\n"
-ENGINES = ["python", "ipython"]
-
-
-@pytest.fixture(params=ENGINES)
-def any_notebook(request, service, client):
-    service.wait_idle("main", request.param, 1, timeout_s=60)
-    nb = client.start(request.param)
-    try:
-        yield nb
-    finally:
-        nb.close()
-
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 
 pytestmark = pytest.mark.timeout(120)
 
-ENGINES = ["python", "ipython"]
 
 START_THREAD = """
 import threading, time
@@ -23,16 +22,6 @@ def later():
     display('late display')
 threading.Thread(target=later, daemon=True).start()
 """
-
-
-@pytest.fixture(params=ENGINES)
-def any_notebook(request, service, client):
-    service.wait_idle("main", request.param, 1, timeout_s=60)
-    nb = client.start(request.param)
-    try:
-        yield nb
-    finally:
-        nb.close()
 
 
 def late_messages(nb, cell_id: str, after: str, want: int = 2) -> list[dict]:

@@ -12,18 +12,6 @@ from taskkernel.client import ApiError
 
 pytestmark = pytest.mark.timeout(120)
 
-ENGINES = ["python", "ipython"]
-
-
-@pytest.fixture(params=ENGINES)
-def any_notebook(request, service, client):
-    service.wait_idle("main", request.param, 1, timeout_s=60)
-    nb = client.start(request.param)
-    try:
-        yield nb
-    finally:
-        nb.close()
-
 
 def wait_for_input_request(nb, cell_id: str) -> dict:
     """The input_request the cell publishes (the cell then waits for an answer)."""
