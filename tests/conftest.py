@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.services import descendants
 from taskkernel import keys
 from taskkernel.client import Client
 from taskkernel.redis_server import RedisServer, free_port
@@ -302,20 +303,3 @@ def frozen_redis_service(config_dir):
                         pass
         svc.close()
         server.stop()
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (from /proc's parent links), children first."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found

@@ -6,33 +6,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from taskkernel.client import Client
 from taskkernel.redis_server import free_port
+from tests.conftest import descendants
 from tests.conftest import _http_ok, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (by walking /proc's parent links)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                parents[int(entry.name)] = int(fields[1])
-            except (OSError, IndexError):
-                pass
-    found, frontier = set(), {pid}
-    while frontier:
-        children = {p for p, parent in parents.items() if parent in frontier}
-        frontier = children - found
-        found |= children
-    return found
 
 
 def start_up(port: int, gateway_port: int | None = None, **env) -> subprocess.Popen:

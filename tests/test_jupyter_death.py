@@ -18,11 +18,10 @@ nbformat = pytest.importorskip("nbformat")
 from jupyter_client.manager import start_new_kernel  # noqa: E402
 from nbclient.exceptions import DeadKernelError  # noqa: E402
 
-from taskkernel.client import ApiError  # noqa: E402
 from taskkernel.jupyter.cost import run_cell  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.test_isolation import engine_pid  # noqa: E402
-from tests.test_jupyter_kernel import KERNEL_NAME, jupyter_kernels, notebook_id_of, start_a_sleeping_cell  # noqa: E402,F401
+from tests.test_jupyter_kernel import KERNEL_NAME, jupyter_kernels, notebook_gone, notebook_id_of, start_a_sleeping_cell  # noqa: E402,F401
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,14 +40,6 @@ def execute(kernel_name: str, *sources: str):
 def test_nbclient_raises_dead_kernel_error_when_the_cell_kills_its_interpreter(jupyter_kernels, kernel_name, death):  # noqa: F811
     with pytest.raises(DeadKernelError):
         execute(kernel_name, "x = 1", death, "print('never')")
-
-
-def gone(client, notebook_id: str) -> bool:
-    try:
-        client.notebook(notebook_id)
-    except ApiError as exc:
-        return exc.status == 404
-    return False
 
 
 @pytest.fixture
@@ -79,7 +70,7 @@ def test_an_engine_killed_from_outside_during_a_cell_ends_the_kernel_process(bri
         if msg["parent_header"].get("msg_id") == cell and msg["msg_type"] == "error":
             died.append(msg["content"]["ename"])
     assert died == ["EngineDied"]
-    wait_for(lambda: gone(client, notebook.id), 15, "the lost notebook to be deleted")
+    wait_for(lambda: notebook_gone(client, notebook.id), 15, "the lost notebook to be deleted")
 
 
 def test_an_engine_lost_just_after_a_cell_ends_the_kernel_at_once(jupyter_kernels, client):  # noqa: F811
@@ -91,7 +82,7 @@ def test_an_engine_lost_just_after_a_cell_ends_the_kernel_at_once(jupyter_kernel
         notebook.refresh()
         os.kill(engine_pid(notebook), signal.SIGKILL)
         wait_for(lambda: not manager.is_alive(), 30, "the bridge kernel process to exit")
-        wait_for(lambda: gone(client, notebook.id), 15, "the lost notebook to be deleted")
+        wait_for(lambda: notebook_gone(client, notebook.id), 15, "the lost notebook to be deleted")
     finally:
         kc.stop_channels()
         if manager.has_kernel:
@@ -126,7 +117,7 @@ def test_an_engine_lost_while_the_kernel_idles_ends_it_at_the_next_cell(jupyter_
         assert manager.is_alive()
         kc.execute("x")  # the namespace it would run in is not the one 'x' was set in
         wait_for(lambda: not manager.is_alive(), 20, "the bridge kernel process to exit")
-        wait_for(lambda: gone(client, notebook.id), 15, "the lost notebook to be deleted")
+        wait_for(lambda: notebook_gone(client, notebook.id), 15, "the lost notebook to be deleted")
     finally:
         kc.stop_channels()
         if manager.has_kernel:

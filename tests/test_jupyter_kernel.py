@@ -294,10 +294,11 @@ def test_a_killed_kernel_leaves_no_notebook_behind(jupyter_kernels, client):
         kc.stop_channels()
         if manager.has_kernel:
             manager.shutdown_kernel(now=True)
-    wait_for(lambda: _gone(client, notebook_id), 15, "the killed kernel's notebook to be deleted")
+    wait_for(lambda: notebook_gone(client, notebook_id), 15, "the killed kernel's notebook to be deleted")
 
 
-def _gone(client, notebook_id: str) -> bool:
+def notebook_gone(client, notebook_id: str) -> bool:
+    """The notebook has been deleted (404)."""
     try:
         client.notebook(notebook_id)
     except ApiError as exc:

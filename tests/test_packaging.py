@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from taskkernel.redis_server import free_port
-from tests.test_cli_up import descendants
+from tests.conftest import descendants
 from tests.conftest import pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
