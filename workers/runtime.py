@@ -130,6 +130,7 @@ PARENTED_EVENTS = ("comm_open", "comm_msg", "comm_close", "input_request")
 # quick cell's whole story goes out in the one script that finishes it (one round trip fewer).
 ANNOUNCE_AFTER_S = 0.002
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
+CLAIM_SETTLE_WAIT_S = 5.0  # how long an interrupt waits for a claim in flight (a Redis round trip)
 REPLY_EXTRAS_BYTES = 1024 * 1024  # user_expressions and payload (pager text) an execute_reply may carry
 EXIT_ENGINE_DIED = 70  # the worker's exit code when its engine died; the reason is on its record
 
@@ -215,6 +216,9 @@ class Runtime:
         self._gone = threading.Lock()
         self._budget_lock = threading.Lock()  # the running cell's output budget: pump and engine reader
         self._interrupt_lock = threading.Lock()  # an interrupt and the end of its cell, one at a time
+        self._claim_settled = threading.Condition(self._interrupt_lock)
+        self._claiming = ""  # the cell whose claim is in flight: an interrupt waits for its outcome
+        self._claimed = ""  # the cell claimed (running, to the API) whose code may not have begun
         self._execution_count = 0  # the engine's, as its last reply said
         self.feed = self.store.feed
         self._claim = client.register_script(_CLAIM_LUA)
@@ -383,12 +387,15 @@ class Runtime:
 
     def interrupt(self) -> dict:
         """Raise KeyboardInterrupt in the running cell; a no-op when none runs."""
-        with self._interrupt_lock:  # the cell cannot end (and the next begin) meanwhile
-            run = self._run
-            if run is None:
+        with self._claim_settled:  # the cell cannot end (and the next begin) meanwhile
+            # a claimed cell is running to the API at once, though its execute is not sent yet:
+            # the interrupt waits for a claim in flight, and is kept for the cell's execute
+            self._claim_settled.wait_for(lambda: not self._claiming, timeout=CLAIM_SETTLE_WAIT_S)
+            cell_id = self._run.cell_id if self._run is not None else self._claimed
+            if not cell_id:
                 return {"interrupted": None}
             self.engine.interrupt()
-        return {"interrupted": run.cell_id}
+        return {"interrupted": cell_id}
 
     # --- one cell ------------------------------------------------------------------------------
 
@@ -399,20 +406,16 @@ class Runtime:
             self._files_ready_for = notebook_id
         now = time.time()
         claim = f"{self.worker_id}:{secrets.token_hex(8)}"
-        deadline = time.monotonic() + FINAL_WRITE_RETRY_S
-        while True:  # the message is off the queue: if Redis is away, the cell waits for it, not lost
-            try:
-                claimed = self._claim(
-                    keys=[keys.cell(cell_id), keys.notebook(notebook_id), keys.worker(self.worker_id),
-                          keys.notebook_pending(notebook_id)],
-                    args=[cell_id, self.worker_id, now, messages.now_iso(), claim],
-                )
-                break
-            except redis.RedisError as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("claiming cell %s: Redis is unavailable (%r); retrying", cell_id, exc)
-                time.sleep(0.5)
+        with self._claim_settled:
+            self._claiming, self._claimed = cell_id, ""
+            self.engine.disarm_interrupt()  # nothing of an earlier cell's is left for this one
+        claimed = None
+        try:
+            claimed = self._claim_cell(cell_id, notebook_id, now, claim)
+        finally:
+            with self._claim_settled:
+                self._claiming, self._claimed = "", cell_id if claimed else ""
+                self._claim_settled.notify_all()
         if not claimed:
             log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id,
                      extra={"notebook_id": notebook_id, "cell_id": cell_id})
@@ -450,7 +453,7 @@ class Runtime:
             run.ended.set()
             self.capture.end()
             with self._interrupt_lock:
-                self._run = None
+                self._run, self._claimed = None, ""
                 self.engine.disarm_interrupt()
         if isinstance(reply.get("execution_count"), int):
             self._execution_count = reply["execution_count"]
@@ -580,6 +583,22 @@ class Runtime:
             log.info("restored %d variables of notebook %s", len(result["restored"]), notebook_id)
         except Exception as exc:
             log.warning("restore of notebook %s failed: %r", notebook_id, exc)
+
+    def _claim_cell(self, cell_id: str, notebook_id: str, now: float, claim: str) -> list | None:
+        """Claim a cell to run under `claim`; its fields, or None when it is not ours to run."""
+        deadline = time.monotonic() + FINAL_WRITE_RETRY_S
+        while True:  # the message is off the queue: if Redis is away, the cell waits for it, not lost
+            try:
+                return self._claim(
+                    keys=[keys.cell(cell_id), keys.notebook(notebook_id), keys.worker(self.worker_id),
+                          keys.notebook_pending(notebook_id)],
+                    args=[cell_id, self.worker_id, now, messages.now_iso(), claim],
+                )
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("claiming cell %s: Redis is unavailable (%r); retrying", cell_id, exc)
+                time.sleep(0.5)
 
     def _count_dropped(self, notebook_id: str) -> None:
         """Count deliveries dropped by the claim (redeliveries), for the notebook's record."""
