@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from taskkernel.cli_common import (OutputPrinter, add_notebook_arguments, add_server_arguments, client_from,
+from taskkernel.cli.common import (OutputPrinter, add_notebook_arguments, add_server_arguments, client_from,
                                    one_line, open_notebook, unreachable_is_an_error)
 
 CELL_MARKER = re.compile(r"^# ?%%(.*)$")  # the "percent" format of Jupytext, VS Code and Spyder

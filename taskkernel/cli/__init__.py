@@ -1,4 +1,4 @@
-"""The `taskkernel` command: up (everything), api, worker."""
+"""The `taskkernel` command: up, api, gateway, worker, scale; its other commands are modules of this package."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from taskkernel.settings import Settings, load_settings, settings_environ
 
 # Modules that add subcommands of their own: each has `register(subparsers)`, which adds its
 # parsers and sets `handler=<function(args) -> exit code>` on them with set_defaults.
-PLUGIN_COMMANDS: list[str] = ["taskkernel.jupyter.kernelspec", "taskkernel.cli_status", "taskkernel.cli_run",
-                              "taskkernel.cli_console", "taskkernel.cli_files"]
+PLUGIN_COMMANDS: list[str] = ["taskkernel.jupyter.kernelspec", "taskkernel.cli.status", "taskkernel.cli.run",
+                              "taskkernel.cli.console", "taskkernel.cli.files"]
 
 
 def build_parser() -> argparse.ArgumentParser:
