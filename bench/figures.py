@@ -373,7 +373,7 @@ class Bench:
             for system in (BRIDGE, PEER_A):
                 results.missing(F_BRIDGE, system, "p50 (ms)", "ms", self.a_missing)
             return
-        from taskkernel.jupyter.cost import bridge_round_trip
+        from bench.bridge_cost import bridge_round_trip
         from taskkernel.jupyter.kernelspec import install
 
         prefix = tempfile.mkdtemp(prefix="bench-kernelspec-", dir=self.processes.dir)
@@ -387,7 +387,7 @@ class Bench:
                 results.add(F_BRIDGE, name, "p50 (ms)", "ms", [percentile(samples, 50)])
                 results.add(F_BRIDGE, name, "p99 (ms)", "ms", [percentile(samples, 99)])
                 self.log(f"bridge rep {rep + 1} {name}: p50 {percentile(samples, 50):.2f} ms")
-        results.note(F_BRIDGE, f"taskkernel.jupyter.cost.bridge_round_trip: a fresh kernel per repetition, "
+        results.note(F_BRIDGE, f"bench.bridge_cost.bridge_round_trip: a fresh kernel per repetition, "
                                f"5 warm-up cells, then {runs} round trips of `1+1`, each done when its "
                                "execute_reply and IOPub idle are in")
 
