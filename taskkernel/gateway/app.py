@@ -27,9 +27,10 @@ from celery import Celery
 from taskkernel import keys
 from taskkernel.api.auth import _origin_host, authorization_token, host_name, token_digest
 from taskkernel.api.errors import from_redis_error
+from taskkernel.cells import SUBMIT_LUA
 from taskkernel.exceptions import (CrossSiteRequest, Forbidden, HostNotAllowed, InvalidJSON, NotFound,
                                    TaskkernelError, Unauthorized)
-from taskkernel.notebooks import SUBMIT_LUA, NotebookStore
+from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings, comma_list, is_loopback, networks
 
 log = logging.getLogger("taskkernel.gateway")
