@@ -5,17 +5,17 @@
 
 from __future__ import annotations
 
-import json
 import time
 
-from taskkernel import files, keys, messages
+from taskkernel import files, hosts, keys, messages
 from taskkernel.exceptions import NotebookGone, NotebookNotFound, NoWorkerAvailable
 from taskkernel.messages import as_text
 
 # Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
 # notebook, and write the notebook record.  KEYS: hosts set, notebook hash, notebooks zset,
 # per-engine notebook counts.  ARGV: engine, notebook id, now, idle prefix, host prefix, worker
-# prefix, is_new ("1"/"0"), max notebooks in total (0: no limit), max of this engine (0: none).
+# prefix, is_new ("1"/"0"), max notebooks in total (0: no limit), max of this engine (0: none),
+# the supervisor's refill command (hosts.REFILL_COMMAND).
 # Quotas are checked in the same script that adds the notebook, so concurrent creates cannot
 # overshoot them. Taking a worker nudges its host's supervisor (a "refill" on its command list,
 # keys.host_commands) so the warm pool is topped up at once, not at the supervisor's next tick.
@@ -37,7 +37,7 @@ for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 if not best then return false end
 local w = redis.call('SPOP', ARGV[4] .. ARGV[1] .. ':' .. best)
-redis.call('RPUSH', ARGV[5] .. best .. ':commands', '{"op": "refill"}')
+redis.call('RPUSH', ARGV[5] .. best .. ':commands', ARGV[10])
 local wk = ARGV[6] .. w
 redis.call('HSET', wk, 'state', 'assigned', 'notebook', ARGV[2])
 local info = redis.call('HMGET', wk, 'host', 'queue', 'pid')
@@ -90,7 +90,7 @@ class Assignment:
             got = self._assign(
                 keys=[keys.HOSTS, keys.notebook(notebook_id), keys.NOTEBOOKS, keys.ENGINE_COUNTS],
                 args=[engine, notebook_id, time.time(), keys.idle_workers("", "")[:-1],
-                      keys.host(""), keys.worker(""), "1" if new else "0", quotas[0], quotas[1]],
+                      keys.host(""), keys.worker(""), "1" if new else "0", quotas[0], quotas[1], hosts.REFILL_COMMAND],
             )
             if got:
                 return [as_text(x) for x in got]
@@ -102,7 +102,7 @@ class Assignment:
     def retire_worker(self, worker_id: str, host_name: str) -> None:
         """Ask the worker's supervisor to stop it; a pinned worker is never reused."""
         self.redis.hset(keys.worker(worker_id), "state", "retiring")
-        self.redis.rpush(keys.host_commands(host_name), json.dumps({"op": "retire", "worker": worker_id}))
+        hosts.send_command(self.redis, host_name, hosts.RETIRE, worker=worker_id)
 
     def wait_for_worker(self, notebook_id: str, timeout_s: float) -> dict:
         """The notebook record once it has a worker (it may be restarting); NoWorkerAvailable after timeout."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import logging
 import os
 import secrets
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import redis
 
-from taskkernel import files, keys, logs
+from taskkernel import files, hosts, keys, logs
 from taskkernel.hosts import HostWatch
 from taskkernel.engines import registry
 from taskkernel.notebooks import NotebookStore
@@ -170,9 +169,9 @@ class Supervisor(Housekeeping):
     # --- the loop -------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        item = self.redis.blpop([keys.host_commands(self.host)], timeout=0.1)
-        if item is not None:
-            self._command(json.loads(item[1]))
+        command = hosts.next_command(self.redis, self.host, 0.1)
+        if command is not None:
+            self._command(command)
         self._reap()
         now = time.monotonic()
         if now - self._last_scan >= ENGINE_RESCAN_S:
@@ -192,14 +191,14 @@ class Supervisor(Housekeeping):
             self._cull_idle()
 
     def _command(self, command: dict) -> None:
-        if command.get("op") == "retire":
+        if command.get("op") == hosts.RETIRE:
             child = self._child_by_worker(command.get("worker", ""))
             if child is not None:
                 child.kill_reason = child.kill_reason or "retired"
                 _kill(child.pid, signal.SIGKILL)
-        elif command.get("op") == "scale":
+        elif command.get("op") == hosts.SCALE:
             self.pool_overrides[command["engine"]] = int(command["size"])
-        elif command.get("op") == "refill":
+        elif command.get("op") == hosts.REFILL:
             pass  # an API took an idle worker: this tick's _refill replaces it
         else:
             log.warning("unknown command %r", command)
@@ -403,11 +402,8 @@ class Supervisor(Housekeeping):
     def _heartbeat(self) -> None:
         self._last_heartbeat = time.monotonic()
         pools = {engine: self.pool_size(engine) for engine in self.specs}
-        self.watch.beat({
-            "name": self.host, "pid": os.getpid(), "pools": json.dumps(pools),
-            "workers": len(self.children), "max_workers": self.settings.max_workers,
-            "heartbeat": time.time(), "engine_errors": json.dumps(self.spec_errors),
-        })
+        self.watch.beat(hosts.host_record(self.host, pid=os.getpid(), pools=pools, workers=len(self.children),
+                                          max_workers=self.settings.max_workers, engine_errors=self.spec_errors))
 
     def shutdown(self) -> None:
         """Stop every worker; notebooks pinned here lose their namespaces and are re-homed."""

@@ -256,18 +256,16 @@ def _wait_until_up(url: str, children, stopping, timeout_s: float = 60.0) -> boo
 
 def _wait_for_pool(settings: Settings, children, stopping, timeout_s: float = 60.0) -> dict[str, int]:
     """Wait until this host's supervisor has filled its pools; return {engine: idle workers}."""
-    import json
-
     import redis
 
-    from taskkernel import keys
+    from taskkernel import hosts, keys
 
     client = redis.Redis.from_url(settings.redis_url)
     deadline = time.monotonic() + timeout_s
     idle: dict[str, int] = {}
     try:
         while time.monotonic() < deadline and not stopping and all(c.poll() is None for c in children):
-            pools = json.loads(client.hget(keys.host(settings.host_name), "pools") or b"{}")
+            pools = hosts.host_from_redis(settings.host_name, client.hgetall(keys.host(settings.host_name)))["pools"]
             idle = {engine: client.scard(keys.idle_workers(engine, settings.host_name)) for engine in pools}
             if pools and all(idle[engine] >= size for engine, size in pools.items()):
                 break
