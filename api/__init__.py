@@ -39,7 +39,7 @@ class Services:
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     """The Flask app for `settings`; pass `client` to share a Redis connection pool."""
     from taskkernel.api import auth, cells, engines, errors, feed, notebooks, openapi, pools, variables
-    from taskkernel.workers.celery_app import make_celery
+    from taskkernel.celery_wire import make_celery
 
     app = Flask("taskkernel.api", static_folder=None)  # the console serves api/static/, with its headers
     app.url_map.converters["hexid"] = HexIdConverter

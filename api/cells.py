@@ -10,11 +10,11 @@ import redis
 from flask import Blueprint, current_app, jsonify, request
 
 from taskkernel import feed, messages
-from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.api.validation import request_body
+from taskkernel.celery_wire import evaluate_message
 from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import InvalidField
-from taskkernel.workers.tasks import evaluate_message
+from taskkernel.messages import IDEMPOTENCY_HEADER
 
 blueprint = Blueprint("cells", __name__)
 log = logging.getLogger("taskkernel.api")

@@ -14,10 +14,10 @@ from flask import Blueprint, current_app, jsonify, request
 
 from taskkernel import keys, rpc
 from taskkernel.api.validation import request_body
+from taskkernel.celery_wire import call_message
 from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import EngineUnavailable, InvalidField
 from taskkernel.messages import new_id
-from taskkernel.workers.tasks import call_message
 
 blueprint = Blueprint("variables", __name__)
 START_GRACE_S = 1.0  # an operation the worker started just before its not_after may answer this late

@@ -23,7 +23,7 @@ from taskkernel.messages import as_text
 # the notebook's worker, all at once, at most once per cell id and per Idempotency-Key.  KEYS:
 # notebook, cell, cells, pending, feed stream, idempotency key.  ARGV: cell id, the task message's
 # two halves (joined around the JSON-quoted queue name, as kombu's Redis transport stores a message:
-# workers.tasks.task_message), how long the idempotency key keeps the cell (ms; 0: no key), then
+# celery_wire.task_message), how long the idempotency key keeps the cell (ms; 0: no key), then
 # the cell hash as field/value pairs.  Returns false (no such notebook), {''} (it has no worker
 # right now), {'=', cell id, newest feed stream id} (that cell was recorded already: by this very
 # call, retried after its answer was lost, or under the same idempotency key), or {queue, position,
@@ -50,7 +50,7 @@ return {queue, position, newest}
 """
 
 # Push a Celery task message onto the queue of the notebook's worker, behind its queued cells.
-# KEYS: notebook.  ARGV: the message's two halves (workers.tasks.task_message).  Returns false (no
+# KEYS: notebook.  ARGV: the message's two halves (celery_wire.task_message).  Returns false (no
 # such notebook), '' (it has no worker right now) or the queue.
 _ENQUEUE_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')

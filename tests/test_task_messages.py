@@ -8,9 +8,9 @@ import pytest
 import redis
 from kombu import Exchange, Queue
 
+from taskkernel.celery_wire import make_celery
+from taskkernel.celery_wire import EVALUATE, evaluate_message
 from taskkernel.settings import Settings
-from taskkernel.workers.celery_app import make_celery
-from taskkernel.workers.tasks import EVALUATE, evaluate_message
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -102,7 +102,7 @@ class Supervisor(Housekeeping):
         from kombu.transport import redis as _kombu_redis  # noqa: F401
 
         from taskkernel.workers import process  # noqa: F401
-        from taskkernel.workers.celery_app import make_celery
+        from taskkernel.celery_wire import make_celery
 
         self.app = make_celery(self.settings)
         self.app.loader.import_default_modules()

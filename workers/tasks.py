@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import uuid
 
 from celery import Celery
 from celery.worker.strategy import default as default_strategy
-from kombu import serialization
+
+from taskkernel.celery_wire import CALL, EVALUATE
 
 log = logging.getLogger("taskkernel.worker")
-
-EVALUATE = "taskkernel.evaluate"
-CALL = "taskkernel.call"
 
 
 def register_tasks(app: Celery) -> None:
@@ -34,52 +29,6 @@ def register_tasks(app: Celery) -> None:
         if runtime is None:
             raise RuntimeError("this process is not a taskkernel worker (no runtime)")
         runtime.run_call(notebook_id, op, args, reply_key)
-
-
-_QUEUE_MARK = "\x00queue\x00"
-
-
-def evaluate_message(app: Celery, cell_id: str, notebook_id: str) -> tuple[str, str]:
-    """The Celery message that runs a cell, for the API's submit script to push (see task_message)."""
-    return task_message(app, EVALUATE, [cell_id, notebook_id])
-
-
-def call_message(app: Celery, notebook_id: str, op: str, args: dict, reply_key: str) -> tuple[str, str]:
-    """The Celery message of a namespace operation (push, pull, checkpoint, restore)."""
-    return task_message(app, CALL, [notebook_id, op, args, reply_key])
-
-
-def task_message(app: Celery, name: str, args: list) -> tuple[str, str]:
-    """A Celery task message as kombu's Redis transport keeps it on a queue's list, split in two
-    where the JSON-quoted queue name goes (`delivery_info.routing_key`).
-
-    The API's submit script joins the halves around the queue of the notebook's worker and LPUSHes
-    the result, as kombu would: recording a cell and enqueueing its Celery task are then one atomic
-    step (no queued cell without its task, none sent to a worker the notebook just left) and one
-    Redis call instead of `send_task`'s producer machinery plus a second round trip. The headers and
-    body come from Celery's own protocol-2 builder; tests compare the whole with what `send_task`
-    writes. No task-sent event is emitted for such messages (the worker's events are).
-    """
-    task_id = str(uuid.uuid4())
-    headers, properties, body, _ = app.amqp.as_task_v2(task_id, name, args=args, ignore_result=True)
-    content_type, encoding, data = serialization.dumps(body, serializer="json")
-    raw = data if isinstance(data, bytes) else data.encode(encoding)
-    envelope = {
-        "body": base64.b64encode(raw).decode("ascii"),
-        "content-encoding": encoding,
-        "content-type": content_type,
-        "headers": headers,
-        "properties": {
-            **properties,
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": _QUEUE_MARK},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    before, after = json.dumps(envelope).split(json.dumps(_QUEUE_MARK))
-    return before, after
 
 
 def run_in_consumer(task, app: Celery, consumer, **kwargs):

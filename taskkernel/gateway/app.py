@@ -183,7 +183,7 @@ class NotFoundHandler(BaseHandler):
 def make_app(settings: Settings) -> tornado.web.Application:
     """The gateway application for `settings` (call inside the event loop that will serve it)."""
     from taskkernel.gateway import channels, hub, kernels, kernelspecs
-    from taskkernel.workers.celery_app import make_celery
+    from taskkernel.celery_wire import make_celery
 
     pool = redis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.gateway_threads * 2,
                                                  timeout=10, health_check_interval=30)

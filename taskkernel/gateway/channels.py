@@ -22,13 +22,13 @@ import redis
 import tornado.websocket
 
 from taskkernel import __version__, messages, rpc
+from taskkernel.celery_wire import evaluate_message
 from taskkernel.engines import registry
 from taskkernel.exceptions import BadRequest, SubmitUncertain, TaskkernelError
 from taskkernel.gateway import framing
 from taskkernel.gateway.app import Gateway, check_request, error_body, notebook_id_of, origin_allowed
 from taskkernel.gateway.hub import KernelFeed, Request
 from taskkernel.gateway.kernels import get_notebook, interrupt, restart
-from taskkernel.workers.tasks import evaluate_message
 
 log = logging.getLogger("taskkernel.gateway")
 
