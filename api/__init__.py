@@ -7,10 +7,10 @@ import threading
 from dataclasses import dataclass
 
 import redis
-from celery import Celery
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
+from taskkernel.celery_wire import TaskMessages
 from taskkernel.deadlines import DeadlineConnection, set_deadline
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
@@ -29,7 +29,7 @@ class Services:
     settings: Settings
     redis: redis.Redis
     store: NotebookStore
-    celery: Celery
+    messages: TaskMessages  # the Celery task messages cells and namespace operations are queued as
     feed_slots: threading.BoundedSemaphore  # one per SSE stream, so streams never starve other calls
     # set when the API process is told to stop: feed streams end (followers resume elsewhere with
     # Last-Event-ID) and waiting evaluates answer 202 at once, so a restart takes a second, not 30
@@ -56,7 +56,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         settings=settings,
         redis=client,
         store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen),
-        celery=make_celery(settings),
+        messages=TaskMessages(make_celery(settings)),
         feed_slots=threading.BoundedSemaphore(settings.feed_subscriber_limit),
     )
     errors.register(app)

@@ -11,7 +11,6 @@ from flask import Blueprint, current_app, jsonify, request
 
 from taskkernel import feed, messages
 from taskkernel.api.validation import request_body
-from taskkernel.celery_wire import evaluate_message
 from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import InvalidField
 from taskkernel.messages import IDEMPOTENCY_HEADER
@@ -44,7 +43,7 @@ def evaluate(notebook_id: str):
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidField(f"header {IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters",
                            field=IDEMPOTENCY_HEADER)
-    task_message = functools.partial(evaluate_message, svc.celery, notebook_id=notebook_id)
+    task_message = functools.partial(svc.messages.evaluate, notebook_id=notebook_id)
     submitted = svc.store.submit(notebook_id, body["code"], task_message,
                                  stop_on_error=body.get("stop_on_error", False),
                                  worker_timeout_s=svc.settings.assign_timeout_s,

@@ -1,4 +1,9 @@
-"""Celery's wire format, known once: the app factory, the task names and the task messages the API pushes."""
+"""Celery's wire format, known once: the app factory, the task names, the task messages, kombu's queues.
+
+The API and the gateway build task messages here and push them themselves (inside the submit
+script); the workers consume them with Celery. Neither side needs the other's modules: the tasks
+are registered by the workers (workers/tasks.py), not by the app factory.
+"""
 
 from __future__ import annotations
 
@@ -54,23 +59,25 @@ def make_celery(settings: Settings) -> Celery:
         task_create_missing_queues=True,
         task_default_queue="taskkernel.default",
     )
-    from taskkernel.workers.tasks import register_tasks
-
-    register_tasks(app)
     return app
 
 
 _QUEUE_MARK = "\x00queue\x00"
 
 
-def evaluate_message(app: Celery, cell_id: str, notebook_id: str) -> tuple[str, str]:
-    """The Celery message that runs a cell, for the API's submit script to push (see task_message)."""
-    return task_message(app, EVALUATE, [cell_id, notebook_id])
+class TaskMessages:
+    """Builds the task messages the API and the gateway push, with `app`'s protocol-2 builder."""
 
+    def __init__(self, app: Celery):
+        self.app = app
 
-def call_message(app: Celery, notebook_id: str, op: str, args: dict, reply_key: str) -> tuple[str, str]:
-    """The Celery message of a namespace operation (push, pull, checkpoint, restore)."""
-    return task_message(app, CALL, [notebook_id, op, args, reply_key])
+    def evaluate(self, cell_id: str, notebook_id: str) -> tuple[str, str]:
+        """The Celery message that runs a cell, for the submit script to push (see task_message)."""
+        return task_message(self.app, EVALUATE, [cell_id, notebook_id])
+
+    def call(self, notebook_id: str, op: str, args: dict, reply_key: str) -> tuple[str, str]:
+        """The Celery message of a namespace operation (push, pull, checkpoint, restore)."""
+        return task_message(self.app, CALL, [notebook_id, op, args, reply_key])
 
 
 def task_message(app: Celery, name: str, args: list) -> tuple[str, str]:
@@ -104,3 +111,23 @@ def task_message(app: Celery, name: str, args: list) -> tuple[str, str]:
     }
     before, after = json.dumps(envelope).split(json.dumps(_QUEUE_MARK))
     return before, after
+
+
+# How kombu's Redis transport keeps a queue: a list named after it, LPUSHed by producers and
+# BRPOPed by the consumer, with the message's routing key JSON-quoted inside it (task_message's
+# two halves go around it). A Lua function for the scripts that push a task (taskkernel.cells).
+PUSH_TASK_LUA_FUNCTION = """
+local function push_task(queue, before, after)
+  redis.call('LPUSH', queue, before .. cjson.encode(queue) .. after)
+end
+"""
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for one queue (its priority steps use suffixed copies)."""
+    return [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
+
+
+def binding_pattern(queue_pattern: str) -> str:
+    """A SCAN MATCH pattern of kombu's exchange-binding keys that name queues matching `queue_pattern`."""
+    return f"_kombu.binding*{queue_pattern}"

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import redis
 
 from taskkernel import keys, messages
+from taskkernel.celery_wire import PUSH_TASK_LUA_FUNCTION
 from taskkernel.exceptions import (CellNotFound, IdempotencyKeyReused, NotebookGone, NotebookNotFound,
                                    SubmitUncertain)
 from taskkernel.feed import PUBLISH_LUA_FUNCTION, message_argv
@@ -29,7 +30,7 @@ from taskkernel.messages import as_text
 # call, retried after its answer was lost, or under the same idempotency key), or {queue, position,
 # newest feed stream id}: the stream id lets a waiting caller read the cell's reply without a race
 # and without another call.
-_SUBMIT_LUA = """
+_SUBMIT_LUA = PUSH_TASK_LUA_FUNCTION + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'deleting' then return false end
 local prior = false
@@ -44,7 +45,7 @@ local position = redis.call('HINCRBY', KEYS[1], 'cells', 1)
 redis.call('HSET', KEYS[2], 'position', position, unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('RPUSH', KEYS[4], ARGV[1])
-redis.call('LPUSH', queue, ARGV[2] .. cjson.encode(queue) .. ARGV[3])
+push_task(queue, ARGV[2], ARGV[3])
 if ARGV[4] ~= '0' then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[4]) end
 return {queue, position, newest}
 """
@@ -52,12 +53,12 @@ return {queue, position, newest}
 # Push a Celery task message onto the queue of the notebook's worker, behind its queued cells.
 # KEYS: notebook.  ARGV: the message's two halves (celery_wire.task_message).  Returns false (no
 # such notebook), '' (it has no worker right now) or the queue.
-_ENQUEUE_LUA = """
+_ENQUEUE_LUA = PUSH_TASK_LUA_FUNCTION + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'deleting' then return false end
 local queue = redis.call('HGET', KEYS[1], 'queue')
 if not queue or queue == '' then return '' end
-redis.call('LPUSH', queue, ARGV[1] .. cjson.encode(queue) .. ARGV[2])
+push_task(queue, ARGV[1], ARGV[2])
 return queue
 """
 

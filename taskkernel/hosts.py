@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
-from taskkernel import keys
+from taskkernel import celery_wire, keys
 from taskkernel.messages import as_text
 
 # KEYS: hosts set, host hash, beats counter.  ARGV: host name, host hash TTL (ms), then the hash's
@@ -170,7 +170,7 @@ class HostWatch:
         for raw in self.redis.smembers(keys.host_workers(host)):
             doomed += [keys.worker(raw.decode()), keys.worker_rpc(raw.decode())]
         pattern = _glob_escape(host)
-        for match in (keys.worker_queue(pattern, "*"), f"_kombu.binding*{keys.worker_queue(pattern, '*')}",
+        for match in (keys.worker_queue(pattern, "*"), celery_wire.binding_pattern(keys.worker_queue(pattern, "*")),
                       keys.idle_workers("*", pattern)):
             doomed += [k.decode() for k in self.redis.scan_iter(match=match, count=1000)]
         removed = 0

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import redis
 
-from taskkernel import files, hosts, keys, logs
+from taskkernel import celery_wire, files, hosts, keys, logs
 from taskkernel.hosts import HostWatch
 from taskkernel.engines import registry
 from taskkernel.notebooks import NotebookStore
@@ -103,8 +103,10 @@ class Supervisor(Housekeeping):
 
         from taskkernel.workers import process  # noqa: F401
         from taskkernel.celery_wire import make_celery
+        from taskkernel.workers.tasks import register_tasks
 
         self.app = make_celery(self.settings)
+        register_tasks(self.app)
         self.app.loader.import_default_modules()
         self.app.finalize(auto=True)
         for attribute in ("Worker", "WorkController", "amqp", "log", "events", "control", "conf"):
@@ -262,7 +264,7 @@ class Supervisor(Housekeeping):
         queue = keys.worker_queue(self.host, slot)
         worker_id = "w" + secrets.token_hex(8)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(*keys.queue_keys(queue))  # nothing left over from the slot's last worker
+        pipe.delete(*celery_wire.queue_lists(queue))  # nothing left over from the slot's last worker
         pipe.sadd(keys.host_workers(self.host), worker_id)
         pipe.hset(keys.worker(worker_id), mapping={
             "id": worker_id, "host": self.host, "engine": spec["name"], "queue": queue, "slot": slot,
@@ -335,7 +337,7 @@ class Supervisor(Housekeeping):
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(keys.idle_workers(child.engine, self.host), child.worker_id)
         pipe.srem(keys.host_workers(self.host), child.worker_id)
-        pipe.delete(wkey, keys.worker_rpc(child.worker_id), *keys.queue_keys(child.queue))
+        pipe.delete(wkey, keys.worker_rpc(child.worker_id), *celery_wire.queue_lists(child.queue))
         pipe.execute()
         notebook_id = info.get("notebook", "")
         if child.kill_reason == "retired" or info.get("state") == "retiring" or not notebook_id:

@@ -22,7 +22,6 @@ import redis
 import tornado.websocket
 
 from taskkernel import __version__, messages, rpc
-from taskkernel.celery_wire import evaluate_message
 from taskkernel.engines import registry
 from taskkernel.exceptions import BadRequest, SubmitUncertain, TaskkernelError
 from taskkernel.gateway import framing
@@ -158,7 +157,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         worker (the common case: no thread hop); otherwise the store's own submit on a thread, which
         waits for a restarting notebook's worker or raises what the notebook's state means."""
         gateway = self.gateway
-        task_message = functools.partial(evaluate_message, gateway.celery, notebook_id=self.notebook_id)
+        task_message = functools.partial(gateway.messages.evaluate, notebook_id=self.notebook_id)
         call = gateway.store.submit_call(self.notebook_id, code, task_message, stop_on_error=stop_on_error,
                                          options=options)
         try:
