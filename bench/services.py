@@ -129,11 +129,8 @@ def http_ok(port: int, path: str) -> bool:
 class Stack:
     """taskkernel as `taskkernel up` runs it: a private Redis, one supervisor, the API."""
 
-    def __init__(self, processes: Processes, *, pool: int = 2, max_workers: int = 256, api_threads: int = 32,
-                 supervisor_command: list[str] | None = None):
+    def __init__(self, processes: Processes, *, pool: int = 2, max_workers: int = 256, api_threads: int = 32):
         self.processes = processes
-        # how the supervisor's `taskkernel` command is run (a benchmark may change a module first)
-        self.supervisor_command = supervisor_command or [sys.executable, "-m", "taskkernel"]
         self.pool = pool
         self.redis_server = RedisServer()
         self.host_name = "bench"
@@ -155,7 +152,7 @@ class Stack:
         self.settings = self.settings.replace(redis_url=self.redis_server.url, api_port=self.api_port)
         env = {**os.environ, **settings_environ(self.settings)}
         self.supervisor = self.processes.start(
-            "supervisor", [*self.supervisor_command, "worker", "--pool", str(self.pool),
+            "supervisor", [sys.executable, "-m", "taskkernel", "worker", "--pool", str(self.pool),
                            "--host-name", self.host_name], env)
         self.api = self.processes.start(
             "api", [sys.executable, "-m", "taskkernel", "api", "--port", str(self.api_port)], env)

@@ -103,15 +103,13 @@ class Supervisor(Housekeeping):
 
         from taskkernel.workers import process  # noqa: F401
         from taskkernel.celery_wire import make_celery
-        from taskkernel.workers.tasks import register_tasks
 
         self.app = make_celery(self.settings)
-        register_tasks(self.app)
         self.app.loader.import_default_modules()
         self.app.finalize(auto=True)
         for attribute in ("Worker", "WorkController", "amqp", "log", "events", "control", "conf"):
             getattr(self.app, attribute)  # lazy parts each worker would build after its fork
-        from taskkernel.workers import checkpoints, engine, files, runtime, sandbox  # noqa: F401
+        from taskkernel.workers import checkpoints, engine, files, runtime, sandbox, tasks  # noqa: F401
 
         self._scan_engines()
         for module in WORKER_MODULES:  # what a worker would otherwise import after every fork
