@@ -166,8 +166,8 @@ class EngineRefused(TaskkernelError):
 
     status = 400
 
-    def __init__(self, message: str, code: str = "operation_failed"):
-        super().__init__(message)
+    def __init__(self, message: str, code: str = "operation_failed", **details):
+        super().__init__(message, **details)
         self.code = code
 
 
@@ -274,8 +274,11 @@ class RangeNotSatisfiable(TaskkernelError):
     status = 416
 
 
-class NamespaceError(Exception):
-    """An operation failed for a reason the caller should see; `code` becomes the API's error code."""
+class NamespaceError(TaskkernelError):
+    """An operation failed in the engine for a reason the caller should see; `code` becomes the
+    API's error code (through the worker's answer and WORKER_ERRORS)."""
+
+    status = 400
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -291,6 +294,7 @@ class ApiError(TaskkernelError):
         self.code = body.get("error", "http_error")
 
 
-# error codes a worker may answer with -> the exception the API raises
+# error codes a worker may answer with -> the exception the API raises (any other: EngineUnavailable)
 WORKER_ERRORS = {"variable_not_found": VariableNotFound, "no_checkpoint": NoCheckpoint,
-                 "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest}
+                 "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest,
+                 "operation_failed": EngineRefused}
