@@ -14,6 +14,7 @@ from taskkernel.api.validation import request_body
 from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import InvalidField
 from taskkernel.messages import IDEMPOTENCY_HEADER
+from taskkernel.states import CellState
 
 blueprint = Blueprint("cells", __name__)
 log = logging.getLogger("taskkernel.api")
@@ -50,7 +51,7 @@ def evaluate(notebook_id: str):
                                  idempotency_key=idempotency_key or "",
                                  idempotency_ttl_s=svc.settings.idempotency_ttl_s, options=options)
     cell = submitted.cell
-    if body.get("wait") and cell["state"] != "done":
+    if body.get("wait") and cell["state"] != CellState.DONE:
         try:
             reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], submitted.position, timeout_s,
                                         stop=svc.stopping)
@@ -58,7 +59,7 @@ def evaluate(notebook_id: str):
             cell = messages.cell_from_redis(record) if record else svc.store.get_cell(cell["id"])
         except redis.RedisError as exc:  # the cell is recorded and may run: say so, never 503
             log.warning("waiting for cell %s: %r; answering with the cell as recorded", cell["id"], exc)
-    status = 200 if cell["state"] == "done" else 202
+    status = 200 if cell["state"] == CellState.DONE else 202
     response = jsonify(cell)
     response.status_code = status
     response.headers["Location"] = f"/api/notebooks/{notebook_id}/cells/{cell['id']}"

@@ -10,6 +10,7 @@ import time
 from taskkernel import files, hosts, keys, messages
 from taskkernel.exceptions import NotebookGone, NotebookNotFound, NoWorkerAvailable
 from taskkernel.messages import as_text
+from taskkernel.states import NotebookState, WorkerState
 
 # Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
 # notebook, and write the notebook record.  KEYS: hosts set, notebook hash, notebooks zset,
@@ -75,8 +76,7 @@ return {w, h}
 """
 
 # what a cell that a restart killed ends with (the API's restart and the gateway's)
-RESTARTED_ERROR = {"ename": "Restarted", "evalue": "the notebook was restarted while this cell ran",
-                   "traceback": ["Restarted: the notebook was restarted while this cell ran"]}
+RESTARTED_ERROR = messages.error_content("Restarted", "the notebook was restarted while this cell ran")
 
 
 class Assignment:
@@ -101,7 +101,7 @@ class Assignment:
 
     def retire_worker(self, worker_id: str, host_name: str) -> None:
         """Ask the worker's supervisor to stop it; a pinned worker is never reused."""
-        self.redis.hset(keys.worker(worker_id), "state", "retiring")
+        self.redis.hset(keys.worker(worker_id), "state", WorkerState.RETIRING)
         hosts.send_command(self.redis, host_name, hosts.RETIRE, worker=worker_id)
 
     def wait_for_worker(self, notebook_id: str, timeout_s: float) -> dict:
@@ -109,7 +109,7 @@ class Assignment:
         deadline = time.monotonic() + timeout_s
         while True:
             record = self.get(notebook_id)
-            if record["state"] == "deleting":
+            if record["state"] == NotebookState.DELETING:
                 raise NotebookGone(f"notebook {notebook_id} is being deleted", notebook_id=notebook_id)
             if record["worker"]:
                 return record

@@ -19,6 +19,7 @@ from taskkernel.exceptions import (CellNotFound, IdempotencyKeyReused, NotebookG
                                    SubmitUncertain)
 from taskkernel.feed import PUBLISH_LUA_FUNCTION, message_argv
 from taskkernel.messages import as_text
+from taskkernel.states import CellState
 
 # Record a cell, queue it behind the notebook's others and push its Celery task onto the queue of
 # the notebook's worker, all at once, at most once per cell id and per Idempotency-Key.  KEYS:
@@ -175,7 +176,7 @@ class CellStore:
             "id": messages.new_id(),
             "notebook_id": notebook_id,
             "code": code,
-            "state": "queued",
+            "state": CellState.QUEUED,
             "status": None,
             "stop_on_error": stop_on_error,
             "submitted": messages.now_iso(),
@@ -241,11 +242,11 @@ class CellStore:
         restart) and publish its ending; returns False, writing nothing, when it was not running."""
         key = keys.cell(cell_id)
         state, outputs = self.redis.hmget(key, "state", "outputs")
-        if as_text(state or b"") != "running":
+        if as_text(state or b"") != CellState.RUNNING:
             return False
         output = {"output_type": "error", **error}
         finished = messages.cell_to_redis({
-            "state": "done", "status": "error", "error": error,
+            "state": CellState.DONE, "status": "error", "error": error,
             "outputs": json.loads(outputs or b"[]") + [output],
             "completed": messages.now_iso(),
         })

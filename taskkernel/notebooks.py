@@ -21,6 +21,7 @@ from taskkernel.cells import _ABORT_LUA, _ENQUEUE_LUA, _FAIL_LUA, _SUBMIT_LUA, C
 from taskkernel.exceptions import NoLease, NotebookNotFound, NoWorkerAvailable, QuotaExceeded
 from taskkernel.feed import FeedPublisher
 from taskkernel.messages import as_text
+from taskkernel.states import NotebookState
 
 # Renew a notebook's lease.  KEYS: notebook, leases zset.  ARGV: now, notebook id.  Returns the new expiry,
 # false (no such notebook) or '' (it has no lease).
@@ -193,7 +194,7 @@ def notebook_from_redis(raw: dict) -> dict:
     return {
         "id": data["id"],
         "engine": data["engine"],
-        "state": data.get("state", "idle"),
+        "state": data.get("state", NotebookState.IDLE.value),
         "execution_count": int(data.get("execution_count") or 0),
         "cells": int(data.get("cells") or 0),
         "restarts": int(data.get("restarts") or 0),

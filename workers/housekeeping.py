@@ -12,8 +12,9 @@ import os
 import signal
 import time
 
-from taskkernel import files, keys
+from taskkernel import files, keys, messages
 from taskkernel.exceptions import TaskkernelError
+from taskkernel.states import NotebookState, encoded
 
 log = logging.getLogger("taskkernel.supervisor")
 
@@ -68,9 +69,9 @@ class Housekeeping:
                     continue
                 running = self.redis.hget(keys.worker(worker_id.decode()), "cell") or b""
                 self.store.restart(notebook_id, expected_worker=worker_id.decode(), reason=reason,
-                                   running_cell=running.decode(), cell_error={
-                                       "ename": "EngineDied", "evalue": f"{reason}; the namespace was lost",
-                                       "traceback": [f"EngineDied: {reason}"]})
+                                   running_cell=running.decode(), cell_error=messages.error_content(
+                                       messages.ENGINE_DIED, f"{reason}; the namespace was lost",
+                                       [f"{messages.ENGINE_DIED}: {reason}"]))
                 files.handover_done(self.redis, notebook_id)  # its files died with the host
             removed = self.watch.forget(host)
             log.info("host %s given up: %d of its keys removed", host, removed)
@@ -107,7 +108,8 @@ class Housekeeping:
         cutoff = time.time() - self.settings.cull_idle_s
         for notebook_id in [n.decode() for n in self.redis.zrange(keys.NOTEBOOKS, 0, -1)]:
             state, last, pending = self.redis.hmget(keys.notebook(notebook_id), "state", "last_activity", "worker")
-            if state not in (b"idle", b"restarted") or not last or float(last) > cutoff:
+            if state not in (encoded(NotebookState.IDLE), encoded(NotebookState.RESTARTED)) or not last \
+                    or float(last) > cutoff:
                 continue
             if self.redis.llen(keys.notebook_pending(notebook_id)):
                 continue

@@ -26,6 +26,7 @@ import redis
 from taskkernel import feed, files, keys, messages, metrics, rpc, workspace
 from taskkernel.exceptions import EngineDied, EngineRefused
 from taskkernel.notebooks import NotebookStore
+from taskkernel.states import CellState
 from taskkernel.workers.capture import OutputCapture
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
@@ -472,9 +473,9 @@ class Runtime:
 
     def _died_in_cell(self, run: CellRun, death: str) -> dict:
         """The reply of a cell whose engine died under it."""
-        error = {"ename": "EngineDied",
-                 "evalue": f"{death}; the notebook's namespace was lost and a fresh worker was started",
-                 "traceback": [f"EngineDied: {death}"]}
+        error = messages.error_content(messages.ENGINE_DIED,
+                                       f"{death}; the notebook's namespace was lost and a fresh worker was started",
+                                       [f"{messages.ENGINE_DIED}: {death}"])
         self.capture.flush()
         self._queue("error", error)
         run.error = error
@@ -686,7 +687,7 @@ class Runtime:
             messages.status("idle", notebook_id=nb, cell_id=cid),
         ]
         record = messages.cell_to_redis({
-            "state": "done",
+            "state": CellState.DONE.value,
             "status": reply["status"],
             "execution_count": count,
             "stdout": "".join(run.stdout),
@@ -721,7 +722,7 @@ class Runtime:
             if got[0] == b"fenced":
                 log.warning("cell %s finished but its notebook was re-homed meanwhile: not written", cid,
                             extra={"notebook_id": nb, "cell_id": cid})
-            elif retried and state == "done" and status == reply["status"]:
+            elif retried and state == CellState.DONE and status == reply["status"]:
                 log.info("cell %s: completed by an earlier try whose answer was lost", cid,
                          extra={"notebook_id": nb, "cell_id": cid})
             else:

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import redis
 
-from taskkernel import celery_wire, files, hosts, keys, logs
+from taskkernel import celery_wire, files, hosts, keys, logs, messages
 from taskkernel.hosts import HostWatch
 from taskkernel.engines import registry
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
+from taskkernel.states import NotebookState, WorkerState, encoded
 from taskkernel.workers import cgroups, directories, sandbox
 from taskkernel.workers.housekeeping import Housekeeping, _kill
 
@@ -255,7 +256,7 @@ class Supervisor(Housekeeping):
         pipe = self.redis.pipeline(transaction=False)
         for child in candidates:
             pipe.hget(keys.worker(child.worker_id), "state")
-        return [c for c, state in zip(candidates, pipe.execute()) if state == b"starting"]
+        return [c for c, state in zip(candidates, pipe.execute()) if state == encoded(WorkerState.STARTING)]
 
     def _spawn(self, spec: dict) -> None:
         slot = self._free_slot()
@@ -266,7 +267,7 @@ class Supervisor(Housekeeping):
         pipe.sadd(keys.host_workers(self.host), worker_id)
         pipe.hset(keys.worker(worker_id), mapping={
             "id": worker_id, "host": self.host, "engine": spec["name"], "queue": queue, "slot": slot,
-            "state": "starting", "notebook": "", "cell": "", "pid": "",
+            "state": WorkerState.STARTING.value, "notebook": "", "cell": "", "pid": "",
         })
         pipe.execute()
         pid = os.fork()
@@ -309,7 +310,7 @@ class Supervisor(Housekeeping):
 
     def _note_startup(self, child: Child, state: str | None) -> None:
         """Stop forking an engine whose workers keep dying before they are ready (a crash loop)."""
-        if state != "starting":
+        if state != WorkerState.STARTING:
             self._startup_failures.pop(child.engine, None)
             return
         failures = self._startup_failures.get(child.engine, 0) + 1
@@ -338,17 +339,15 @@ class Supervisor(Housekeeping):
         pipe.delete(wkey, keys.worker_rpc(child.worker_id), *celery_wire.queue_lists(child.queue))
         pipe.execute()
         notebook_id = info.get("notebook", "")
-        if child.kill_reason == "retired" or info.get("state") == "retiring" or not notebook_id:
+        if child.kill_reason == "retired" or info.get("state") == WorkerState.RETIRING or not notebook_id:
             log.info("worker %s (pid %d) stopped: %s", child.worker_id, child.pid, description)
             return
         log.warning("worker %s of notebook %s ended: %s", child.worker_id, notebook_id, description,
                     extra={"notebook_id": notebook_id, "worker_id": child.worker_id, "cell_id": info.get("cell")})
         reason = child.kill_reason or description
-        error = {
-            "ename": "EngineDied",
-            "evalue": f"{reason}; the notebook's namespace was lost and a fresh worker was started",
-            "traceback": [f"EngineDied: {reason}"],
-        }
+        error = messages.error_content(messages.ENGINE_DIED,
+                                       f"{reason}; the notebook's namespace was lost and a fresh worker was started",
+                                       [f"{messages.ENGINE_DIED}: {reason}"])
         if self.store.exists(notebook_id):
             self.store.restart(notebook_id, expected_worker=child.worker_id, reason=reason, cell_error=error,
                                running_cell=info.get("cell", ""))
@@ -361,7 +360,7 @@ class Supervisor(Housekeeping):
         if not notebook_id:
             return
         notebook_id = notebook_id.decode()
-        if self.redis.hget(keys.notebook(notebook_id), "state") in (None, b"deleting"):
+        if self.redis.hget(keys.notebook(notebook_id), "state") in (None, encoded(NotebookState.DELETING)):
             return
         try:
             directories.stash(self.sandbox_root, child.worker_id, notebook_id)
@@ -376,7 +375,7 @@ class Supervisor(Housekeeping):
     def _hand_over(self, notebook_id: str) -> None:
         """Move a stashed directory into the notebook's worker once it has one here (or drop it)."""
         state, worker, host = self.redis.hmget(keys.notebook(notebook_id), "state", "worker", "host")
-        if state is None or state == b"deleting":
+        if state is None or state == encoded(NotebookState.DELETING):
             directories.discard(self.sandbox_root, notebook_id)
             return
         if not worker:

@@ -142,8 +142,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
             feed.requests[submitted.cell["id"]] = Request(msg["header"], self, bool(content.get("silent")))
         except (TaskkernelError, redis.RedisError) as exc:  # the cell was not queued: fail this request
             body, _ = error_body(exc, 500)
-            error = {"ename": f"taskkernel.{body['error']}", "evalue": body["message"],
-                     "traceback": [f"taskkernel.{body['error']}: {body['message']}"]}
+            error = messages.error_content(f"taskkernel.{body['error']}", body["message"])
             self._status("busy", msg["header"])
             self.send(framing.jupyter_message("error", error, msg["header"], "iopub", session=self.notebook_id))
             self._reply(msg, "execute_reply", {"status": "error", "execution_count": None, **error})
