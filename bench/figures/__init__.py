@@ -21,7 +21,7 @@ from bench.figures.memory import Memory
 from bench.figures.nbclient import NbClient
 from bench.figures.plan import (BRIDGE, FIGURES, FLOOR_ECHO, F_MEM, F_NBCLIENT, F_OPEN, F_RT, F_SCALE, F_STREAM,
                                 NBCLIENT_PASSED, OURS, OURS_HTTP, PEER_A, PEER_B, Plan, TITLES)
-from bench.figures.plan import FULL, PEER_B_QUICKACK, QUICK  # noqa: F401 (bench/__main__.py, bench/gateway.py)
+from bench.figures.plan import FULL, QUICK  # noqa: F401 (bench/__main__.py imports them from here)
 from bench.figures.open import Open
 from bench.figures.roundtrip import RoundTrip
 from bench.figures.scale import Scale
