@@ -7,10 +7,10 @@ import threading
 from dataclasses import dataclass
 
 import redis
-from celery import Celery
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
+from taskkernel.celery_wire import TaskMessages
 from taskkernel.deadlines import DeadlineConnection, set_deadline
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
@@ -29,7 +29,7 @@ class Services:
     settings: Settings
     redis: redis.Redis
     store: NotebookStore
-    celery: Celery
+    messages: TaskMessages  # the Celery task messages cells and namespace operations are queued as
     feed_slots: threading.BoundedSemaphore  # one per SSE stream, so streams never starve other calls
     # set when the API process is told to stop: feed streams end (followers resume elsewhere with
     # Last-Event-ID) and waiting evaluates answer 202 at once, so a restart takes a second, not 30
@@ -39,7 +39,7 @@ class Services:
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     """The Flask app for `settings`; pass `client` to share a Redis connection pool."""
     from taskkernel.api import auth, cells, engines, errors, feed, notebooks, openapi, pools, variables
-    from taskkernel.workers.celery_app import make_celery
+    from taskkernel.celery_wire import make_celery
 
     app = Flask("taskkernel.api", static_folder=None)  # the console serves api/static/, with its headers
     app.url_map.converters["hexid"] = HexIdConverter
@@ -56,7 +56,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         settings=settings,
         redis=client,
         store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen),
-        celery=make_celery(settings),
+        messages=TaskMessages(make_celery(settings)),
         feed_slots=threading.BoundedSemaphore(settings.feed_subscriber_limit),
     )
     errors.register(app)

@@ -10,11 +10,11 @@ import redis
 from flask import Blueprint, current_app, jsonify, request
 
 from taskkernel import feed, messages
-from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.api.validation import request_body
 from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import InvalidField
-from taskkernel.workers.tasks import evaluate_message
+from taskkernel.messages import IDEMPOTENCY_HEADER
+from taskkernel.states import CellState
 
 blueprint = Blueprint("cells", __name__)
 log = logging.getLogger("taskkernel.api")
@@ -44,14 +44,14 @@ def evaluate(notebook_id: str):
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidField(f"header {IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters",
                            field=IDEMPOTENCY_HEADER)
-    task_message = functools.partial(evaluate_message, svc.celery, notebook_id=notebook_id)
+    task_message = functools.partial(svc.messages.evaluate, notebook_id=notebook_id)
     submitted = svc.store.submit(notebook_id, body["code"], task_message,
                                  stop_on_error=body.get("stop_on_error", False),
                                  worker_timeout_s=svc.settings.assign_timeout_s,
                                  idempotency_key=idempotency_key or "",
                                  idempotency_ttl_s=svc.settings.idempotency_ttl_s, options=options)
     cell = submitted.cell
-    if body.get("wait") and cell["state"] != "done":
+    if body.get("wait") and cell["state"] != CellState.DONE:
         try:
             reply = feed.wait_for_reply(svc.redis, notebook_id, cell["id"], submitted.position, timeout_s,
                                         stop=svc.stopping)
@@ -59,7 +59,7 @@ def evaluate(notebook_id: str):
             cell = messages.cell_from_redis(record) if record else svc.store.get_cell(cell["id"])
         except redis.RedisError as exc:  # the cell is recorded and may run: say so, never 503
             log.warning("waiting for cell %s: %r; answering with the cell as recorded", cell["id"], exc)
-    status = 200 if cell["state"] == "done" else 202
+    status = 200 if cell["state"] == CellState.DONE else 202
     response = jsonify(cell)
     response.status_code = status
     response.headers["Location"] = f"/api/notebooks/{notebook_id}/cells/{cell['id']}"

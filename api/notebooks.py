@@ -10,9 +10,9 @@ from flask import Blueprint, current_app, jsonify
 from taskkernel import keys, rpc, workspace
 from taskkernel.api.auth import token_digest
 from taskkernel.api.validation import request_body
+from taskkernel.assignment import RESTARTED_ERROR
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField
-from taskkernel.notebooks import RESTARTED_ERROR
 
 blueprint = Blueprint("notebooks", __name__)
 

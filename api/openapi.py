@@ -13,6 +13,7 @@ from taskkernel.settings import Settings
 from taskkernel import messages
 from taskkernel.messages import IDEMPOTENCY_HEADER
 from taskkernel.notebooks import MAX_LEASE_S, MIN_LEASE_S
+from taskkernel.states import CellState, NotebookState
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -92,7 +93,7 @@ SCHEMAS = {
         "type": "object", "required": ["id", "engine", "state", "execution_count", "worker"],
         "properties": {
             "id": HEX_ID, "engine": {"type": "string"},
-            "state": {"type": "string", "enum": ["idle", "busy", "restarting", "restarted", "deleting"]},
+            "state": {"type": "string", "enum": [s.value for s in NotebookState]},
             "execution_count": {"type": "integer"}, "cells": {"type": "integer"},
             "restarts": {"type": "integer"}, "dropped_deliveries": {"type": "integer"},
             "created": NULLABLE_STR, "last_activity": NULLABLE_STR,
@@ -116,7 +117,7 @@ SCHEMAS = {
                      "outputs", "error"],
         "properties": {
             "id": HEX_ID, "notebook_id": HEX_ID, "code": {"type": "string"},
-            "state": {"type": "string", "enum": ["queued", "running", "done"]},
+            "state": {"type": "string", "enum": [s.value for s in CellState]},
             "status": {"type": ["string", "null"], "enum": ["ok", "error", "aborted", None]},
             "execution_count": {"type": ["integer", "null"]},
             "stdout": {"type": "string"}, "stderr": {"type": "string"},

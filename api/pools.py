@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, current_app, jsonify
 
-from taskkernel import keys
+from taskkernel import hosts
 from taskkernel.api.validation import request_body
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField, NotFound
@@ -14,15 +12,12 @@ from taskkernel.exceptions import InvalidField, NotFound
 blueprint = Blueprint("pools", __name__)
 
 
+# what GET /api/hosts shows of each live host's record
+SHOWN = ("name", "pid", "workers", "max_workers", "pools", "engine_errors")
+
+
 def live_hosts(client) -> list[dict]:
-    hosts = []
-    for raw in sorted(client.smembers(keys.HOSTS)):
-        record = {k.decode(): v.decode() for k, v in client.hgetall(keys.host(raw.decode())).items()}
-        if record:
-            hosts.append({"name": record["name"], "pid": int(record["pid"]), "workers": int(record["workers"]),
-                          "max_workers": int(record["max_workers"]), "pools": json.loads(record["pools"]),
-                          "engine_errors": json.loads(record.get("engine_errors") or "{}")})
-    return hosts
+    return [{k: host[k] for k in SHOWN} for host in hosts.live_hosts(client)]
 
 
 @blueprint.get("/hosts")
@@ -36,12 +31,11 @@ def resize_pool(engine: str):
     svc = current_app.extensions["taskkernel"]
     body = request_body()
     registry.get_spec(svc.settings.config_dir, engine)
-    hosts = [h["name"] for h in live_hosts(svc.redis)]
+    names = [h["name"] for h in live_hosts(svc.redis)]
     if "host" in body:
-        if body["host"] not in hosts:
+        if body["host"] not in names:
             raise NotFound(f"no live host {body['host']!r}", host=body["host"])
-        hosts = [body["host"]]
-    command = json.dumps({"op": "scale", "engine": engine, "size": body["size"]})
-    for host in hosts:
-        svc.redis.rpush(keys.host_commands(host), command)
-    return jsonify({"engine": engine, "size": body["size"], "hosts": hosts})
+        names = [body["host"]]
+    for host in names:
+        hosts.send_command(svc.redis, host, hosts.SCALE, engine=engine, size=body["size"])
+    return jsonify({"engine": engine, "size": body["size"], "hosts": names})

@@ -17,7 +17,6 @@ from taskkernel.api.validation import request_body
 from taskkernel.deadlines import set_deadline
 from taskkernel.exceptions import EngineUnavailable, InvalidField
 from taskkernel.messages import new_id
-from taskkernel.workers.tasks import call_message
 
 blueprint = Blueprint("variables", __name__)
 START_GRACE_S = 1.0  # an operation the worker started just before its not_after may answer this late
@@ -31,7 +30,7 @@ def _call(notebook_id: str, op: str, args: dict, timeout_s: float | None = None)
     # the worker does not start the operation after this (wall clock, as hosts share it): a caller
     # told 504 is not surprised by a checkpoint or a restore that runs later
     args = {**args, "not_after": time.time() + wait_s}
-    svc.store.enqueue(notebook_id, call_message(svc.celery, notebook_id, op, args, reply_key),
+    svc.store.enqueue(notebook_id, svc.messages.call(notebook_id, op, args, reply_key),
                       worker_timeout_s=svc.settings.assign_timeout_s)
     try:
         return rpc.wait_reply(svc.redis, reply_key, op, wait_s + START_GRACE_S)

@@ -2,7 +2,7 @@
 
 It parses the request body as JSON and answers it back with `jsonify`, which is the least any
 Flask JSON endpoint does; the gunicorn configuration is the one `taskkernel api` uses
-(taskkernel/cli.py, cmd_api): one process, the gthread worker, the same thread count, no
+(taskkernel/cli/__init__.py, cmd_api): one process, the gthread worker, the same thread count, no
 timeout, 30 s keep-alive, no access log. The difference between this and an evaluate round trip
 is what taskkernel itself adds.
 """

@@ -70,7 +70,7 @@ def timed_batch(fn: Callable[[], object], runs: int, warmup: int, timeout_s: flo
 
 def figure(bench) -> None:
     """Both figures; `bench` is the run's bench.figures.Bench (its stack, peers and plan)."""
-    from bench.figures import PEER_A, PEER_B, PEER_B_QUICKACK
+    from bench.figures.plan import PEER_A, PEER_B, PEER_B_QUICKACK
 
     plan, results = bench.plan, bench.results
     ours = OurGateway(bench).start()
@@ -185,7 +185,7 @@ def close_all(sockets: list) -> None:
 
 
 def targets() -> list[Target]:
-    from bench.figures import PEER_B_QUICKACK
+    from bench.figures.plan import PEER_B_QUICKACK
 
     return [
         Target("gateway round trip p50 <= 0.5 x Kernel Gateway's best (B')", F_GW, "p50 (ms)", GW_PYTHON,

@@ -8,7 +8,6 @@ for any descendant still alive) when the run ends, however it ends.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from taskkernel import keys
+from taskkernel import hosts, keys
 from taskkernel.client import Client
 from taskkernel.redis_server import RedisServer, free_port
 from taskkernel.settings import Settings, settings_environ
@@ -172,8 +171,7 @@ class Stack:
 
     def set_pool(self, size: int, wait: bool = True) -> None:
         """Resize the supervisor's warm pool (its `scale` command), optionally waiting until full."""
-        self.redis.rpush(keys.host_commands(self.host_name),
-                         json.dumps({"op": "scale", "engine": "python", "size": size}))
+        hosts.send_command(self.redis, self.host_name, hosts.SCALE, engine="python", size=size)
         if wait:
             self.wait_idle(size)
             if size < self.pool:  # the surplus is retired in the supervisor's next ticks

@@ -15,17 +15,8 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
-from taskkernel.exceptions import TaskkernelError
+from taskkernel.exceptions import ApiError
 from taskkernel.messages import IDEMPOTENCY_HEADER
-
-
-class ApiError(TaskkernelError):
-    """The API (or a proxy in front of it) answered with something other than a 2xx JSON answer."""
-
-    def __init__(self, status: int, body: dict):
-        super().__init__(body.get("message", f"HTTP {status}"), **{k: v for k, v in body.items() if k != "message"})
-        self.status = status
-        self.code = body.get("error", "http_error")
 
 
 STREAM_BLOCK_BYTES = 1024 * 1024  # what a file transfer reads and sends at a time

@@ -166,8 +166,8 @@ class EngineRefused(TaskkernelError):
 
     status = 400
 
-    def __init__(self, message: str, code: str = "operation_failed"):
-        super().__init__(message)
+    def __init__(self, message: str, code: str = "operation_failed", **details):
+        super().__init__(message, **details)
         self.code = code
 
 
@@ -272,3 +272,29 @@ class RangeNotSatisfiable(TaskkernelError):
 
     code = "range_not_satisfiable"
     status = 416
+
+
+class NamespaceError(TaskkernelError):
+    """An operation failed in the engine for a reason the caller should see; `code` becomes the
+    API's error code (through the worker's answer and WORKER_ERRORS)."""
+
+    status = 400
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class ApiError(TaskkernelError):
+    """The API (or a proxy in front of it) answered with something other than a 2xx JSON answer."""
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(body.get("message", f"HTTP {status}"), **{k: v for k, v in body.items() if k != "message"})
+        self.status = status
+        self.code = body.get("error", "http_error")
+
+
+# error codes a worker may answer with -> the exception the API raises (any other: EngineUnavailable)
+WORKER_ERRORS = {"variable_not_found": VariableNotFound, "no_checkpoint": NoCheckpoint,
+                 "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest,
+                 "operation_failed": EngineRefused}

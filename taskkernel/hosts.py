@@ -1,4 +1,8 @@
-"""Host liveness: heartbeats are counted, and a host is judged dead on its observer's own clock.
+"""Hosts: their records, their supervisors' commands, and liveness judged on the observer's clock.
+
+Every host record (keys.host) is written by `HostWatch.beat` from `host_record` and read through
+`host_from_redis`; every command to a supervisor (keys.host_commands) is sent with `send_command`
+and read with `next_command`.
 
 A host key that expired proves nothing: its TTL runs on Redis's clock, which goes on while Redis
 is frozen or down and no host can heartbeat, so the first supervisor back would take the others
@@ -11,12 +15,14 @@ one script that acts only if the counter still has the value the observer judged
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 import redis
 
-from taskkernel import keys
+from taskkernel import celery_wire, keys
+from taskkernel.messages import as_text
 
 # KEYS: hosts set, host hash, beats counter.  ARGV: host name, host hash TTL (ms), then the hash's
 # field/value pairs.  Registers the host and returns its new heartbeat count.
@@ -40,6 +46,59 @@ return 1
 """
 
 RECOVERY_LOCK_S = 60  # a recovery that stopped half-way (its supervisor died) may be redone after this
+
+
+# --- the supervisor's commands (keys.host_commands): one JSON object per entry, by op ------------
+
+RETIRE = "retire"  # {"op", "worker"}: stop that worker (its notebook is gone or restarted)
+SCALE = "scale"  # {"op", "engine", "size"}: keep `size` idle workers of `engine` warm
+REFILL = "refill"  # {"op"}: an idle worker was taken, top the pool up now
+REFILL_COMMAND = json.dumps({"op": REFILL})  # as the assignment script pushes it
+
+
+def send_command(client: redis.Redis, host: str, op: str, **fields) -> None:
+    """Queue a command for `host`'s supervisor (read by `next_command` in its loop)."""
+    client.rpush(keys.host_commands(host), json.dumps({"op": op, **fields}))
+
+
+def next_command(client: redis.Redis, host: str, timeout_s: float) -> dict | None:
+    """The supervisor's side: the next command for `host`, waiting up to `timeout_s`, or None."""
+    item = client.blpop([keys.host_commands(host)], timeout=timeout_s)
+    return json.loads(item[1]) if item is not None else None
+
+
+# --- host records (keys.host): written by HostWatch.beat, read by the API and the metrics ------------
+
+def host_record(name: str, *, pid: int, pools: dict[str, int], workers: int, max_workers: int,
+                engine_errors: dict[str, str]) -> dict:
+    """The fields of a host's record as its supervisor heartbeats them."""
+    return {"name": name, "pid": pid, "pools": json.dumps(pools), "workers": workers, "max_workers": max_workers,
+            "heartbeat": time.time(), "engine_errors": json.dumps(engine_errors)}
+
+
+def host_from_redis(name: str, raw: dict) -> dict:
+    """A host record as the API shows it: pid, worker counts, pools, engine errors, last heartbeat
+    (unix time); empty values for a record that expired."""
+    data = {as_text(k): as_text(v) for k, v in raw.items()}
+    return {
+        "name": name,
+        "pid": int(data["pid"]) if data.get("pid") else None,
+        "workers": int(data.get("workers") or 0),
+        "max_workers": int(data.get("max_workers") or 0),
+        "pools": json.loads(data.get("pools") or "{}"),
+        "engine_errors": json.loads(data.get("engine_errors") or "{}"),
+        "heartbeat": float(data["heartbeat"]) if data.get("heartbeat") else None,
+    }
+
+
+def live_hosts(client: redis.Redis) -> list[dict]:
+    """The registered hosts whose record has not expired, by name."""
+    hosts = []
+    for raw in sorted(client.smembers(keys.HOSTS)):
+        record = client.hgetall(keys.host(raw.decode()))
+        if record:
+            hosts.append(host_from_redis(raw.decode(), record))
+    return hosts
 
 
 @dataclass
@@ -111,7 +170,7 @@ class HostWatch:
         for raw in self.redis.smembers(keys.host_workers(host)):
             doomed += [keys.worker(raw.decode()), keys.worker_rpc(raw.decode())]
         pattern = _glob_escape(host)
-        for match in (keys.worker_queue(pattern, "*"), f"_kombu.binding*{keys.worker_queue(pattern, '*')}",
+        for match in (keys.worker_queue(pattern, "*"), celery_wire.binding_pattern(keys.worker_queue(pattern, "*")),
                       keys.idle_workers("*", pattern)):
             doomed += [k.decode() for k in self.redis.scan_iter(match=match, count=1000)]
         removed = 0

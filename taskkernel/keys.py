@@ -33,6 +33,7 @@
     taskkernel:gateways                  zset   live gateway processes, by when their registration runs out
     taskkernel:gateway:<g>:connections   hash   notebook -> websockets gateway process <g> holds open on it
     celery queue  taskkernel.<host>.<slot>      one per worker slot, a bounded set per host
+                                                (kombu's lists and bindings of it: taskkernel.celery_wire)
 """
 
 from __future__ import annotations
@@ -129,11 +130,6 @@ def gateway_connections(gateway_id: str) -> str:
 
 def worker_queue(host_name: str, slot: int) -> str:
     return f"{PREFIX}.{host_name}.{slot}"
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for one queue (its priority steps use suffixed copies)."""
-    return [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
 
 
 def host_beats(name: str) -> str:

@@ -50,10 +50,17 @@ COMM_TYPES = ("comm_open", "comm_msg", "comm_close")
 DISPLAY_TYPES = ("display_data", "update_display_data", "execute_result")
 EXECUTION_STATES = ("busy", "idle", "starting", "restarting", "dead")
 
-CELL_STATES = ("queued", "running", "done")
+CELL_STATES = ("queued", "running", "done")  # taskkernel.states.CellState
 # the HTTP header of an evaluate that makes its retries safe: the same key returns the same cell
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CELL_STATUSES = ("ok", "error", "aborted")
+ENGINE_DIED = "EngineDied"  # the ename of a cell whose engine (or worker, or host) died under it
+
+
+def error_content(ename: str, evalue: str, traceback: list[str] | None = None) -> dict:
+    """Jupyter's `error` content (also a failed execute_reply's): `traceback` defaults to the one
+    line "ename: evalue"."""
+    return {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"] if traceback is None else traceback}
 
 
 def now_iso() -> str:

@@ -10,13 +10,13 @@ that already exist at the moment someone asks: `snapshot()` is what `GET /metric
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
 import redis
 
 from taskkernel import keys
+from taskkernel.hosts import host_from_redis
 from taskkernel.messages import as_text
 from taskkernel.notebooks import notebook_from_redis
 
@@ -117,21 +117,20 @@ def snapshot(client: redis.Redis) -> Snapshot:
 
     hosts = []
     for name, raw in zip(host_names, host_records):
-        data = {as_text(k): as_text(v) for k, v in raw.items()}
-        pools = json.loads(data.get("pools") or "{}")
-        heartbeat = float(data["heartbeat"]) if data.get("heartbeat") else None
+        record = host_from_redis(name, raw)
+        heartbeat = record["heartbeat"]
         hosts.append({
             "name": name,
-            "alive": bool(data),  # the hash expires when the supervisor stops heartbeating
-            "pid": int(data["pid"]) if data.get("pid") else None,
+            "alive": bool(raw),  # the hash expires when the supervisor stops heartbeating
+            "pid": record["pid"],
             "heartbeat_age_s": round(now - heartbeat, 3) if heartbeat else None,
             "heartbeat": heartbeat,  # unix time of the last heartbeat
-            "workers": int(data.get("workers") or 0),
-            "max_workers": int(data.get("max_workers") or 0),
-            "pools": pools,
+            "workers": record["workers"],
+            "max_workers": record["max_workers"],
+            "pools": record["pools"],
             "idle": {},
             "notebooks": sum(1 for nb in notebooks if nb["worker"] and nb["worker"]["host"] == name),
-            "engine_errors": json.loads(data.get("engine_errors") or "{}"),
+            "engine_errors": record["engine_errors"],
         })
     if hosts:
         pipe = client.pipeline(transaction=False)

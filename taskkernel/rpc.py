@@ -15,19 +15,10 @@ from collections.abc import Callable
 import redis
 
 from taskkernel import keys
-from taskkernel.exceptions import (
-    BadRequest,
-    EngineUnavailable,
-    NoCheckpoint,
-    NotebookGone,
-    VariableNotFound,
-)
+from taskkernel.exceptions import WORKER_ERRORS, EngineUnavailable
 from taskkernel.messages import new_id
 
 REPLY_TTL_S = 60
-# error codes a worker may answer with -> the exception the API raises
-WORKER_ERRORS = {"variable_not_found": VariableNotFound, "no_checkpoint": NoCheckpoint,
-                 "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest}
 MAX_BLOCK_S = 4.0  # below redis-py's default 5 s socket timeout
 MOVED_CHECK_S = 0.25  # how often a wait checks that the worker asked still serves the notebook
 MOVED = object()  # what a wait returns when it did (the caller asks the notebook's new worker)

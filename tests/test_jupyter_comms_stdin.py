@@ -14,7 +14,7 @@ pytest.importorskip("ipywidgets")
 
 from jupyter_client.manager import start_new_kernel  # noqa: E402
 
-from taskkernel.jupyter.cost import run_cell  # noqa: E402
+from bench.bridge_cost import run_cell  # noqa: E402
 from tests.test_jupyter_kernel import KERNEL_NAME, jupyter_kernels, shell_reply  # noqa: E402,F401
 
 pytestmark = pytest.mark.timeout(180)

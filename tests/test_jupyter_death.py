@@ -18,7 +18,7 @@ nbformat = pytest.importorskip("nbformat")
 from jupyter_client.manager import start_new_kernel  # noqa: E402
 from nbclient.exceptions import DeadKernelError  # noqa: E402
 
-from taskkernel.jupyter.cost import run_cell  # noqa: E402
+from bench.bridge_cost import run_cell  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.test_isolation import engine_pid  # noqa: E402
 from tests.test_jupyter_kernel import KERNEL_NAME, jupyter_kernels, notebook_gone, notebook_id_of, start_a_sleeping_cell  # noqa: E402,F401

@@ -26,7 +26,7 @@ nbclient = pytest.importorskip("nbclient")
 from jupyter_client.manager import start_new_kernel  # noqa: E402
 
 from taskkernel.client import ApiError  # noqa: E402
-from taskkernel.jupyter.cost import run_cell  # noqa: E402
+from bench.bridge_cost import run_cell  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,7 +15,7 @@ pytest.importorskip("jupyter_client")
 
 from jupyter_client.manager import start_new_kernel  # noqa: E402
 
-from taskkernel.jupyter.cost import run_cell  # noqa: E402
+from bench.bridge_cost import run_cell  # noqa: E402
 from tests.test_jupyter_kernel import KERNEL_NAME, jupyter_kernels, shell_reply, start_a_sleeping_cell  # noqa: E402,F401
 
 pytestmark = pytest.mark.timeout(180)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from taskkernel.settings import load_settings
-from taskkernel.workers.celery_app import make_celery
+from taskkernel.celery_wire import make_celery
 
 pytestmark = pytest.mark.timeout(120)
 

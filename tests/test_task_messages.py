@@ -8,9 +8,8 @@ import pytest
 import redis
 from kombu import Exchange, Queue
 
+from taskkernel.celery_wire import EVALUATE, TaskMessages, make_celery
 from taskkernel.settings import Settings
-from taskkernel.workers.celery_app import make_celery
-from taskkernel.workers.tasks import EVALUATE, evaluate_message
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,7 +39,7 @@ def test_the_pushed_evaluate_message_is_what_send_task_writes(redis_server):
         direct = Queue(queue, Exchange(""), routing_key=queue, no_declare=True)  # straight onto the list
         app.send_task(EVALUATE, args=["c" * 32, "n" * 32], ignore_result=True, queue=direct)
         theirs = json.loads(client.rpop(queue))
-        before, after = evaluate_message(app, "c" * 32, notebook_id="n" * 32)
+        before, after = TaskMessages(app).evaluate("c" * 32, notebook_id="n" * 32)
         ours = json.loads(before + json.dumps(queue) + after)
         assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
         assert _flatten(ours) == _flatten(theirs)

@@ -100,7 +100,7 @@ def test_the_bridge_opens_its_notebook_with_the_kernels_working_dir_and_kernel_e
     client asks for); the bridge forwards KERNEL_* and nothing else of its environment."""
     import jupyter_client
 
-    from taskkernel.jupyter.cost import run_cell
+    from bench.bridge_cost import run_cell
     from tests.test_jupyter_kernel import KERNEL_NAME
 
     manager = jupyter_client.KernelManager(kernel_name=KERNEL_NAME)

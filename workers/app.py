@@ -8,6 +8,6 @@ answer remote control (inspect, ping) and send events only with TASKKERNEL_TASK_
 from __future__ import annotations
 
 from taskkernel.settings import load_settings
-from taskkernel.workers.celery_app import make_celery
+from taskkernel.celery_wire import make_celery
 
 app = make_celery(load_settings())

@@ -25,6 +25,7 @@ from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
 from taskkernel.workers.files import FileService
 from taskkernel.workers.runtime import Runtime
+from taskkernel.workers.tasks import register_tasks
 
 
 def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, queue: str, slot: int,
@@ -56,7 +57,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
                       output_limit=int(limits.get("output_bytes", settings.max_output_bytes)),
                       rpc_timeout_s=settings.rpc_timeout_s, stream_maxlen=settings.feed_stream_maxlen,
                       checkpoints=CheckpointStore(client, settings.checkpoint_dir))
-    app.taskkernel_runtime = runtime
+    register_tasks(app, runtime)  # the tasks get their runtime as an argument, not through the app
     file_service = FileService(client, worker_id, directory / "home", uid, max_file_bytes=settings.max_file_bytes,
                                max_notebook_bytes=settings.max_notebook_files_bytes)
 

@@ -20,22 +20,42 @@ import secrets
 import signal
 import threading
 import time
+from typing import NamedTuple
 
 import redis
 
 from taskkernel import feed, files, keys, messages, metrics, rpc, workspace
 from taskkernel.exceptions import EngineDied, EngineRefused
 from taskkernel.notebooks import NotebookStore
+from taskkernel.states import CellState
 from taskkernel.workers.capture import OutputCapture
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
 
 log = logging.getLogger("taskkernel.worker")
 
+
+class Claim(NamedTuple):
+    """What the claim script answers for a cell this run now owns."""
+
+    code: str
+    stop_on_error: bool
+    restore_pending: bool  # the notebook restarted with restore_on_restart: load its checkpoint first
+    checkpoint_every_cell: bool
+    epoch: str  # the pinning's epoch, which fences the cell's completion
+    options: dict  # the execute_request's flags
+
+    @classmethod
+    def from_reply(cls, reply: list) -> "Claim":
+        fields = {messages.as_text(reply[i]): messages.as_text(reply[i + 1]) for i in range(0, len(reply), 2)}
+        return cls(fields["code"], fields["stop_on_error"] == "1", fields["restore_pending"] == "1",
+                   fields["checkpoint_every_cell"] == "1", fields["epoch"],
+                   json.loads(fields["options"]) if fields["options"] else {})
+
 # KEYS: cell, notebook, worker, pending.  ARGV: cell id, worker id, now (epoch s), now (ISO), claim
 # token.  Moves a queued cell of this worker's notebook to running under the claim token (the
-# worker id and a fresh attempt id: only this run may complete it); returns {code, stop_on_error,
-# restore_pending, checkpoint_every_cell, epoch, options}.  Fenced: only while the notebook is pinned to
+# worker id and a fresh attempt id: only this run may complete it); returns the claim as
+# name/value pairs (Claim: code, stop_on_error, restore_pending, checkpoint_every_cell, epoch, options).  Fenced: only while the notebook is pinned to
 # this worker in the epoch it was pinned in (a worker given up while its host was unreachable,
 # coming back, claims nothing).  Repeating a claim that reached Redis (its answer was lost with
 # the connection) returns the same answer: the cell is running under this very token.
@@ -56,7 +76,8 @@ if not again then
 end
 local cell = redis.call('HMGET', KEYS[1], 'code', 'stop_on_error', 'claim_restore', 'options')
 local every = redis.call('HGET', KEYS[2], 'checkpoint_every_cell')
-return {cell[1], cell[2], cell[3] or '', every or '', epoch, cell[4] or ''}
+return {'code', cell[1] or '', 'stop_on_error', cell[2] or '', 'restore_pending', cell[3] or '',
+        'checkpoint_every_cell', every or '', 'epoch', epoch, 'options', cell[4] or ''}
 """
 
 # Publish a running cell's live messages, only while it runs under this run's claim and its
@@ -421,16 +442,15 @@ class Runtime:
                      extra={"notebook_id": notebook_id, "cell_id": cell_id})
             self._count_dropped(notebook_id)
             return "skipped"
-        code = claimed[0].decode()
-        stop_on_error = claimed[1] == b"1"
-        options = json.loads(claimed[5]) if len(claimed) > 5 and claimed[5] else {}
+        claimed = Claim.from_reply(claimed)
+        code, stop_on_error, options = claimed.code, claimed.stop_on_error, claimed.options
         context = {"notebook_id": notebook_id, "cell_id": cell_id}
         log.debug("cell started", extra=context)
         if self._workspace_of != notebook_id:
             self._enter_workspace(notebook_id)
-        if claimed[2] == b"1":
+        if claimed.restore_pending:
             self._restore_after_restart(notebook_id)
-        run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, messages.as_text(claimed[4]))
+        run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, claimed.epoch)
         self._notebook_id = notebook_id
         with self._budget_lock:
             self._between_cells_bytes = 0
@@ -466,7 +486,7 @@ class Runtime:
             return reply["status"]  # someone else ended the cell: its queue and checkpoint are not ours
         if reply["status"] == "error" and stop_on_error:
             self.store.abort_pending(notebook_id, reason="a cell sent with stop_on_error failed")
-        if claimed[3] == b"1":
+        if claimed.checkpoint_every_cell:
             try:
                 self._checkpoint(notebook_id)
             except Exception as exc:  # a failed checkpoint must not fail the cell that ran
@@ -475,9 +495,9 @@ class Runtime:
 
     def _died_in_cell(self, run: CellRun, death: str) -> dict:
         """The reply of a cell whose engine died under it."""
-        error = {"ename": "EngineDied",
-                 "evalue": f"{death}; the notebook's namespace was lost and a fresh worker was started",
-                 "traceback": [f"EngineDied: {death}"]}
+        error = messages.error_content(messages.ENGINE_DIED,
+                                       f"{death}; the notebook's namespace was lost and a fresh worker was started",
+                                       [f"{messages.ENGINE_DIED}: {death}"])
         self.capture.flush()
         self._queue("error", error)
         run.error = error
@@ -705,7 +725,7 @@ class Runtime:
             messages.status("idle", notebook_id=nb, cell_id=cid),
         ]
         record = messages.cell_to_redis({
-            "state": "done",
+            "state": CellState.DONE.value,
             "status": reply["status"],
             "execution_count": count,
             "stdout": "".join(run.stdout),
@@ -740,7 +760,7 @@ class Runtime:
             if got[0] == b"fenced":
                 log.warning("cell %s finished but its notebook was re-homed meanwhile: not written", cid,
                             extra={"notebook_id": nb, "cell_id": cid})
-            elif retried and state == "done" and status == reply["status"]:
+            elif retried and state == CellState.DONE and status == reply["status"]:
                 log.info("cell %s: completed by an earlier try whose answer was lost", cid,
                          extra={"notebook_id": nb, "cell_id": cid})
             else:

@@ -4,16 +4,16 @@ The supervisor pre-imports Celery, kombu and redis-py once and forks every worke
 so a new worker costs ~15 MiB and ~0.1 s instead of a fresh interpreter; each worker then starts
 its own sandboxed engine process (exec'd fresh: it inherits nothing of the service's memory).
 It is single-threaded on purpose (forking a threaded process is unsafe): one loop waits for
-commands on a Redis list, reaps exited children, refills pools, heartbeats the host, enforces
-per-cell wall time and re-homes notebooks whose worker died. Being every worker's parent, it
-learns of a death at once (waitpid) and tells the notebook's callers through the store.
+commands on a Redis list, reaps exited children, refills pools, heartbeats the host, and runs its
+housekeeping policies (workers/housekeeping.py: wall time, leases, culling, dead hosts); it re-homes
+notebooks whose worker died. Being every worker's parent, it learns of a death at once (waitpid)
+and tells the notebook's callers through the store.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib
-import json
 import logging
 import os
 import secrets
@@ -28,13 +28,14 @@ from pathlib import Path
 
 import redis
 
-from taskkernel import files, keys, logs
+from taskkernel import celery_wire, files, hosts, keys, logs, messages
 from taskkernel.hosts import HostWatch
 from taskkernel.engines import registry
-from taskkernel.exceptions import TaskkernelError
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
+from taskkernel.states import NotebookState, WorkerState, encoded
 from taskkernel.workers import cgroups, directories, sandbox
+from taskkernel.workers.housekeeping import Housekeeping, _kill
 
 log = logging.getLogger("taskkernel.supervisor")
 
@@ -71,7 +72,7 @@ class Child:
     kill_reason: str = ""
 
 
-class Supervisor:
+class Supervisor(Housekeeping):
     """Runs the worker pools of one host until stopped by SIGTERM/SIGINT or `stop()`."""
 
     def __init__(self, settings: Settings, pool_sizes: dict[str, int] | None = None):
@@ -102,14 +103,14 @@ class Supervisor:
         from kombu.transport import redis as _kombu_redis  # noqa: F401
 
         from taskkernel.workers import process  # noqa: F401
-        from taskkernel.workers.celery_app import make_celery
+        from taskkernel.celery_wire import make_celery
 
         self.app = make_celery(self.settings)
         self.app.loader.import_default_modules()
         self.app.finalize(auto=True)
         for attribute in ("Worker", "WorkController", "amqp", "log", "events", "control", "conf"):
             getattr(self.app, attribute)  # lazy parts each worker would build after its fork
-        from taskkernel.workers import checkpoints, engine, files, runtime, sandbox  # noqa: F401
+        from taskkernel.workers import checkpoints, engine, files, runtime, sandbox, tasks  # noqa: F401
 
         self._scan_engines()
         for module in WORKER_MODULES:  # what a worker would otherwise import after every fork
@@ -169,9 +170,9 @@ class Supervisor:
     # --- the loop -------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        item = self.redis.blpop([keys.host_commands(self.host)], timeout=0.1)
-        if item is not None:
-            self._command(json.loads(item[1]))
+        command = hosts.next_command(self.redis, self.host, 0.1)
+        if command is not None:
+            self._command(command)
         self._reap()
         now = time.monotonic()
         if now - self._last_scan >= ENGINE_RESCAN_S:
@@ -191,14 +192,14 @@ class Supervisor:
             self._cull_idle()
 
     def _command(self, command: dict) -> None:
-        if command.get("op") == "retire":
+        if command.get("op") == hosts.RETIRE:
             child = self._child_by_worker(command.get("worker", ""))
             if child is not None:
                 child.kill_reason = child.kill_reason or "retired"
                 _kill(child.pid, signal.SIGKILL)
-        elif command.get("op") == "scale":
+        elif command.get("op") == hosts.SCALE:
             self.pool_overrides[command["engine"]] = int(command["size"])
-        elif command.get("op") == "refill":
+        elif command.get("op") == hosts.REFILL:
             pass  # an API took an idle worker: this tick's _refill replaces it
         else:
             log.warning("unknown command %r", command)
@@ -255,18 +256,18 @@ class Supervisor:
         pipe = self.redis.pipeline(transaction=False)
         for child in candidates:
             pipe.hget(keys.worker(child.worker_id), "state")
-        return [c for c, state in zip(candidates, pipe.execute()) if state == b"starting"]
+        return [c for c, state in zip(candidates, pipe.execute()) if state == encoded(WorkerState.STARTING)]
 
     def _spawn(self, spec: dict) -> None:
         slot = self._free_slot()
         queue = keys.worker_queue(self.host, slot)
         worker_id = "w" + secrets.token_hex(8)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(*keys.queue_keys(queue))  # nothing left over from the slot's last worker
+        pipe.delete(*celery_wire.queue_lists(queue))  # nothing left over from the slot's last worker
         pipe.sadd(keys.host_workers(self.host), worker_id)
         pipe.hset(keys.worker(worker_id), mapping={
             "id": worker_id, "host": self.host, "engine": spec["name"], "queue": queue, "slot": slot,
-            "state": "starting", "notebook": "", "cell": "", "pid": "",
+            "state": WorkerState.STARTING.value, "notebook": "", "cell": "", "pid": "",
         })
         pipe.execute()
         pid = os.fork()
@@ -309,7 +310,7 @@ class Supervisor:
 
     def _note_startup(self, child: Child, state: str | None) -> None:
         """Stop forking an engine whose workers keep dying before they are ready (a crash loop)."""
-        if state != "starting":
+        if state != WorkerState.STARTING:
             self._startup_failures.pop(child.engine, None)
             return
         failures = self._startup_failures.get(child.engine, 0) + 1
@@ -335,52 +336,21 @@ class Supervisor:
         pipe = self.redis.pipeline(transaction=True)
         pipe.srem(keys.idle_workers(child.engine, self.host), child.worker_id)
         pipe.srem(keys.host_workers(self.host), child.worker_id)
-        pipe.delete(wkey, keys.worker_rpc(child.worker_id), *keys.queue_keys(child.queue))
+        pipe.delete(wkey, keys.worker_rpc(child.worker_id), *celery_wire.queue_lists(child.queue))
         pipe.execute()
         notebook_id = info.get("notebook", "")
-        if child.kill_reason == "retired" or info.get("state") == "retiring" or not notebook_id:
+        if child.kill_reason == "retired" or info.get("state") == WorkerState.RETIRING or not notebook_id:
             log.info("worker %s (pid %d) stopped: %s", child.worker_id, child.pid, description)
             return
         log.warning("worker %s of notebook %s ended: %s", child.worker_id, notebook_id, description,
                     extra={"notebook_id": notebook_id, "worker_id": child.worker_id, "cell_id": info.get("cell")})
         reason = child.kill_reason or description
-        error = {
-            "ename": "EngineDied",
-            "evalue": f"{reason}; the notebook's namespace was lost and a fresh worker was started",
-            "traceback": [f"EngineDied: {reason}"],
-        }
+        error = messages.error_content(messages.ENGINE_DIED,
+                                       f"{reason}; the notebook's namespace was lost and a fresh worker was started",
+                                       [f"{messages.ENGINE_DIED}: {reason}"])
         if self.store.exists(notebook_id):
             self.store.restart(notebook_id, expected_worker=child.worker_id, reason=reason, cell_error=error,
                                running_cell=info.get("cell", ""))
-
-    def _enforce_cell_limits(self) -> None:
-        """Interrupt a cell past its wall time; kill its worker if the interrupt does not take."""
-        self._last_limit_check = time.monotonic()
-        limited = []
-        for child in self.children.values():
-            limit = self.specs.get(child.engine, {}).get("limits", {}).get("cell_timeout_s",
-                                                                           self.settings.cell_timeout_s)
-            if limit and float(limit) > 0:
-                limited.append((child, float(limit)))
-        if not limited:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for child, _ in limited:
-            pipe.hmget(keys.worker(child.worker_id), "cell", "cell_started")
-        now = time.time()
-        for (child, limit), (cell, started) in zip(limited, pipe.execute()):
-            if not cell or not started:
-                child.interrupted_at = None
-                continue
-            if now - float(started) < limit:
-                continue
-            if child.interrupted_at is None:
-                log.warning("cell %s exceeded %g s: interrupting", cell.decode(), limit)
-                child.interrupted_at = time.monotonic()
-                _kill(child.pid, signal.SIGUSR2)
-            elif time.monotonic() - child.interrupted_at > self.settings.interrupt_grace_s:
-                child.kill_reason = f"the cell exceeded its {limit:g} s wall time and ignored the interrupt"
-                _kill(child.pid, signal.SIGKILL)
 
     # --- a notebook's directory across its workers (taskkernel.workers.directories) ------------------
 
@@ -390,7 +360,7 @@ class Supervisor:
         if not notebook_id:
             return
         notebook_id = notebook_id.decode()
-        if self.redis.hget(keys.notebook(notebook_id), "state") in (None, b"deleting"):
+        if self.redis.hget(keys.notebook(notebook_id), "state") in (None, encoded(NotebookState.DELETING)):
             return
         try:
             directories.stash(self.sandbox_root, child.worker_id, notebook_id)
@@ -405,7 +375,7 @@ class Supervisor:
     def _hand_over(self, notebook_id: str) -> None:
         """Move a stashed directory into the notebook's worker once it has one here (or drop it)."""
         state, worker, host = self.redis.hmget(keys.notebook(notebook_id), "state", "worker", "host")
-        if state is None or state == b"deleting":
+        if state is None or state == encoded(NotebookState.DELETING):
             directories.discard(self.sandbox_root, notebook_id)
             return
         if not worker:
@@ -426,81 +396,13 @@ class Supervisor:
             directories.discard(self.sandbox_root, notebook_id)
         files.handover_done(self.redis, notebook_id)
 
-    # --- other hosts, idle notebooks ---------------------------------------------------------------
-
-    def _recover_dead_hosts(self) -> None:
-        """Re-home the notebooks of hosts whose heartbeat stopped (judged by `HostWatch`, on this
-        supervisor's clock): one live supervisor does it, and clears what the host left in Redis."""
-        for host, beats in self.watch.silent_hosts():
-            if not self.watch.declare_dead(host, beats):
-                continue
-            log.warning("host %s stopped heartbeating: re-homing its notebooks", host)
-            reason = f"the host {host!r} running this notebook stopped responding"
-            for notebook_id in [n.decode() for n in self.redis.zrange(keys.NOTEBOOKS, 0, -1)]:
-                worker_host, worker_id = self.redis.hmget(keys.notebook(notebook_id), "host", "worker")
-                if worker_host is None or worker_host.decode() != host or not worker_id:
-                    continue
-                running = self.redis.hget(keys.worker(worker_id.decode()), "cell") or b""
-                self.store.restart(notebook_id, expected_worker=worker_id.decode(), reason=reason,
-                                   running_cell=running.decode(), cell_error={
-                                       "ename": "EngineDied", "evalue": f"{reason}; the namespace was lost",
-                                       "traceback": [f"EngineDied: {reason}"]})
-                files.handover_done(self.redis, notebook_id)  # its files died with the host
-            removed = self.watch.forget(host)
-            log.info("host %s given up: %d of its keys removed", host, removed)
-            self.watch.recovered(host)
-
-    def _stop_forgotten_workers(self) -> None:
-        """Kill children whose worker record is gone: this host was declared dead while it could not
-        heartbeat (frozen, partitioned) and its notebooks live elsewhere now; the pool is refilled."""
-        children = list(self.children.values())
-        if not children:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for child in children:
-            pipe.exists(keys.worker(child.worker_id))
-        for child, exists in zip(children, pipe.execute()):
-            if not exists and not child.kill_reason:
-                log.warning("worker %s (pid %d) was given up while this host was unreachable: stopping it",
-                            child.worker_id, child.pid)
-                child.kill_reason = "retired"
-                _kill(child.pid, signal.SIGKILL)
-
-    def _expire_leases(self) -> None:
-        """Delete notebooks whose client stopped renewing their lease (each taken by one supervisor)."""
-        while (notebook_id := self.store.take_expired_lease(time.time())) is not None:
-            log.info("deleting notebook %s: its lease ran out", notebook_id, extra={"notebook_id": notebook_id})
-            try:
-                self.store.delete(notebook_id, reason="its lease ran out (the client stopped renewing it)")
-            except TaskkernelError:
-                pass
-
-    def _cull_idle(self) -> None:
-        """Shut down notebooks idle longer than cull_idle_s, as Jupyter's culler does."""
-        self._last_cull = time.monotonic()
-        cutoff = time.time() - self.settings.cull_idle_s
-        for notebook_id in [n.decode() for n in self.redis.zrange(keys.NOTEBOOKS, 0, -1)]:
-            state, last, pending = self.redis.hmget(keys.notebook(notebook_id), "state", "last_activity", "worker")
-            if state not in (b"idle", b"restarted") or not last or float(last) > cutoff:
-                continue
-            if self.redis.llen(keys.notebook_pending(notebook_id)):
-                continue
-            log.info("culling notebook %s, idle since %s", notebook_id, last.decode())
-            try:
-                self.store.delete(notebook_id, reason=f"idle for more than {self.settings.cull_idle_s:g} s")
-            except TaskkernelError:
-                pass
-
     # --- host record ----------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
         self._last_heartbeat = time.monotonic()
         pools = {engine: self.pool_size(engine) for engine in self.specs}
-        self.watch.beat({
-            "name": self.host, "pid": os.getpid(), "pools": json.dumps(pools),
-            "workers": len(self.children), "max_workers": self.settings.max_workers,
-            "heartbeat": time.time(), "engine_errors": json.dumps(self.spec_errors),
-        })
+        self.watch.beat(hosts.host_record(self.host, pid=os.getpid(), pools=pools, workers=len(self.children),
+                                          max_workers=self.settings.max_workers, engine_errors=self.spec_errors))
 
     def shutdown(self) -> None:
         """Stop every worker; notebooks pinned here lose their namespaces and are re-homed."""
@@ -532,13 +434,6 @@ class Supervisor:
                 pass
         if self._own_sandbox_root:
             shutil.rmtree(self.sandbox_root, ignore_errors=True)
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _describe_exit(status: int) -> str:

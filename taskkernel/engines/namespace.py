@@ -14,17 +14,11 @@ import json
 import pickle
 import types
 
+from taskkernel.exceptions import NamespaceError  # noqa: F401 (raised as namespace.NamespaceError)
+
 PICKLE, DILL = b"P", b"D"
 SKIP_NAMES = {"__name__", "__builtins__", "display", "_", "__doc__", "__loader__", "__spec__", "__package__",
               "get_ipython", "exit", "quit", "In", "Out", "_ih", "_oh", "_dh"}
-
-
-class NamespaceError(Exception):
-    """An operation failed for a reason the caller should see; `code` becomes the API's error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def push(namespace: dict, name: str, *, value=None, dill_blob: bytes | None = None) -> dict:

@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 import redis
 import redis.asyncio
 import tornado.web
-from celery import Celery
 
 from taskkernel import keys
 from taskkernel.api.auth import _origin_host, authorization_token, host_name, token_digest
 from taskkernel.api.errors import from_redis_error
+from taskkernel.celery_wire import TaskMessages
+from taskkernel.cells import SUBMIT_LUA
 from taskkernel.exceptions import (CrossSiteRequest, Forbidden, HostNotAllowed, InvalidJSON, NotFound,
                                    TaskkernelError, Unauthorized)
-from taskkernel.notebooks import SUBMIT_LUA, NotebookStore
+from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings, comma_list, is_loopback, networks
 
 log = logging.getLogger("taskkernel.gateway")
@@ -46,7 +47,7 @@ class Gateway:
     redis: redis.Redis  # synchronous, for the shared store code (run on `pool`)
     aredis: redis.asyncio.Redis  # the event loop's own: pub/sub, connection counts
     store: NotebookStore
-    celery: Celery
+    messages: TaskMessages  # the Celery task messages its cells are queued as
     pool: concurrent.futures.ThreadPoolExecutor
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     hub: object = None  # hub.FeedHub, set by make_app
@@ -182,14 +183,14 @@ class NotFoundHandler(BaseHandler):
 def make_app(settings: Settings) -> tornado.web.Application:
     """The gateway application for `settings` (call inside the event loop that will serve it)."""
     from taskkernel.gateway import channels, hub, kernels, kernelspecs
-    from taskkernel.workers.celery_app import make_celery
+    from taskkernel.celery_wire import make_celery
 
     pool = redis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.gateway_threads * 2,
                                                  timeout=10, health_check_interval=30)
     client = redis.Redis(connection_pool=pool)
     gateway = Gateway(settings=settings, redis=client, aredis=redis.asyncio.Redis.from_url(settings.redis_url),
                       store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen),
-                      celery=make_celery(settings),
+                      messages=TaskMessages(make_celery(settings)),
                       pool=concurrent.futures.ThreadPoolExecutor(settings.gateway_threads,
                                                                  thread_name_prefix="gateway"))
     gateway.hub = hub.FeedHub(gateway)

@@ -28,7 +28,6 @@ from taskkernel.gateway import framing
 from taskkernel.gateway.app import Gateway, check_request, error_body, notebook_id_of, origin_allowed
 from taskkernel.gateway.hub import KernelFeed, Request
 from taskkernel.gateway.kernels import get_notebook, interrupt, restart
-from taskkernel.workers.tasks import evaluate_message
 
 log = logging.getLogger("taskkernel.gateway")
 
@@ -143,8 +142,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
             feed.requests[submitted.cell["id"]] = Request(msg["header"], self, bool(content.get("silent")))
         except (TaskkernelError, redis.RedisError) as exc:  # the cell was not queued: fail this request
             body, _ = error_body(exc, 500)
-            error = {"ename": f"taskkernel.{body['error']}", "evalue": body["message"],
-                     "traceback": [f"taskkernel.{body['error']}: {body['message']}"]}
+            error = messages.error_content(f"taskkernel.{body['error']}", body["message"])
             self._status("busy", msg["header"])
             self.send(framing.jupyter_message("error", error, msg["header"], "iopub", session=self.notebook_id))
             self._reply(msg, "execute_reply", {"status": "error", "execution_count": None, **error})
@@ -158,7 +156,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         worker (the common case: no thread hop); otherwise the store's own submit on a thread, which
         waits for a restarting notebook's worker or raises what the notebook's state means."""
         gateway = self.gateway
-        task_message = functools.partial(evaluate_message, gateway.celery, notebook_id=self.notebook_id)
+        task_message = functools.partial(gateway.messages.evaluate, notebook_id=self.notebook_id)
         call = gateway.store.submit_call(self.notebook_id, code, task_message, stop_on_error=stop_on_error,
                                          options=options)
         try:

@@ -17,12 +17,13 @@ import datetime as dt
 import time
 
 from taskkernel import __version__, keys, rpc, workspace
+from taskkernel.assignment import RESTARTED_ERROR
 from taskkernel.engines import registry
 from taskkernel.exceptions import InvalidField, NotebookNotFound
 from taskkernel.gateway.app import BaseHandler, Gateway, kernel_id_of, notebook_id_of
 from taskkernel.gateway.kernelspecs import default_name
 from taskkernel.messages import as_text
-from taskkernel.notebooks import RESTARTED_ERROR, notebook_from_redis
+from taskkernel.notebooks import notebook_from_redis
 
 # notebook record state -> Jupyter's execution_state
 EXECUTION_STATES = {"busy": "busy", "restarting": "restarting", "deleting": "dead"}

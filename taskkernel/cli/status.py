@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import sys
 
-from taskkernel.cli_common import add_server_arguments, client_from, unreachable_is_an_error
+from taskkernel.cli.common import add_server_arguments, client_from, unreachable_is_an_error
 
 
 def register(subparsers) -> None:

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from taskkernel.cli_common import (OutputPrinter, add_notebook_arguments, add_server_arguments, client_from,
+from taskkernel.cli.common import (OutputPrinter, add_notebook_arguments, add_server_arguments, client_from,
                                    open_notebook, unreachable_is_an_error)
 from taskkernel.client import ApiError, Client, Notebook
 

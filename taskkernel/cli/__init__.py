@@ -1,4 +1,4 @@
-"""The `taskkernel` command: up (everything), api, worker."""
+"""The `taskkernel` command: up, api, gateway, worker, scale; its other commands are modules of this package."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from taskkernel.settings import Settings, load_settings, settings_environ
 
 # Modules that add subcommands of their own: each has `register(subparsers)`, which adds its
 # parsers and sets `handler=<function(args) -> exit code>` on them with set_defaults.
-PLUGIN_COMMANDS: list[str] = ["taskkernel.jupyter.kernelspec", "taskkernel.cli_status", "taskkernel.cli_run",
-                              "taskkernel.cli_console", "taskkernel.cli_files"]
+PLUGIN_COMMANDS: list[str] = ["taskkernel.jupyter.kernelspec", "taskkernel.cli.status", "taskkernel.cli.run",
+                              "taskkernel.cli.console", "taskkernel.cli.files"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,18 +256,16 @@ def _wait_until_up(url: str, children, stopping, timeout_s: float = 60.0) -> boo
 
 def _wait_for_pool(settings: Settings, children, stopping, timeout_s: float = 60.0) -> dict[str, int]:
     """Wait until this host's supervisor has filled its pools; return {engine: idle workers}."""
-    import json
-
     import redis
 
-    from taskkernel import keys
+    from taskkernel import hosts, keys
 
     client = redis.Redis.from_url(settings.redis_url)
     deadline = time.monotonic() + timeout_s
     idle: dict[str, int] = {}
     try:
         while time.monotonic() < deadline and not stopping and all(c.poll() is None for c in children):
-            pools = json.loads(client.hget(keys.host(settings.host_name), "pools") or b"{}")
+            pools = hosts.host_from_redis(settings.host_name, client.hgetall(keys.host(settings.host_name)))["pools"]
             idle = {engine: client.scard(keys.idle_workers(engine, settings.host_name)) for engine in pools}
             if pools and all(idle[engine] >= size for engine, size in pools.items()):
                 break

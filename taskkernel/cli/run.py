@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from taskkernel.cli_common import (OutputPrinter, add_notebook_arguments, add_server_arguments, client_from,
+from taskkernel import messages
+from taskkernel.cli.common import (OutputPrinter, add_notebook_arguments, add_server_arguments, client_from,
                                    one_line, open_notebook, unreachable_is_an_error)
 
 CELL_MARKER = re.compile(r"^# ?%%(.*)$")  # the "percent" format of Jupytext, VS Code and Spyder
@@ -167,6 +168,6 @@ def run_cell(nb, code: str, position: str, printer: OutputPrinter, timeout_s: fl
             printer.message(msg)
     record = nb.cell(cell_id)
     if record["state"] != "done":
-        record = {**record, "status": "error", "error": {
-            "ename": "TimeoutError", "evalue": f"the cell did not finish within {timeout_s:g} s", "traceback": []}}
+        record = {**record, "status": "error", "error": messages.error_content(
+            "TimeoutError", f"the cell did not finish within {timeout_s:g} s", [])}
     return record, position

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 
-from taskkernel.cli_common import add_server_arguments, client_from, size_text, unreachable_is_an_error
+from taskkernel.cli.common import add_server_arguments, client_from, size_text, unreachable_is_an_error
 
 REMOTE = re.compile(r"(?P<notebook>[0-9a-f]{32}):(?P<path>.*)", re.DOTALL)
 

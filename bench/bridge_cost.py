@@ -3,7 +3,7 @@
 `bridge_round_trip(n)` drives the taskkernel kernelspec the way a front end does (execute_request on
 shell, outputs on IOPub) and returns each round trip; pass kernel_name="python3" to time ipykernel
 the same way. A cell counts as finished once its execute_reply and its IOPub `idle` are both in,
-as in bench/jupyter.py. `python -m taskkernel.jupyter.cost` prints the percentiles of both.
+as in bench/jupyter.py. `python -m bench.bridge_cost` prints the percentiles of both.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m taskkernel.jupyter.cost", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.bridge_cost", description=__doc__)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--kernel", action="append", help=f"kernelspec name(s) (default {DEFAULT_KERNEL} and python3)")
     args = parser.parse_args(argv)
