@@ -258,11 +258,9 @@ def _wait_for_pool(settings: Settings, children, stopping, timeout_s: float = 60
     """Wait until this host's supervisor has filled its pools; return {engine: idle workers}."""
     import json
 
-    import redis
+    from taskkernel import connections, keys
 
-    from taskkernel import keys
-
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connections.connect(settings.redis_url)
     deadline = time.monotonic() + timeout_s
     idle: dict[str, int] = {}
     try:

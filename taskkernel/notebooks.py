@@ -22,6 +22,7 @@ from taskkernel import files, keys, messages, workspace
 from taskkernel.messages import as_text
 from taskkernel.exceptions import (CellNotFound, IdempotencyKeyReused, NoLease, NotebookGone, NotebookNotFound,
                                    NoWorkerAvailable, QuotaExceeded, SubmitUncertain)
+from taskkernel.connections import Durability
 from taskkernel.feed import PUBLISH_LUA_FUNCTION, FeedPublisher, message_argv
 
 # Take the idle worker of `engine` on the live host with the most idle workers, pin it to the
@@ -253,8 +254,9 @@ def new_notebook_id() -> str:
 class NotebookStore:
     """Reads and writes notebook and cell records; shared by the API, the workers and supervisors."""
 
-    def __init__(self, client: redis.Redis, *, stream_maxlen: int = 10_000):
+    def __init__(self, client: redis.Redis, *, stream_maxlen: int = 10_000, durability: Durability | None = None):
         self.redis = client
+        self.durability = durability or Durability()  # a submit is answered once replicas have it (Sentinel)
         self.feed = FeedPublisher(client, stream_maxlen)
         self._assign = client.register_script(_ASSIGN_LUA)
         self._submit = client.register_script(_SUBMIT_LUA)
@@ -475,7 +477,7 @@ class NotebookStore:
         while True:
             try:
                 # redis-py retries a call that timed out: the script is a no-op the second time
-                got = self._submit(keys=call.keys, args=call.args)
+                got = self.durability.run(self.redis, self._submit, call.keys, call.args)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise SubmitUncertain(
                     f"Redis failed while cell {cell['id']} was being recorded ({exc}): it may run; GET the "

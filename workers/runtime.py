@@ -24,6 +24,7 @@ import time
 import redis
 
 from taskkernel import feed, files, keys, messages, metrics, rpc, workspace
+from taskkernel.connections import Durability
 from taskkernel.exceptions import EngineDied, EngineRefused
 from taskkernel.notebooks import NotebookStore
 from taskkernel.workers.capture import OutputCapture
@@ -198,14 +199,14 @@ class Runtime:
 
     def __init__(self, client: redis.Redis, engine: EngineProcess, capture: OutputCapture, *, worker_id: str,
                  output_limit: int, rpc_timeout_s: float = 10.0, stream_maxlen: int = 10_000,
-                 checkpoints: CheckpointStore):
+                 checkpoints: CheckpointStore, durability: Durability | None = None):
         self.redis = client
         self.engine = engine
         self.capture = capture
         self.worker_id = worker_id
         self.output_limit = output_limit
         self.rpc_timeout_s = rpc_timeout_s
-        self.store = NotebookStore(client, stream_maxlen=stream_maxlen)
+        self.store = NotebookStore(client, stream_maxlen=stream_maxlen, durability=durability)
         self.checkpoints = checkpoints
         engine.on_output_flush = capture.flush
         engine.on_death = self._on_engine_death
@@ -706,7 +707,7 @@ class Runtime:
         retried = False
         while True:
             try:
-                got = self._complete_script(keys=script_keys, args=args)
+                got = self.store.durability.run(self.redis, self._complete_script, script_keys, args)
                 break
             except redis.RedisError as exc:
                 # the cell ran: keep its result until Redis is back rather than lose it (the claim
