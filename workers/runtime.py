@@ -106,6 +106,26 @@ if size <= tonumber(ARGV[9]) then cell = cjson.encode(record) end
 return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 14 + 2 * n, cell)
 """
 
+# Publish messages outside the running cell (a comm's echo, a finished cell's thread output) only
+# while the notebook is still pinned to this worker in the epoch of its last claim: a worker given
+# up while its host was unreachable publishes nothing for a notebook that has moved on (the fence
+# of _PUBLISH_LIVE_LUA, for what is no output of a running cell).  KEYS: notebook, feed seq, feed
+# stream.  ARGV: worker id, epoch, feed channel, stream maxlen, then the messages
+# (feed.message_argv).  Returns the count published, or false.
+_PUBLISH_PINNED_LUA = feed.PUBLISH_LUA_FUNCTION + """
+local nb = redis.call('HMGET', KEYS[1], 'worker', 'epoch')
+if nb[1] ~= ARGV[1] or (nb[2] or '') ~= ARGV[2] then return false end
+return publish_messages(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV, 5, nil)
+"""
+
+# Why the engine died, on the worker's record for its supervisor, unless the record is gone (its
+# host was given up: a write would recreate a record nobody removes).  KEYS: worker.  ARGV: reason.
+_RECORD_DEATH_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'died', ARGV[1])
+return 1
+"""
+
 # Join the warm pool, unless this worker's record is gone (its host was given up while unreachable:
 # its supervisor stops it).  KEYS: worker, idle set.  ARGV: worker id, pid.
 _ANNOUNCE_IDLE_LUA = """
@@ -212,6 +232,7 @@ class Runtime:
         engine.on_death = self._on_engine_death
         engine.on_event = self._on_parented_event
         self._notebook_id = ""  # the notebook this worker last ran a cell of (for events between cells)
+        self._notebook_epoch = ""  # that notebook's epoch at the claim: events between cells are fenced by it
         self._between_cells_bytes = 0  # what was published outside the running cell since it started
         self._gone = threading.Lock()
         self._budget_lock = threading.Lock()  # the running cell's output budget: pump and engine reader
@@ -225,6 +246,7 @@ class Runtime:
         self._count_dropped_script = client.register_script(
             "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'dropped_deliveries', 1) end")
         self._complete_script = client.register_script(_COMPLETE_LUA)
+        self._publish_pinned = client.register_script(_PUBLISH_PINNED_LUA)
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
         self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
@@ -378,9 +400,22 @@ class Runtime:
                                     parent_type=str(parent.get("msg_type") or "execute_request"), buffers=buffers)
         msg["metadata"] = metadata
         try:
-            self.feed.publish(notebook_id, msg)
+            self._publish_between_cells(notebook_id, msg)
         except redis.RedisError as exc:
             log.warning("publishing a %s outside the running cell: %r", msg_type, exc)
+
+    def _publish_between_cells(self, notebook_id: str, msg: dict) -> bool:
+        """Publish `msg` of `notebook_id` outside its running cell, fenced (_PUBLISH_PINNED_LUA);
+        returns False when the notebook is no longer this worker's in that epoch."""
+        published = self._publish_pinned(
+            keys=[keys.notebook(notebook_id), keys.feed_seq(notebook_id), keys.feed_stream(notebook_id)],
+            args=[self.worker_id, self._notebook_epoch, keys.feed_channel(notebook_id), self.feed.maxlen,
+                  *feed.message_argv([msg])])
+        if published is None:
+            log.info("notebook %s is no longer this worker's: its %s is dropped", notebook_id,
+                     msg["header"]["msg_type"], extra={"notebook_id": notebook_id})
+            return False
+        return True
 
     def interrupt(self) -> dict:
         """Raise KeyboardInterrupt in the running cell; a no-op when none runs."""
@@ -429,7 +464,7 @@ class Runtime:
         if claimed[2] == b"1":
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, messages.as_text(claimed[4]))
-        self._notebook_id = notebook_id
+        self._notebook_id, self._notebook_epoch = notebook_id, run.epoch
         with self._budget_lock:
             self._between_cells_bytes = 0
         self._queue("status", {"execution_state": "busy"})
@@ -503,7 +538,7 @@ class Runtime:
             self._gone.acquire()  # another thread is ending this worker: nothing returns from here
         log.warning("engine of worker %s died: %s", self.worker_id, reason)
         try:
-            self.redis.hset(keys.worker(self.worker_id), "died", reason)
+            record_death(self.redis, self.worker_id, reason)
         except redis.RedisError:
             pass
         os._exit(EXIT_ENGINE_DIED)
@@ -730,6 +765,12 @@ class Runtime:
                             cid, reply["status"], state, status, extra={"notebook_id": nb, "cell_id": cid})
             return False
         return True
+
+
+def record_death(client: redis.Redis, worker_id: str, reason: str) -> bool:
+    """Say on the worker's record why its engine died (for its supervisor's restart); False, and
+    nothing written, when the record is gone (its host was given up)."""
+    return bool(client.register_script(_RECORD_DEATH_LUA)(keys=[keys.worker(worker_id)], args=[reason]))
 
 
 def _reply_content(reply: dict) -> dict:
