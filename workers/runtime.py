@@ -151,6 +151,9 @@ PARENTED_EVENTS = ("comm_open", "comm_msg", "comm_close", "input_request")
 # quick cell's whole story goes out in the one script that finishes it (one round trip fewer).
 ANNOUNCE_AFTER_S = 0.002
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
+# a namespace operation's answer is retried this long past its caller's not_after (api/variables.py
+# waits START_GRACE_S beyond it for an operation started just in time)
+CALL_ANSWER_GRACE_S = 2.0
 REPLY_EXTRAS_BYTES = 1024 * 1024  # user_expressions and payload (pager text) an execute_reply may carry
 EXIT_ENGINE_DIED = 70  # the worker's exit code when its engine died; the reason is on its record
 
@@ -546,15 +549,26 @@ class Runtime:
     # --- namespace operations (push, pull, checkpoint, restore) ---------------------------------
 
     def run_call(self, notebook_id: str, op: str, args: dict, reply_key: str) -> None:
-        """Perform a namespace operation queued behind the notebook's cells; answer on `reply_key`."""
+        """Perform a namespace operation queued behind the notebook's cells; answer on `reply_key`.
+
+        Its message is off the queue: a Redis failure in the ownership check or the answer is
+        retried (as a claim is) while its caller may still be waiting, rather than losing the call.
+        """
         request = {"reply": reply_key}
-        if args.get("not_after") is not None and time.time() > float(args["not_after"]):
-            rpc.answer(self.redis, request, error=f"{op} was not started: its caller stopped waiting", code="expired")
+        not_after = float(args["not_after"]) if args.get("not_after") is not None else None
+        wait_until = (not_after + CALL_ANSWER_GRACE_S) if not_after is not None else time.time() + FINAL_WRITE_RETRY_S
+
+        def answer(**outcome) -> None:
+            _while_redis_fails(lambda: rpc.answer(self.redis, request, **outcome), f"answering {op}", wait_until)
+
+        if not_after is not None and time.time() > not_after:
+            answer(error=f"{op} was not started: its caller stopped waiting", code="expired")
             log.info("%s for notebook %s not started: its caller stopped waiting", op, notebook_id)
             return
-        worker = self.redis.hget(keys.notebook(notebook_id), "worker")
+        worker = _while_redis_fails(lambda: self.redis.hget(keys.notebook(notebook_id), "worker"),
+                                    f"starting {op}", wait_until)
         if worker is None or worker.decode() != self.worker_id:
-            rpc.answer(self.redis, request, error="the notebook moved to another worker", code="notebook_gone")
+            answer(error="the notebook moved to another worker", code="notebook_gone")
             return
         try:
             if op == "push":
@@ -572,11 +586,11 @@ class Runtime:
             else:
                 raise EngineRefused(f"unknown operation {op!r}", "bad_request")
         except EngineRefused as exc:
-            rpc.answer(self.redis, request, error=exc.message, code=exc.code)
+            answer(error=exc.message, code=exc.code)
         except Exception as exc:
-            rpc.answer(self.redis, request, error=f"{type(exc).__name__}: {exc}", code="operation_failed")
+            answer(error=f"{type(exc).__name__}: {exc}", code="operation_failed")
         else:
-            rpc.answer(self.redis, request, result=result)
+            answer(result=result)
 
     def _checkpoint(self, notebook_id: str) -> dict:
         """Have the engine pickle its namespace, and keep the bytes where only this notebook's workers look."""
@@ -765,6 +779,19 @@ class Runtime:
                             cid, reply["status"], state, status, extra={"notebook_id": nb, "cell_id": cid})
             return False
         return True
+
+
+def _while_redis_fails(call, what: str, until_epoch_s: float):
+    """`call()`, repeated every 0.5 s while Redis fails, until the wall clock passes `until_epoch_s`
+    (then the RedisError is raised)."""
+    while True:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            if time.time() > until_epoch_s:
+                raise
+            log.warning("%s: Redis is unavailable (%r); retrying", what, exc)
+            time.sleep(0.5)
 
 
 def record_death(client: redis.Redis, worker_id: str, reason: str) -> bool:
