@@ -24,7 +24,7 @@ from bench.taskkernel_side import HttpEvaluator, result_text, stream_lines
 from taskkernel.client import ApiError, Notebook
 
 FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge", "files",
-           "gateway", "nbclient")
+           "gateway", "nbclient", "chaos")
 
 F_RT = "1. round trip of `1+1`"
 F_OPEN = "2. notebook open"
@@ -52,6 +52,7 @@ TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_
           "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE, "files": bench_files.FIGURE,
           "nbclient": F_NBCLIENT}
 TITLES["gateway"] = "10. Jupyter gateway"  # bench/gateway.py: figures 10 and 11 (9 is the files figure)
+TITLES["chaos"] = "13. chaos"  # bench/chaos.py: its own services, one per fault
 
 COMPLETION_CODE = "import math; math.sq"
 
@@ -429,6 +430,13 @@ class Bench:
         from bench import gateway
 
         gateway.figure(self)
+
+    # --- 13. chaos (bench/chaos.py) ---------------------------------------------------------------
+
+    def figure_chaos(self) -> None:
+        from bench import chaos
+
+        chaos.figure(self)
 
     # --- 4. streaming ----------------------------------------------------------------------------
 
@@ -842,4 +850,7 @@ def targets(plan: Plan) -> list[Target]:
     from bench import gateway
 
     found += gateway.targets()
+    from bench import chaos
+
+    found += chaos.targets()
     return found
