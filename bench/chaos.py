@@ -264,6 +264,12 @@ def count(tally: Tally, svc: Service, submitters: list[Submitter], homes: dict[s
             status = submitter.statuses.get(number, "unfinished")
             if status == "unfinished":
                 tally.lost += 1
+                try:
+                    record = client.notebook(nb_id).cell(cell_id)
+                    seen = f"state {record['state']}, status {record['status']}"
+                except (ApiError, OSError, ValueError) as exc:
+                    seen = repr(exc)
+                tally.notes.append(f"{nb_id[:8]}: cell {number} ({cell_id[:8]}) unfinished by the budget: {seen}")
             elif status != "ok":
                 tally.failed += 1
             replies = sum(1 for _, f in svc.redis.xrange(keys.feed_stream(nb_id))

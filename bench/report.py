@@ -124,6 +124,8 @@ def splice(existing: str, fresh: str, origin: str) -> str:
     new_targets = _target_rows(fresh)
     old_targets = _target_rows(existing)
     for name, row in new_targets.items():
+        if row.startswith("| **n/a** |"):  # a target of a figure not in this run keeps its old verdict
+            continue
         verdict, _, rest = row.partition("** | ")
         marked = f"{verdict}** (spliced run) | {rest}"
         if name in old_targets:

@@ -13,10 +13,12 @@ def results_md(rows: dict[str, float], targets: list[Target], command: str) -> s
 
 
 def test_a_run_of_some_figures_replaces_theirs_and_keeps_every_other():
-    target = Target("fast", "2. b", "p50 (ms)", "taskkernel", at_least=0)
-    old = results_md({"1. a": 1.0, "2. b": 2.0, "3. c": 3.0}, [target], "python -m bench")
+    old = results_md({"1. a": 1.0, "2. b": 2.0, "3. c": 3.0},
+                     [Target("fast", "2. b", "p50 (ms)", "taskkernel", at_least=0),
+                      Target("quick", "1. a", "p50 (ms)", "taskkernel", at_least=0)], "python -m bench")
     fresh = results_md({"2. b": 20.0, "13. chaos": 13.0},
                        [Target("fast", "2. b", "p50 (ms)", "taskkernel", at_least=100),
+                        Target("quick", "1. a", "p50 (ms)", "taskkernel", at_least=0),  # not measured: n/a
                         Target("new", "13. chaos", "p50 (ms)", "taskkernel", at_least=0)], "python -m bench --only b")
     spliced = report.splice(old, fresh, "from the second run")
     titles = [line for line in spliced.splitlines() if line.startswith("### ")]
@@ -25,4 +27,5 @@ def test_a_run_of_some_figures_replaces_theirs_and_keeps_every_other():
     assert spliced.count("- from the second run") == 2
     assert "| **MISS** (spliced run) | fast |" in spliced and "| **PASS** | fast |" not in spliced
     assert "| **PASS** (spliced run) | new |" in spliced
+    assert "| **PASS** | quick |" in spliced, "a target this run did not measure keeps its verdict"
     assert spliced.rstrip().endswith("by hand") and spliced.count("## Analysis") == 1
