@@ -10,8 +10,9 @@ import redis
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
+from taskkernel import connections
 from taskkernel.celery_wire import TaskMessages
-from taskkernel.deadlines import DeadlineConnection, set_deadline
+from taskkernel.deadlines import deadline_connection_class, set_deadline
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
 
@@ -46,16 +47,14 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
     if client is None:
-        bounded = {"connection_class": DeadlineConnection} if settings.redis_url.startswith("redis://") else {}
-        pool = redis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=max(16, settings.api_threads * 2), timeout=10,
-            health_check_interval=30, **bounded,
-        )
-        client = redis.Redis(connection_pool=pool)
+        client = connections.connect(settings.redis_url, max_connections=max(16, settings.api_threads * 2),
+                                     timeout_s=10, health_check_interval=30,
+                                     connection_class=deadline_connection_class(settings.redis_url))
     app.extensions["taskkernel"] = Services(
         settings=settings,
         redis=client,
-        store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen),
+        store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen,
+                            durability=connections.Durability.from_settings(settings)),
         messages=TaskMessages(make_celery(settings)),
         feed_slots=threading.BoundedSemaphore(settings.feed_subscriber_limit),
     )

@@ -31,10 +31,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.only and args.only.strip() == "chaos":  # its own services and faults: see bench/chaos.py
-        from bench import chaos
-
-        return chaos.main(["--quick"] if args.quick else [])
     plan = QUICK if args.quick else FULL
     steps = tuple(int(s) for s in args.scale_steps.split(",")) if args.scale_steps else None
     plan = plan.with_counts(reps=args.reps, rt_runs=args.runs, scale_steps=steps)
@@ -55,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     print(report.text_table(results, judged))
     command = "python -m bench" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     analysis = ANALYSIS.read_text() if ANALYSIS.exists() and not args.quick else ""
-    report.write(args.output, report.markdown(results, judged, bench.facts, command.strip(), duration, analysis))
+    text = report.markdown(results, judged, bench.facts, command.strip(), duration, analysis)
+    if args.only and args.output.exists() and not args.quick:  # some figures: into the others, not over them
+        origin = (f"taken by `{command.strip()}` on {bench.facts.get('date', '?')} in {duration:.0f} s, spliced in "
+                  f"here (load average at start {bench.facts.get('load average at start', '?')}, at end "
+                  f"{bench.facts.get('load average at end', '?')})")
+        text = report.splice(args.output.read_text(), text, origin)
+    report.write(args.output, text)
     print(f"\nwrote {args.output} ({duration:.0f} s)")
     failed = [figure for figure in results.notes if any(n.startswith("failed:") for n in results.notes[figure])]
     return 1 if failed else 0

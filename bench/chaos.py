@@ -1,8 +1,10 @@
 """Chaos: the mixed workload under each fault of issue 13, and a count of everything that went wrong.
 
-`./dev.sh bench --only chaos` or `python -m bench.chaos [--notebooks 6] [--cells 10] [--only F,...]`.
-For every fault a fresh service: a Redis with an append-only file, supervisors hostA and hostB
-(host TTL 2 s, heartbeat 0.5 s), one API on a fixed port. Every notebook (half on each host) runs
+`./dev.sh bench --only chaos` (figure 13 of bench/RESULTS.md, spliced in beside the others) or
+`python -m bench.chaos [--notebooks 6] [--cells 10] [--only F,...]` (the table alone).
+For every fault a fresh service: a Redis with an append-only file (for sentinel_*: a primary, a
+replica and three sentinels, taskkernel/redis_sentinel.py), supervisors hostA and hostB (host TTL
+2 s, heartbeat 0.5 s), one API on a fixed port. Every notebook (half on each host) runs
 `ran.append(i); time.sleep(0.25)` cells one after another, each an evaluate with wait and its own Idempotency-Key,
 repeated with that key after a 503 or a lost connection, as a careful client does. The fault hits
 once the workload runs. Printed per fault:
@@ -15,6 +17,12 @@ once the workload runs. Printed per fault:
   re-homed   notebooks moved to another host although their host lived
   failed     cells ended error/aborted by the fault (expected only when a host is really lost)
   recover s  from the end of the fault until every notebook answered a new cell
+
+The faults: none; redis_restart (2 s down, AOF); redis_freeze (SIGSTOP 3 x TTL); host_freeze (hostB's
+tree SIGSTOPped 3 x TTL); host_kill (hostB SIGKILLed); api_restart; sentinel_failover (the primary
+SIGKILLed, the old one back as a replica after the failover) and sentinel_failover_nowait (the
+same with TASKKERNEL_REDIS_WAIT_REPLICAS=0: what WAIT saves). The bench figure adds what WAIT
+costs a submit (`wait_cost`).
 
 Bounded: each fault's workload stops after --budget seconds whatever happens.
 """
@@ -31,15 +39,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import redis
-
 from bench.services import Processes, descendants, wait_until
-from taskkernel import keys
+from bench.stats import percentile
+from taskkernel import connections, keys
 from taskkernel.client import ApiError, Client
+from taskkernel.redis_sentinel import ReplicatedRedis
 from taskkernel.redis_server import RedisServer, free_port
 
 TTL_S, INTERVAL_S = 2.0, 0.5
-FAULTS = ("none", "redis_restart", "redis_freeze", "host_freeze", "host_kill", "api_restart")
+FAULTS = ("none", "redis_restart", "redis_freeze", "host_freeze", "host_kill", "api_restart", "sentinel_failover",
+          "sentinel_failover_nowait")
+# on a Sentinel-watched set (taskkernel/redis_sentinel.py): the primary SIGKILLed, with the submit's and
+# the completion's WAIT for a replica (TASKKERNEL_REDIS_WAIT_REPLICAS=1) and without it (0)
+SENTINEL_FAULTS = {"sentinel_failover": 1, "sentinel_failover_nowait": 0}
 CALL_TIMEOUT_S = 8.0  # the evaluate `timeout` of every cell
 HUNG_MARGIN_S = 3.0
 CELL_S = 0.25  # each cell sleeps this long: a fault always finds cells running and queued
@@ -60,16 +72,29 @@ class Tally:
 
 
 class Service:
-    """Redis (AOF), two supervisors and an API, started by PID and stopped by PID."""
+    """Redis (AOF), two supervisors and an API, started by PID and stopped by PID.
 
-    def __init__(self, processes: Processes, hosts_pool: int):
+    With `wait_replicas` (not None): a Sentinel-watched set instead (a primary, a replica, three
+    sentinels, no AOF), every process told TASKKERNEL_REDIS_WAIT_REPLICAS=`wait_replicas`.
+    """
+
+    def __init__(self, processes: Processes, hosts_pool: int, wait_replicas: int | None = None):
         self.processes = processes
-        self.server = RedisServer(persistent=True).start()
+        self.server: RedisServer | None = None
+        self.replicated: ReplicatedRedis | None = None
+        if wait_replicas is None:
+            self.server = RedisServer(persistent=True).start()
+            redis_url = self.server.url
+        else:
+            self.replicated = ReplicatedRedis(replicas=1, sentinels=3, down_after_ms=1000).start()
+            redis_url = self.replicated.url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.redis = redis.Redis.from_url(self.server.url)
-        self.env = {**os.environ, "TASKKERNEL_REDIS_URL": self.server.url, "TASKKERNEL_LOG_LEVEL": "WARNING",
+        self.redis = connections.connect(redis_url)
+        self.env = {**os.environ, "TASKKERNEL_REDIS_URL": redis_url, "TASKKERNEL_LOG_LEVEL": "WARNING",
                     "TASKKERNEL_HOST_TTL_S": str(TTL_S), "TASKKERNEL_HEARTBEAT_INTERVAL_S": str(INTERVAL_S)}
+        if wait_replicas is not None:
+            self.env["TASKKERNEL_REDIS_WAIT_REPLICAS"] = str(wait_replicas)
         self.hosts = {name: self._supervisor(name, hosts_pool) for name in ("hostA", "hostB")}
         for name in self.hosts:
             wait_until(lambda n=name: self.redis.scard(keys.idle_workers("python", n)) >= hosts_pool, 90,
@@ -87,13 +112,16 @@ class Service:
         return api
 
     def close(self) -> None:
-        if self.server.process is not None and self.server.process.poll() is None:
+        if self.server is not None and self.server.process is not None and self.server.process.poll() is None:
             os.kill(self.server.process.pid, signal.SIGCONT)
         for process in self.hosts.values():
             for pid in [process.pid, *descendants(process.pid)]:
                 _signal(pid, signal.SIGCONT)
         self.processes.stop_all()
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
+        if self.replicated is not None:
+            self.replicated.stop()
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -174,6 +202,10 @@ def inject(fault: str, svc: Service) -> None:
     elif fault == "host_kill":
         for pid in [svc.hosts["hostB"].pid, *descendants(svc.hosts["hostB"].pid)]:
             _signal(pid, signal.SIGKILL)
+    elif fault in SENTINEL_FAULTS:  # over when the sentinels name a new primary; the old one rejoins
+        old = svc.replicated.kill_primary()
+        svc.replicated.wait_for_failover(old)
+        old.start()
     elif fault == "api_restart":
         old = svc.api
         svc.api = svc.start_api()  # binds the same port beside the old one
@@ -184,7 +216,7 @@ def inject(fault: str, svc: Service) -> None:
 def run_fault(fault: str, notebooks: int, cells: int, budget_s: float) -> Tally:
     tally = Tally(fault)
     processes = Processes()
-    svc = Service(processes, hosts_pool=notebooks // 2 + 1)
+    svc = Service(processes, hosts_pool=notebooks // 2 + 1, wait_replicas=SENTINEL_FAULTS.get(fault))
     try:
         client = Client(svc.url)
         opened = [client.start() for _ in range(notebooks)]
@@ -232,6 +264,12 @@ def count(tally: Tally, svc: Service, submitters: list[Submitter], homes: dict[s
             status = submitter.statuses.get(number, "unfinished")
             if status == "unfinished":
                 tally.lost += 1
+                try:
+                    record = client.notebook(nb_id).cell(cell_id)
+                    seen = f"state {record['state']}, status {record['status']}"
+                except (ApiError, OSError, ValueError) as exc:
+                    seen = repr(exc)
+                tally.notes.append(f"{nb_id[:8]}: cell {number} ({cell_id[:8]}) unfinished by the budget: {seen}")
             elif status != "ok":
                 tally.failed += 1
             replies = sum(1 for _, f in svc.redis.xrange(keys.feed_stream(nb_id))
@@ -252,6 +290,117 @@ def count(tally: Tally, svc: Service, submitters: list[Submitter], homes: dict[s
         record = client.notebook(nb_id).record
         if record["restarts"] and homes[nb_id] != lost_host:
             tally.rehomed += 1
+
+
+def wait_cost(runs: int, batches: int) -> dict[tuple[str, str], list[float]]:
+    """What WAIT costs a submit, on a Sentinel set (a primary, a replica, three sentinels) of its own.
+
+    Two APIs on one supervisor, one whose submits WAIT for the replica and one whose do not, time
+    `runs` POST evaluate (wait=false, `1`) each per batch, batches interleaved; and the submit
+    script itself, called on Redis with and without its WAIT (NotebookStore.submit). Returns
+    {(system, metric): one median (ms) per batch}.
+    """
+    import functools
+
+    from taskkernel.celery_wire import TaskMessages, make_celery
+    from taskkernel.notebooks import NotebookStore
+    from taskkernel.settings import load_settings
+
+    processes = Processes()
+    svc = Service(processes, hosts_pool=1, wait_replicas=1)
+    found: dict[tuple[str, str], list[float]] = {}
+    try:
+        apis = {}
+        for replicas in (1, 0):
+            port = free_port()
+            process = processes.start(f"api-wait{replicas}", [sys.executable, "-m", "taskkernel", "api", "--port",
+                                      str(port)], env={**svc.env, "TASKKERNEL_REDIS_WAIT_REPLICAS": str(replicas)})
+            wait_until(lambda p=port: _answers(f"http://127.0.0.1:{p}"), 60, "an API", process)
+            apis[replicas] = Client(f"http://127.0.0.1:{port}")
+        notebook_id = apis[1].start().id
+        stores = {replicas: NotebookStore(svc.redis, durability=connections.Durability(replicas, 500))
+                  for replicas in (1, 0)}
+        message = functools.partial(TaskMessages(make_celery(load_settings(svc.env))).evaluate, notebook_id=notebook_id)
+        for _ in range(batches):
+            for replicas in (1, 0):
+                notebook = apis[replicas].notebook(notebook_id)
+                samples = []
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    notebook.evaluate("1", wait=False)
+                    samples.append((time.perf_counter() - started) * 1000)
+                found.setdefault((WAIT_SYSTEMS[replicas], WAIT_METRICS[0]), []).append(percentile(samples, 50))
+                samples = []
+                for _ in range(runs):  # the store's submit alone, as the API calls it
+                    started = time.perf_counter()
+                    stores[replicas].submit(notebook_id, "1", message)
+                    samples.append((time.perf_counter() - started) * 1000)
+                found.setdefault((WAIT_SYSTEMS[replicas], WAIT_METRICS[1]), []).append(percentile(samples, 50))
+            wait_until(lambda: svc.redis.hget(keys.notebook(notebook_id), "state") == b"idle", 60,
+                       "the queued cells to run")
+    finally:
+        svc.close()
+    return found
+
+
+# the systems and metrics of wait_cost's rows: (system per WAIT setting, HTTP metric, store metric)
+WAIT_SYSTEMS = {1: "taskkernel on Sentinel, a submit WAITs for 1 replica",
+                0: "same, without WAIT (TASKKERNEL_REDIS_WAIT_REPLICAS=0)"}
+WAIT_METRICS = ("submit: POST evaluate (wait=false) p50 (ms)", "submit: NotebookStore.submit on Redis p50 (ms)")
+
+
+FIGURE = "13. chaos: faults under a mixed workload"
+COUNTS = (("lost", "cells lost (recorded with 2xx, never ended)"), ("twice", "cells run twice"),
+          ("misordered", "notebooks run out of order"), ("dup_replies", "cells with a duplicate execute_reply"),
+          ("hung", "calls hung past their timeout + 3 s"), ("rehomed", "live notebooks re-homed"))
+ALL_ZERO = "every count above 0 (1 = yes)"
+
+
+def figure(bench) -> None:
+    """The chaos figure of `python -m bench`: every fault's counts, and what WAIT costs a submit."""
+    if bench.plan.quick and len(bench.figures) > 1:  # minutes per fault: not in a smoke run of every figure
+        bench.results.note(FIGURE, "not run in a quick run of every figure: `python -m bench --quick --only chaos`")
+        return
+    notebooks, cells = (4, 5) if bench.plan.quick else (6, 10)
+    for fault in FAULTS:
+        bench.log(f"chaos: {fault}: {notebooks} notebooks x {cells} cells")
+        try:
+            tally = run_fault(fault, notebooks, cells, budget_s=60.0)
+        except Exception as exc:  # one fault's run that broke must not hide the others
+            import traceback
+
+            bench.log(f"chaos: {fault} failed:\n{traceback.format_exc()}")
+            bench.results.note(FIGURE, f"failed: the {fault} run broke ({exc!r}); its counts are missing")
+            continue
+        system = f"taskkernel, {fault}"
+        for attribute, metric in COUNTS:
+            bench.results.add(FIGURE, system, metric, "count", [getattr(tally, attribute)])
+        bench.results.add(FIGURE, system, "cells failed by the fault", "count", [tally.failed],
+                          note="a host lost takes its namespaces: EngineDied, then NameErrors" if "host" in fault else "")
+        bench.results.add(FIGURE, system, "recover (s)", "s", [tally.recover_s])
+        zero = all(getattr(tally, attribute) == 0 for attribute, _ in COUNTS)
+        bench.results.add(FIGURE, "taskkernel, every fault", ALL_ZERO, "flag", [1 if zero else 0])
+        for note in tally.notes:
+            bench.results.note(FIGURE, f"{fault}: {note}")
+    runs, batches = (30, 2) if bench.plan.quick else (200, bench.plan.reps)
+    bench.log(f"chaos: the cost of WAIT, {batches} x {runs} submits")
+    for (system, metric), values in wait_cost(runs, batches).items():
+        bench.results.add(FIGURE, system, metric, "ms", values)
+    bench.results.note(FIGURE, f"each fault: a fresh service (two supervisors, host TTL {TTL_S:g} s, one API; a Redis "
+                       "with AOF, or for sentinel_*: a primary, a replica and three sentinels, down-after 1 s), "
+                       f"{notebooks} notebooks x {cells} cells of {CELL_S:g} s, each an evaluate with wait repeated under "
+                       "its Idempotency-Key after a 503 or a lost connection; one run per fault (counts, so min = "
+                       "median = max); sentinel_failover_nowait is the same kill with TASKKERNEL_REDIS_WAIT_REPLICAS=0")
+    bench.results.note(FIGURE, f"the cost of WAIT: {batches} batches of {runs} submits per system, interleaved, on one "
+                       "notebook of a Sentinel set of its own")
+
+
+def targets() -> list:
+    from bench.results import Target
+
+    return [Target("chaos: no cell lost, run twice or out of order, no duplicate reply, no hung call, no live "
+                   "notebook re-homed, under every fault", FIGURE, ALL_ZERO, "taskkernel, every fault",
+                   require_all_true=True)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import time
 
 import redis
 
+from taskkernel import keys
 from taskkernel.engines import namespace
 from taskkernel.redis_server import RedisServer
 from taskkernel.workers.checkpoints import CheckpointStore
@@ -36,6 +37,7 @@ def run(repeat: int = 3) -> list[dict]:
     with RedisServer() as server, tempfile.TemporaryDirectory() as directory:
         client = redis.Redis.from_url(server.url)
         stores = {"redis": CheckpointStore(client), "directory": CheckpointStore(client, directory)}
+        client.hset(keys.notebook("bench"), "state", "idle")  # a checkpoint is kept only for a live notebook
         for label, ns in _namespaces().items():
             for store_name, store in stores.items():
                 saves, loads, size = [], [], 0
@@ -51,7 +53,7 @@ def run(repeat: int = 3) -> list[dict]:
                 rows.append({"namespace": label, "store": store_name, "MB": size / 1e6,
                              "save_s": (min(saves), statistics.median(saves), max(saves)),
                              "restore_s": (min(loads), statistics.median(loads), max(loads))})
-            client.delete("taskkernel:checkpoint:bench")
+            client.delete(keys.checkpoint("bench"))
     return rows
 
 

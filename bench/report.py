@@ -84,6 +84,60 @@ def markdown(results: Results, targets: Sequence[Target], facts: dict[str, str],
     return "\n".join(out) + "\n"
 
 
+def _split_figures(text: str) -> tuple[str, list[tuple[str, str]], str]:
+    """(everything up to the first figure, [(title, section)], everything after the last figure)."""
+    start = text.find("\n## Figures")
+    if start < 0:
+        return text, [], ""
+    first = text.find("\n### ", start)
+    after = text.find("\n## ", start + 1)
+    after = len(text) if after < 0 else after
+    if first < 0 or first > after:
+        return text[:after], [], text[after:]
+    sections = []
+    body = text[first:after]
+    for chunk in body.split("\n### ")[1:]:
+        title = chunk.split("\n", 1)[0]
+        sections.append((title, "\n### " + chunk))
+    return text[:first], sections, text[after:]
+
+
+def _target_rows(text: str) -> dict[str, str]:
+    """{target name: its row} of a RESULTS.md's Targets table."""
+    rows = {}
+    for line in text.split("\n## Targets", 1)[-1].split("\n## ", 1)[0].splitlines():
+        if line.startswith("| **"):
+            rows[line.split(" | ")[1]] = line
+    return rows
+
+
+def splice(existing: str, fresh: str, origin: str) -> str:
+    """`existing` (a RESULTS.md) with the figures and targets of `fresh` (a run of some figures, as
+    `markdown` wrote it) in place of theirs, or added; every other figure, target and the analysis
+    are kept. Each spliced figure and target says where it comes from (`origin`)."""
+    head, sections, tail = _split_figures(existing)
+    _, new_sections, _ = _split_figures(fresh)
+    by_title = dict(sections)
+    for title, section in new_sections:
+        by_title[title] = section.rstrip("\n") + f"\n\n- {origin}\n"
+    order = [title for title, _ in sections] + [t for t, _ in new_sections if t not in dict(sections)]
+    new_targets = _target_rows(fresh)
+    old_targets = _target_rows(existing)
+    for name, row in new_targets.items():
+        if row.startswith("| **n/a** |"):  # a target of a figure not in this run keeps its old verdict
+            continue
+        verdict, _, rest = row.partition("** | ")
+        marked = f"{verdict}** (spliced run) | {rest}"
+        if name in old_targets:
+            head = head.replace(old_targets[name], marked, 1)
+            old_targets[name] = marked
+        else:  # after the table's last row
+            last = list(old_targets.values())[-1] if old_targets else "|---|---|---|"
+            head = head.replace(last, last + "\n" + marked, 1)
+            old_targets[name] = marked
+    return head + "".join(by_title[title] for title in order) + tail
+
+
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

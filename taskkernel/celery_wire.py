@@ -14,6 +14,7 @@ import uuid
 from celery import Celery
 from kombu import serialization
 
+from taskkernel import connections
 from taskkernel.settings import Settings
 
 EVALUATE = "taskkernel.evaluate"
@@ -28,7 +29,8 @@ def make_celery(settings: Settings) -> Celery:
     delivered twice (possible only with TASKKERNEL_ACK_EMULATION=1 and a visibility timeout
     shorter than a cell) is dropped by the runtime's claim.
     """
-    app = Celery("taskkernel", broker=settings.redis_url, set_as_current=False)
+    broker, sentinel_options = connections.celery_broker(settings.redis_url)
+    app = Celery("taskkernel", broker=broker, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -47,6 +49,7 @@ def make_celery(settings: Settings) -> Celery:
             # kombu re-issues its BRPOP every polling_interval seconds while idle (1 s by default): a
             # message still arrives at once; idle CPU per worker measured 0.057% -> 0.037% of a core
             "polling_interval": 4,
+            **sentinel_options,  # a redis+sentinel:// URL: kombu asks the sentinels for the primary
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

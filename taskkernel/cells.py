@@ -145,7 +145,7 @@ class CellStore:
         while True:
             try:
                 # redis-py retries a call that timed out: the script is a no-op the second time
-                got = self._submit(keys=call.keys, args=call.args)
+                got = self.durability.run(self.redis, self._submit, call.keys, call.args)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise SubmitUncertain(
                     f"Redis failed while cell {cell['id']} was being recorded ({exc}): it may run; GET the "

@@ -476,11 +476,9 @@ class Notebook:
         return f"/notebooks/{self.id}/files/" + urllib.parse.quote(remote, safe="/")
 
     def _feed_from_redis(self, redis_url: str, after: str, timeout: float | None) -> Iterator[dict]:
-        import redis
+        from taskkernel import connections, feed
 
-        from taskkernel import feed
-
-        client = redis.Redis.from_url(redis_url)
+        client = connections.connect(redis_url)
         quiet_since = time.monotonic()
         try:
             while timeout is None or time.monotonic() - quiet_since < timeout:

@@ -14,6 +14,9 @@ import time
 
 import redis
 from redis.connection import Connection
+from redis.sentinel import SentinelManagedConnection
+
+from taskkernel.connections import is_sentinel
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("taskkernel_deadline", default=None)
 
@@ -36,8 +39,8 @@ def _left() -> float | None:
     return left
 
 
-class DeadlineConnection(Connection):
-    """A redis-py connection whose every wait is cut at the calling thread's deadline."""
+class _DeadlineMixin:
+    """Cuts every connect, send and read of a redis-py connection at the calling thread's deadline."""
 
     def connect(self):
         left = _left()
@@ -58,3 +61,18 @@ class DeadlineConnection(Connection):
         if left is not None and "timeout" not in kwargs and (self.socket_timeout is None or left < self.socket_timeout):
             kwargs["timeout"] = left
         return super().read_response(disable_decoding, **kwargs)
+
+
+class DeadlineConnection(_DeadlineMixin, Connection):
+    """A redis-py connection whose every wait is cut at the calling thread's deadline."""
+
+
+class DeadlineSentinelConnection(_DeadlineMixin, SentinelManagedConnection):
+    """DeadlineConnection for a Sentinel URL: it finds the primary through the sentinels."""
+
+
+def deadline_connection_class(url: str) -> type | None:
+    """The deadline-bound connection class for `url`, or None where there is none (rediss://, unix://)."""
+    if is_sentinel(url):
+        return DeadlineSentinelConnection
+    return DeadlineConnection if url.startswith("redis://") else None

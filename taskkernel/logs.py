@@ -18,7 +18,7 @@ CONTEXT_FIELDS = ("notebook_id", "cell_id", "worker_id", "host")
 
 # scheme://user:password@host (user may be empty), and a password=... query parameter
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s@/]+@", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]+", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&][a-z_]*password=)[^&\s]+", re.IGNORECASE)  # sentinel_password= too
 
 
 def redact(text: str) -> str:

@@ -16,6 +16,7 @@ import time
 import redis
 
 from taskkernel import keys, messages, workspace
+from taskkernel.connections import Durability
 from taskkernel.assignment import _ASSIGN_LUA, _DETACH_LUA, Assignment
 from taskkernel.cells import _ABORT_LUA, _ENQUEUE_LUA, _FAIL_LUA, _SUBMIT_LUA, CellStore
 from taskkernel.exceptions import NoLease, NotebookNotFound, NoWorkerAvailable, QuotaExceeded
@@ -85,8 +86,9 @@ def new_notebook_id() -> str:
 class NotebookStore(CellStore, Assignment):
     """Reads and writes notebook and cell records; shared by the API, the workers and supervisors."""
 
-    def __init__(self, client: redis.Redis, *, stream_maxlen: int = 10_000):
+    def __init__(self, client: redis.Redis, *, stream_maxlen: int = 10_000, durability: Durability | None = None):
         self.redis = client
+        self.durability = durability or Durability()  # a submit is answered once replicas have it (Sentinel)
         self.feed = FeedPublisher(client, stream_maxlen)
         self._assign = client.register_script(_ASSIGN_LUA)
         self._submit = client.register_script(_SUBMIT_LUA)

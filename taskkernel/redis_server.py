@@ -40,6 +40,13 @@ ADMIN_USER = "admin"
 # taskkernel, Celery, kombu and redis-py need nothing back from @dangerous (no INFO, KEYS, CLIENT
 # LIST, ...; redis-py's CLIENT SETINFO is unknown to 7.0 and is not an ACL matter).
 SERVICE_COMMANDS = "+@all -@dangerous"
+# the users of a replicated set (taskkernel/redis_sentinel.py): replicas log in to their primary as
+# REPLICA_USER, sentinels to every server as SENTINEL_USER, with the commands Redis documents for them
+REPLICA_USER = "replica"
+REPLICA_COMMANDS = "+psync +replconf +ping"
+SENTINEL_USER = "sentinel"
+SENTINEL_COMMANDS = ("allchannels +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info "
+                     "+client|setname +client|kill +script|kill")
 UNPRIVILEGED_UID = 199999  # redis-server's uid and gid when started by root: no passwd entry, no files
 MIN_VERSION = (7, 0)  # the conf below uses 7.0's enable-*-command and enable-protected-configs
 
@@ -73,13 +80,27 @@ class RedisServer:
         maxmemory_bytes: Redis's `maxmemory` (noeviction); 0: no limit.
         run_as_uid: uid and gid of redis-server; default UNPRIVILEGED_UID when this process is
             root, else this process's own (only root can change it).
+        replica_of: start as a replica of that server, with its users and passwords (any server
+            of the set can be promoted and serve the same clients: taskkernel/redis_sentinel.py).
+        replicated: part of a replicated set (a primary that replicas follow): adds the ACL users
+            `replica` (PSYNC, REPLCONF, PING) and `sentinel` (what Sentinel documents it needs), and
+            `masterauth` so that it can follow another server of the set after a failover.
     """
 
     def __init__(self, port: int | None = None, password: str | None = None, persistent: bool = False,
-                 maxmemory_bytes: int = Settings.redis_maxmemory_bytes, run_as_uid: int | None = None):
+                 maxmemory_bytes: int = Settings.redis_maxmemory_bytes, run_as_uid: int | None = None,
+                 replica_of: "RedisServer | None" = None, replicated: bool = False):
         self.port = port or free_port()
         self.password = password or secrets.token_hex(16)
         self.admin_password = secrets.token_hex(16)
+        self.replica_of = replica_of
+        self.replicated = replicated or replica_of is not None
+        self.replication_password = secrets.token_hex(16)
+        self.sentinel_password = secrets.token_hex(16)
+        if replica_of is not None:
+            self.password, self.admin_password = replica_of.password, replica_of.admin_password
+            self.replication_password = replica_of.replication_password
+            self.sentinel_password = replica_of.sentinel_password
         self.persistent = persistent
         self.maxmemory_bytes = maxmemory_bytes
         if run_as_uid is None:
@@ -134,6 +155,17 @@ class RedisServer:
             f"user {SERVICE_USER} on {hashed(self.password)} ~* &* {SERVICE_COMMANDS}",
             f"user {ADMIN_USER} on {hashed(self.admin_password)} ~* &* +@all",
         ]
+        if self.replicated:
+            lines += [
+                f"user {REPLICA_USER} on {hashed(self.replication_password)} {REPLICA_COMMANDS}",
+                f"user {SENTINEL_USER} on {hashed(self.sentinel_password)} {SENTINEL_COMMANDS}",
+                # in plain text (Redis must send it): this file is 0600 in a 0700 directory
+                f"masteruser {REPLICA_USER}",
+                f"masterauth {_quoted(self.replication_password)}",
+                "replica-serve-stale-data no",  # a replica cut off from its primary answers nothing stale
+            ]
+        if self.replica_of is not None:
+            lines.append(f"replicaof 127.0.0.1 {self.replica_of.port}")
         return "\n".join(lines) + "\n"
 
     def start(self, timeout_s: float = 10.0) -> "RedisServer":
@@ -155,7 +187,10 @@ class RedisServer:
         client = redis.Redis.from_url(self.url)
         while True:
             try:
-                client.ping()
+                try:
+                    client.ping()
+                except redis.exceptions.MasterDownError:  # a replica still syncing: up, and it says so
+                    pass
                 client.close()
                 return self
             except redis.ConnectionError:

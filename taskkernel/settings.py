@@ -29,6 +29,10 @@ class Settings:
     # Fixed rather than a share of RAM, which would follow the host's RAM and not a container's
     # limit; raise it for many busy notebooks, or move checkpoints out with checkpoint_dir.
     redis_maxmemory_bytes: int = 1024 * 1024 * 1024
+    # a submitted or finished cell is acknowledged once this many replicas have it (Redis's WAIT), so a
+    # Sentinel failover loses no accepted cell; -1: 1 with a redis+sentinel:// URL, 0 otherwise
+    redis_wait_replicas: int = -1
+    redis_wait_timeout_ms: int = 500  # then the write is acknowledged anyway (a replica down), with a warning
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_threads: int = 64
@@ -91,6 +95,12 @@ class Settings:
             raise ConfigurationError(f"{PREFIX}SANDBOX_UID_BASE={self.sandbox_uid_base} is not a usable uid")
         if self.redis_maxmemory_bytes != 0 and self.redis_maxmemory_bytes < 1024 * 1024:
             raise ConfigurationError("redis_maxmemory_bytes must be 0 (no limit) or at least 1 MiB (1048576)")
+        if self.redis_url.lower().startswith("redis+sentinel:"):
+            from taskkernel.connections import parse_sentinel_url
+
+            parse_sentinel_url(self.redis_url)  # raises ConfigurationError, naming no password
+        if self.redis_wait_timeout_ms < 1:
+            raise ConfigurationError("redis_wait_timeout_ms must be at least 1")
         if not 0 < self.api_port < 65536:
             raise ConfigurationError(f"api_port {self.api_port} is not a TCP port")
         if not self.token and not is_loopback(self.api_host):

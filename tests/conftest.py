@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from bench.services import descendants
-from taskkernel import keys
+from taskkernel import connections, keys
 from taskkernel.client import Client
 from taskkernel.redis_server import RedisServer, free_port
 from taskkernel.settings import SOURCE_CONFIG_DIR
@@ -33,7 +33,7 @@ class Service:
         self.redis_url = redis_url
         self.config_dir = config_dir
         self.env = env
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = connections.connect(redis_url)  # redis:// or redis+sentinel://
         self.processes: list[subprocess.Popen] = []
         self.api_url = ""
         self.api_process: subprocess.Popen | None = None

@@ -374,3 +374,54 @@ def test_a_claim_that_meets_redis_failing_is_retried_and_the_cell_runs_once(priv
     done = NotebookStore(client).get_cell(cell["id"])
     assert (done["state"], done["status"]) == ("done", "ok")
     assert len(replies_of(client, notebook_id, cell["id"])) == 1
+
+
+class NamespaceEngineStub(EngineStub):
+    """The engine's side of a push: the variable is set (the trusted side is under test)."""
+
+    def __init__(self):
+        self.pushed = []
+
+    def request(self, op, **fields):
+        assert op == "push"
+        self.pushed.append(fields["name"])
+        return {"pushed": [fields["name"]]}, []
+
+
+class FailingOnce:
+    """The Redis client, except that the first call of `method` fails as a lost connection does."""
+
+    def __init__(self, client: redis.Redis, method: str):
+        self._client, self._method, self.failed = client, method, 0
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if name != self._method or self.failed:
+            return attribute
+
+        def fail(*args, **kwargs):
+            self.failed += 1
+            raise redis.ConnectionError("Connection refused")
+        return fail
+
+
+@pytest.mark.parametrize("method", ["hget", "pipeline"], ids=["ownership-check", "answer"])
+def test_a_namespace_operation_that_meets_redis_failing_is_still_done_and_answered(private_service, method):
+    """A push's message is off the worker's queue when Redis fails (its ownership check, or its
+    answer): the call is retried, as a claim is, so the caller hears and the push happens once."""
+    import time
+
+    from taskkernel.messages import new_id
+
+    client = redis.Redis.from_url(private_service.redis_url)
+    worker_id = f"w-call-{method}"
+    notebook_id = a_pinned_notebook(client, worker_id)
+    engine = NamespaceEngineStub()
+    runtime = Runtime(client, engine, CaptureStub(), worker_id=worker_id, output_limit=1 << 20, checkpoints=None)
+    runtime.redis = flaky = FailingOnce(client, method)
+    reply_key = keys.reply(new_id())
+    runtime.run_call(notebook_id, "push", {"name": "x", "value": 1, "not_after": time.time() + 10}, reply_key)
+    assert flaky.failed == 1, "Redis did fail once"
+    answer = client.blpop([reply_key], timeout=5)
+    assert answer is not None and json.loads(answer[1]) == {"ok": True, "result": {"pushed": ["x"]}}
+    assert engine.pushed == ["x"], "pushed once"

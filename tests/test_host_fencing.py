@@ -38,7 +38,10 @@ def test_a_host_frozen_past_the_ttl_is_given_up_and_fenced_when_it_thaws(frozen_
     nb = svc.client().start()
     assert nb.record["worker"]["host"] == frozen
     old_worker = nb.record["worker"]["pid"]
-    nb.evaluate("x = 1")
+    # a thread that prints between cells (late output of its cell): what the old worker would publish
+    # for a notebook that is no longer its own, once it thaws
+    nb.evaluate("x = 1\nimport threading, time\ndef tick():\n    while True:\n        print('tick', flush=True)\n"
+                "        time.sleep(0.2)\nthreading.Thread(target=tick, daemon=True).start()")
     svc.start_supervisor("watcher", pool=1, **HOST)
     cell = nb.evaluate("import time\nprint('before', flush=True)\ntime.sleep(4)\nprint('after')\n'finished'",
                        wait=False)
@@ -51,6 +54,7 @@ def test_a_host_frozen_past_the_ttl_is_given_up_and_fenced_when_it_thaws(frozen_
         os.kill(pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
     wait_for(lambda: (nb.refresh()["worker"] or {}).get("host") == "watcher", 20, "the notebook to move")
+    moved_at = svc.redis.xrevrange(keys.feed_stream(nb.id), count=1)[0][0]
     # silence began at the host's last heartbeat, which can precede the stop by up to one interval
     assert time.monotonic() - stopped_at >= TTL_S - INTERVAL_S, "given up only after a whole TTL of silence"
     failed = nb.cell(cell["id"])
@@ -66,6 +70,9 @@ def test_a_host_frozen_past_the_ttl_is_given_up_and_fenced_when_it_thaws(frozen_
     assert story.count("execute_reply") == 1, story
     assert not any(m["content"].get("text") == "after\n" for m in feed_of(svc, nb.id, cell["id"])), \
         "the fenced worker published nothing"
+    late = [json.loads(f[b"m"]) for _, f in svc.redis.xrange(keys.feed_stream(nb.id), min=b"(" + moved_at)]
+    assert not [m for m in late if m["content"].get("text") == "tick\n"], \
+        "nor between cells (its engine's thread prints on)"
 
     for pid in host:
         try:

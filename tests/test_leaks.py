@@ -8,9 +8,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
 from taskkernel import keys
-from taskkernel.notebooks import NotebookStore
+from taskkernel.exceptions import NotebookGone
+from taskkernel.notebooks import NotebookStore, new_notebook_id
+from taskkernel.workers.checkpoints import CheckpointStore
+from taskkernel.workers.runtime import record_death
 from tests.conftest import pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -103,3 +107,39 @@ def test_a_lost_host_leaves_nothing_once_it_is_judged_dead(private_service):
     # only the story of the cell that was running there still names it (its EngineDied error)
     assert [k for k in keys_mentioning(svc, ["doomed"]) if not k.startswith("taskkernel:cell:")] == []
     nb.close()
+
+
+# --- late writes of a worker recreate nothing ---------------------------------------------------
+
+def test_a_checkpoint_after_its_notebook_was_deleted_recreates_nothing(redis_server):
+    """checkpoint_every_cell racing a delete: the write lands after the delete removed the key."""
+    client = redis.Redis.from_url(redis_server.url)
+    store = CheckpointStore(client)
+    live, deleting, gone = (new_notebook_id() for _ in range(3))
+    client.hset(keys.notebook(live), "state", "idle")
+    client.hset(keys.notebook(deleting), "state", "deleting")
+    try:
+        assert store.write(live, {"x": b"one", "y": b"two"}, {"names": 2}) == "redis"
+        assert store.read(live) == {"x": b"one", "y": b"two"}
+        for notebook_id in (deleting, gone):
+            with pytest.raises(NotebookGone):
+                store.write(notebook_id, {"x": b"one"}, {})
+            assert not client.exists(keys.checkpoint(notebook_id)), "no checkpoint key for a deleted notebook"
+    finally:
+        client.delete(*(keys.notebook(n) for n in (live, deleting)), keys.checkpoint(live))
+        client.close()
+
+
+def test_an_engine_death_after_its_host_was_given_up_recreates_no_worker_record(redis_server):
+    """A worker of a host given up (its record removed) whose engine then dies writes nothing."""
+    client = redis.Redis.from_url(redis_server.url)
+    living, given_up = f"w{new_notebook_id()[:16]}", f"w{new_notebook_id()[:16]}"
+    client.hset(keys.worker(living), "state", "busy")
+    try:
+        assert record_death(client, living, "the engine exited with -9")
+        assert client.hget(keys.worker(living), "died") == b"the engine exited with -9"
+        assert not record_death(client, given_up, "the engine exited with -9")
+        assert not client.exists(keys.worker(given_up))
+    finally:
+        client.delete(keys.worker(living))
+        client.close()

@@ -15,6 +15,19 @@ from pathlib import Path
 import redis
 
 from taskkernel import keys
+from taskkernel.exceptions import NotebookGone
+
+
+# Replace a notebook's checkpoint, unless the notebook is gone or being deleted (a checkpoint taken
+# after each cell, racing a delete, would recreate the key after the delete removed it).
+# KEYS: notebook, checkpoint.  ARGV: field/value pairs.  Returns 1, or 0 when not written.
+_WRITE_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'deleting' then return 0 end
+redis.call('DEL', KEYS[2])
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 
 
 class CheckpointStore:
@@ -25,15 +38,17 @@ class CheckpointStore:
         self.directory = Path(directory) if directory else None
         if self.directory is not None:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._write = client.register_script(_WRITE_LUA)
 
     def write(self, notebook_id: str, blobs: dict[str, bytes], meta: dict) -> str:
-        """Replace the notebook's checkpoint; returns where it went."""
+        """Replace the notebook's checkpoint; returns where it went. Raises NotebookGone when the
+        notebook is gone or being deleted (nothing is written)."""
         if self.directory is None:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(keys.checkpoint(notebook_id))
-            pipe.hset(keys.checkpoint(notebook_id), mapping={**{f"v:{k}": v for k, v in blobs.items()},
-                                                             "meta": json.dumps(meta)})
-            pipe.execute()
+            fields = [item for name, blob in blobs.items() for item in (f"v:{name}", blob)]
+            if not self._write(keys=[keys.notebook(notebook_id), keys.checkpoint(notebook_id)],
+                               args=[*fields, "meta", json.dumps(meta)]):
+                raise NotebookGone(f"notebook {notebook_id} is gone: its checkpoint was not kept",
+                                   notebook_id=notebook_id)
             return "redis"
         target = self.directory / notebook_id
         staging = self.directory / f".{notebook_id}.{os.getpid()}"

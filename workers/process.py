@@ -14,10 +14,9 @@ import sys
 import warnings
 from pathlib import Path
 
-import redis
 from celery import Celery, signals
 
-from taskkernel import logs
+from taskkernel import connections, logs
 from taskkernel.settings import Settings
 from taskkernel.workers import cgroups, directories, sandbox
 from taskkernel.workers.capture import OutputCapture
@@ -52,11 +51,12 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     engine.start({"spec": spec, "limits": sandbox.engine_limits(spec, uid)})
     capture = OutputCapture(engine.pipes)
     capture.start()
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = connections.connect(settings.redis_url, health_check_interval=30)
     runtime = Runtime(client, engine, capture, worker_id=worker_id,
                       output_limit=int(limits.get("output_bytes", settings.max_output_bytes)),
                       rpc_timeout_s=settings.rpc_timeout_s, stream_maxlen=settings.feed_stream_maxlen,
-                      checkpoints=CheckpointStore(client, settings.checkpoint_dir))
+                      checkpoints=CheckpointStore(client, settings.checkpoint_dir),
+                      durability=connections.Durability.from_settings(settings))
     register_tasks(app, runtime)  # the tasks get their runtime as an argument, not through the app
     file_service = FileService(client, worker_id, directory / "home", uid, max_file_bytes=settings.max_file_bytes,
                                max_notebook_bytes=settings.max_notebook_files_bytes)

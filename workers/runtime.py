@@ -25,6 +25,7 @@ from typing import NamedTuple
 import redis
 
 from taskkernel import feed, files, keys, messages, metrics, rpc, workspace
+from taskkernel.connections import Durability
 from taskkernel.exceptions import EngineDied, EngineRefused
 from taskkernel.notebooks import NotebookStore
 from taskkernel.states import CellState
@@ -126,6 +127,26 @@ if size <= tonumber(ARGV[9]) then cell = cjson.encode(record) end
 return publish_messages(KEYS[6], KEYS[7], ARGV[7], ARGV[8], ARGV, 14 + 2 * n, cell)
 """
 
+# Publish messages outside the running cell (a comm's echo, a finished cell's thread output) only
+# while the notebook is still pinned to this worker in the epoch of its last claim: a worker given
+# up while its host was unreachable publishes nothing for a notebook that has moved on (the fence
+# of _PUBLISH_LIVE_LUA, for what is no output of a running cell).  KEYS: notebook, feed seq, feed
+# stream.  ARGV: worker id, epoch, feed channel, stream maxlen, then the messages
+# (feed.message_argv).  Returns the count published, or false.
+_PUBLISH_PINNED_LUA = feed.PUBLISH_LUA_FUNCTION + """
+local nb = redis.call('HMGET', KEYS[1], 'worker', 'epoch')
+if nb[1] ~= ARGV[1] or (nb[2] or '') ~= ARGV[2] then return false end
+return publish_messages(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV, 5, nil)
+"""
+
+# Why the engine died, on the worker's record for its supervisor, unless the record is gone (its
+# host was given up: a write would recreate a record nobody removes).  KEYS: worker.  ARGV: reason.
+_RECORD_DEATH_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'died', ARGV[1])
+return 1
+"""
+
 # Join the warm pool, unless this worker's record is gone (its host was given up while unreachable:
 # its supervisor stops it).  KEYS: worker, idle set.  ARGV: worker id, pid.
 _ANNOUNCE_IDLE_LUA = """
@@ -152,6 +173,9 @@ PARENTED_EVENTS = ("comm_open", "comm_msg", "comm_close", "input_request")
 ANNOUNCE_AFTER_S = 0.002
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
 CLAIM_SETTLE_WAIT_S = 5.0  # how long an interrupt waits for a claim in flight (a Redis round trip)
+# a namespace operation's answer is retried this long past its caller's not_after (api/variables.py
+# waits START_GRACE_S beyond it for an operation started just in time)
+CALL_ANSWER_GRACE_S = 2.0
 REPLY_EXTRAS_BYTES = 1024 * 1024  # user_expressions and payload (pager text) an execute_reply may carry
 EXIT_ENGINE_DIED = 70  # the worker's exit code when its engine died; the reason is on its record
 
@@ -220,19 +244,20 @@ class Runtime:
 
     def __init__(self, client: redis.Redis, engine: EngineProcess, capture: OutputCapture, *, worker_id: str,
                  output_limit: int, rpc_timeout_s: float = 10.0, stream_maxlen: int = 10_000,
-                 checkpoints: CheckpointStore):
+                 checkpoints: CheckpointStore, durability: Durability | None = None):
         self.redis = client
         self.engine = engine
         self.capture = capture
         self.worker_id = worker_id
         self.output_limit = output_limit
         self.rpc_timeout_s = rpc_timeout_s
-        self.store = NotebookStore(client, stream_maxlen=stream_maxlen)
+        self.store = NotebookStore(client, stream_maxlen=stream_maxlen, durability=durability)
         self.checkpoints = checkpoints
         engine.on_output_flush = capture.flush
         engine.on_death = self._on_engine_death
         engine.on_event = self._on_parented_event
         self._notebook_id = ""  # the notebook this worker last ran a cell of (for events between cells)
+        self._notebook_epoch = ""  # that notebook's epoch at the claim: events between cells are fenced by it
         self._between_cells_bytes = 0  # what was published outside the running cell since it started
         self._gone = threading.Lock()
         self._budget_lock = threading.Lock()  # the running cell's output budget: pump and engine reader
@@ -249,6 +274,7 @@ class Runtime:
         self._count_dropped_script = client.register_script(
             "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'dropped_deliveries', 1) end")
         self._complete_script = client.register_script(_COMPLETE_LUA)
+        self._publish_pinned = client.register_script(_PUBLISH_PINNED_LUA)
         self._run: CellRun | None = None
         self._publish_lock = threading.Lock()
         self._started_runs: queue.SimpleQueue[CellRun] = queue.SimpleQueue()
@@ -402,9 +428,22 @@ class Runtime:
                                     parent_type=str(parent.get("msg_type") or "execute_request"), buffers=buffers)
         msg["metadata"] = metadata
         try:
-            self.feed.publish(notebook_id, msg)
+            self._publish_between_cells(notebook_id, msg)
         except redis.RedisError as exc:
             log.warning("publishing a %s outside the running cell: %r", msg_type, exc)
+
+    def _publish_between_cells(self, notebook_id: str, msg: dict) -> bool:
+        """Publish `msg` of `notebook_id` outside its running cell, fenced (_PUBLISH_PINNED_LUA);
+        returns False when the notebook is no longer this worker's in that epoch."""
+        published = self._publish_pinned(
+            keys=[keys.notebook(notebook_id), keys.feed_seq(notebook_id), keys.feed_stream(notebook_id)],
+            args=[self.worker_id, self._notebook_epoch, keys.feed_channel(notebook_id), self.feed.maxlen,
+                  *feed.message_argv([msg])])
+        if published is None:
+            log.info("notebook %s is no longer this worker's: its %s is dropped", notebook_id,
+                     msg["header"]["msg_type"], extra={"notebook_id": notebook_id})
+            return False
+        return True
 
     def interrupt(self) -> dict:
         """Raise KeyboardInterrupt in the running cell; a no-op when none runs."""
@@ -451,7 +490,7 @@ class Runtime:
         if claimed.restore_pending:
             self._restore_after_restart(notebook_id)
         run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, claimed.epoch)
-        self._notebook_id = notebook_id
+        self._notebook_id, self._notebook_epoch = notebook_id, run.epoch
         with self._budget_lock:
             self._between_cells_bytes = 0
         self._queue("status", {"execution_state": "busy"})
@@ -525,7 +564,7 @@ class Runtime:
             self._gone.acquire()  # another thread is ending this worker: nothing returns from here
         log.warning("engine of worker %s died: %s", self.worker_id, reason)
         try:
-            self.redis.hset(keys.worker(self.worker_id), "died", reason)
+            record_death(self.redis, self.worker_id, reason)
         except redis.RedisError:
             pass
         os._exit(EXIT_ENGINE_DIED)
@@ -533,15 +572,26 @@ class Runtime:
     # --- namespace operations (push, pull, checkpoint, restore) ---------------------------------
 
     def run_call(self, notebook_id: str, op: str, args: dict, reply_key: str) -> None:
-        """Perform a namespace operation queued behind the notebook's cells; answer on `reply_key`."""
+        """Perform a namespace operation queued behind the notebook's cells; answer on `reply_key`.
+
+        Its message is off the queue: a Redis failure in the ownership check or the answer is
+        retried (as a claim is) while its caller may still be waiting, rather than losing the call.
+        """
         request = {"reply": reply_key}
-        if args.get("not_after") is not None and time.time() > float(args["not_after"]):
-            rpc.answer(self.redis, request, error=f"{op} was not started: its caller stopped waiting", code="expired")
+        not_after = float(args["not_after"]) if args.get("not_after") is not None else None
+        wait_until = (not_after + CALL_ANSWER_GRACE_S) if not_after is not None else time.time() + FINAL_WRITE_RETRY_S
+
+        def answer(**outcome) -> None:
+            _while_redis_fails(lambda: rpc.answer(self.redis, request, **outcome), f"answering {op}", wait_until)
+
+        if not_after is not None and time.time() > not_after:
+            answer(error=f"{op} was not started: its caller stopped waiting", code="expired")
             log.info("%s for notebook %s not started: its caller stopped waiting", op, notebook_id)
             return
-        worker = self.redis.hget(keys.notebook(notebook_id), "worker")
+        worker = _while_redis_fails(lambda: self.redis.hget(keys.notebook(notebook_id), "worker"),
+                                    f"starting {op}", wait_until)
         if worker is None or worker.decode() != self.worker_id:
-            rpc.answer(self.redis, request, error="the notebook moved to another worker", code="notebook_gone")
+            answer(error="the notebook moved to another worker", code="notebook_gone")
             return
         try:
             if op == "push":
@@ -559,11 +609,11 @@ class Runtime:
             else:
                 raise EngineRefused(f"unknown operation {op!r}", "bad_request")
         except EngineRefused as exc:
-            rpc.answer(self.redis, request, error=exc.message, code=exc.code)
+            answer(error=exc.message, code=exc.code)
         except Exception as exc:
-            rpc.answer(self.redis, request, error=f"{type(exc).__name__}: {exc}", code="operation_failed")
+            answer(error=f"{type(exc).__name__}: {exc}", code="operation_failed")
         else:
-            rpc.answer(self.redis, request, result=result)
+            answer(result=result)
 
     def _checkpoint(self, notebook_id: str) -> dict:
         """Have the engine pickle its namespace, and keep the bytes where only this notebook's workers look."""
@@ -745,7 +795,7 @@ class Runtime:
         retried = False
         while True:
             try:
-                got = self._complete_script(keys=script_keys, args=args)
+                got = self.store.durability.run(self.redis, self._complete_script, script_keys, args)
                 break
             except redis.RedisError as exc:
                 # the cell ran: keep its result until Redis is back rather than lose it (the claim
@@ -768,6 +818,25 @@ class Runtime:
                             cid, reply["status"], state, status, extra={"notebook_id": nb, "cell_id": cid})
             return False
         return True
+
+
+def _while_redis_fails(call, what: str, until_epoch_s: float):
+    """`call()`, repeated every 0.5 s while Redis fails, until the wall clock passes `until_epoch_s`
+    (then the RedisError is raised)."""
+    while True:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            if time.time() > until_epoch_s:
+                raise
+            log.warning("%s: Redis is unavailable (%r); retrying", what, exc)
+            time.sleep(0.5)
+
+
+def record_death(client: redis.Redis, worker_id: str, reason: str) -> bool:
+    """Say on the worker's record why its engine died (for its supervisor's restart); False, and
+    nothing written, when the record is gone (its host was given up)."""
+    return bool(client.register_script(_RECORD_DEATH_LUA)(keys=[keys.worker(worker_id)], args=[reason]))
 
 
 def _reply_content(reply: dict) -> dict:

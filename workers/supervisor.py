@@ -28,7 +28,7 @@ from pathlib import Path
 
 import redis
 
-from taskkernel import celery_wire, files, hosts, keys, logs, messages
+from taskkernel import celery_wire, connections, files, hosts, keys, logs, messages
 from taskkernel.hosts import HostWatch
 from taskkernel.engines import registry
 from taskkernel.notebooks import NotebookStore
@@ -149,7 +149,7 @@ class Supervisor(Housekeeping):
         isolation = sandbox.check(self.settings)  # refuses to start when the sandbox cannot be built
         self.sandbox_root = self._make_sandbox_root()
         self.preimport()
-        self.redis = redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+        self.redis = connections.connect(self.settings.redis_url, health_check_interval=30)
         self.store = NotebookStore(self.redis, stream_maxlen=self.settings.feed_stream_maxlen)
         self.watch = HostWatch(self.redis, self.host, ttl_s=self.settings.host_ttl_s,
                                interval_s=self.settings.heartbeat_interval_s)

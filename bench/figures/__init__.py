@@ -14,6 +14,7 @@ import time
 from bench import files as bench_files
 from bench import machine
 from bench.figures.bridge import Bridge
+from bench.figures.chaos import Chaos
 from bench.figures.completion import Completion
 from bench.figures.files import Files
 from bench.figures.gateway import Gateway
@@ -34,7 +35,8 @@ from bench.services import EchoServer, KernelGateway, Processes, Stack
 from taskkernel.client import ApiError, Notebook
 
 
-class Bench(RoundTrip, Completion, Bridge, NbClient, Gateway, Streaming, Open, Throughput, Memory, Scale, Files):
+class Bench(RoundTrip, Completion, Bridge, NbClient, Gateway, Streaming, Open, Throughput, Memory, Scale, Files,
+            Chaos):
     """Starts the services, measures the chosen figures, and stops everything it started."""
 
     def __init__(self, plan: Plan, figures: tuple[str, ...], peers: bool = True, profile: bool = False):
@@ -206,5 +208,8 @@ def targets(plan: Plan) -> list[Target]:
     from bench import gateway
 
     found += gateway.targets()
+    from bench import chaos
+
+    found += chaos.targets()
     return found
 

@@ -10,7 +10,7 @@ from bench import files as bench_files
 
 
 FIGURES = ("roundtrip", "completion", "streaming", "open", "throughput", "memory", "scale", "bridge", "files",
-           "gateway", "nbclient")
+           "gateway", "nbclient", "chaos")
 
 F_RT = "1. round trip of `1+1`"
 F_OPEN = "2. notebook open"
@@ -38,6 +38,7 @@ TITLES = {"roundtrip": F_RT, "open": F_OPEN, "throughput": F_TP, "streaming": F_
           "scale": F_SCALE, "completion": F_COMPLETE, "bridge": F_BRIDGE, "files": bench_files.FIGURE,
           "nbclient": F_NBCLIENT}
 TITLES["gateway"] = "10. Jupyter gateway"  # bench/gateway.py: figures 10 and 11 (9 is the files figure)
+TITLES["chaos"] = "13. chaos"  # bench/chaos.py: its own services, one per fault
 
 COMPLETION_CODE = "import math; math.sq"
 

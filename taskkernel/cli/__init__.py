@@ -256,11 +256,9 @@ def _wait_until_up(url: str, children, stopping, timeout_s: float = 60.0) -> boo
 
 def _wait_for_pool(settings: Settings, children, stopping, timeout_s: float = 60.0) -> dict[str, int]:
     """Wait until this host's supervisor has filled its pools; return {engine: idle workers}."""
-    import redis
+    from taskkernel import connections, hosts, keys
 
-    from taskkernel import hosts, keys
-
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connections.connect(settings.redis_url)
     deadline = time.monotonic() + timeout_s
     idle: dict[str, int] = {}
     try:

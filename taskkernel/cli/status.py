@@ -38,11 +38,9 @@ def read_status(args: argparse.Namespace) -> dict:
     settings = load_settings()
     if args.url or not settings.redis_url:
         return client_from(args).status()
-    import redis
+    from taskkernel import connections, metrics
 
-    from taskkernel import metrics
-
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connections.connect(settings.redis_url)
     try:
         return metrics.snapshot(client).to_dict()
     finally:

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 import tornado.web
 
-from taskkernel import keys
+from taskkernel import connections, keys
 from taskkernel.api.auth import _origin_host, authorization_token, host_name, token_digest
 from taskkernel.api.errors import from_redis_error
 from taskkernel.celery_wire import TaskMessages
@@ -185,11 +185,11 @@ def make_app(settings: Settings) -> tornado.web.Application:
     from taskkernel.gateway import channels, hub, kernels, kernelspecs
     from taskkernel.celery_wire import make_celery
 
-    pool = redis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.gateway_threads * 2,
-                                                 timeout=10, health_check_interval=30)
-    client = redis.Redis(connection_pool=pool)
-    gateway = Gateway(settings=settings, redis=client, aredis=redis.asyncio.Redis.from_url(settings.redis_url),
-                      store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen),
+    client = connections.connect(settings.redis_url, max_connections=settings.gateway_threads * 2, timeout_s=10,
+                                 health_check_interval=30)
+    gateway = Gateway(settings=settings, redis=client, aredis=connections.connect_async(settings.redis_url),
+                      store=NotebookStore(client, stream_maxlen=settings.feed_stream_maxlen,
+                                        durability=connections.Durability.from_settings(settings)),
                       messages=TaskMessages(make_celery(settings)),
                       pool=concurrent.futures.ThreadPoolExecutor(settings.gateway_threads,
                                                                  thread_name_prefix="gateway"))

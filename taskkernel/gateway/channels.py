@@ -160,7 +160,7 @@ class ChannelsHandler(tornado.websocket.WebSocketHandler):
         call = gateway.store.submit_call(self.notebook_id, code, task_message, stop_on_error=stop_on_error,
                                          options=options)
         try:
-            got = await gateway.submit_script(keys=call.keys, args=call.args)
+            got = await gateway.store.durability.run_async(gateway.aredis, gateway.submit_script, call.keys, call.args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise SubmitUncertain(f"Redis failed while cell {call.cell['id']} was being recorded ({exc})",
                                   notebook_id=self.notebook_id, cell_id=call.cell["id"]) from exc
