@@ -45,7 +45,8 @@ COMMON_ERRORS = {
     "403": _error("refused: the client's network (forbidden), the Host name of a tokenless API "
                   "(host_not_allowed), or a write from another site (cross_site_request)"),
     "404": _error("no such notebook or cell"),
-    "413": _error("request body too large"),
+    "413": _error("request body larger than TASKKERNEL_MAX_REQUEST_BYTES (request_too_large, with "
+                  "max_request_bytes and content_length)"),
     "415": _error("request bodies must be JSON"),
     "503": _error("Redis or workers unavailable"),
     "507": _error("Redis is full (redis_out_of_memory): nothing was written"),
@@ -170,7 +171,8 @@ FILE_PATHS = {
                     "206": {"description": "the requested range", "content": {"application/octet-stream": BYTES}},
                     "416": _error("the range lies outside the file (range_not_satisfiable)"), **FILE_ERRORS},
                    params=[NOTEBOOK_ID, FILE_PATH, RANGE]),
-        "put": _file_op("upload a file (raw body, or the first file of a multipart form); parents are made",
+        "put": _file_op("upload a file (raw body, or a multipart form's first part with a filename, else its part "
+                        "named 'file'); parents are made",
                    {"201": {"description": "written", **_json({
                        "type": "object", "required": ["path", "size"],
                        "properties": {"path": {"type": "string"}, "size": {"type": "integer"}}})},

@@ -48,6 +48,13 @@ class InvalidField(BadRequest):
     code = "invalid_field"
 
 
+class RequestTooLarge(TaskkernelError):
+    """The request body is larger than the API takes (max_request_bytes)."""
+
+    code = "request_too_large"
+    status = 413
+
+
 class UnsupportedMediaType(TaskkernelError):
     """Request bodies must be JSON (Content-Type: application/json)."""
 

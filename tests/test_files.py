@@ -107,6 +107,26 @@ def test_a_multipart_upload_stores_the_file_part(service, notebook):
     assert notebook.read_file("up/m.bin") == b"\x00multi\r\npart\xff"
 
 
+def test_multipart_uploads_past_64_kib_and_a_part_without_a_filename_land(service, notebook):
+    # werkzeug's decoder refused every chunk larger than its form-memory limit (a 413 for any
+    # multipart file over 64 KiB); curl -F file=<local sends a part named "file" with no filename
+    boundary = "b0undary"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    for disposition in ('name="upload"; filename="big.bin"', 'name="file"'):
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n".encode() + b"n" * 300_000
+                + f"\r\n--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n\r\n".encode()
+                + data + f"\r\n--{boundary}--\r\n".encode())
+        status, _, answer = raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/mp.bin",
+                                        body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert (status, answer) == (201, b'{"path":"mp.bin","size":%d}\n' % len(data)), disposition
+        assert notebook.read_file("mp.bin") == data
+    status, _, answer = raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/none.bin",
+                                    body=f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n"
+                                         f"x\r\n--{boundary}--\r\n".encode(),
+                                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 400 and b"no file part" in answer
+
+
 def test_listings_give_name_type_size_and_mtime(notebook):
     notebook.write_file("a.txt", b"abc")
     notebook.write_file("sub/deeper/b.txt", b"12345")
