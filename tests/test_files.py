@@ -315,6 +315,45 @@ def test_the_notebooks_files_are_capped_in_total(capped):
     assert sorted(e["name"] for e in notebook.files()) == ["three", "two"]
 
 
+def test_concurrent_uploads_never_take_the_notebook_past_its_cap(capped):
+    # eight uploads of 90,000 bytes at once against 250,000 in all, each sending its first third,
+    # then waiting until all have, then the rest: each reserves its bytes before writing them
+    # (half of them chunked, of unknown length, reserving as they go), so at most two land
+    service, notebook = capped
+    started, results = threading.Barrier(8), []
+
+    def put(i: int) -> None:
+        data = bytes([i]) * 90_000
+
+        def body():
+            yield data[:30_000]
+            try:
+                started.wait(5)
+            except threading.BrokenBarrierError:
+                pass
+            yield data[30_000:]
+
+        headers = {"Content-Length": str(len(data))} if i % 2 else {}  # without one it goes chunked
+        results.append((i, *raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/c{i}",
+                                        body=body(), headers=headers)[::2]))
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    landed = {e["name"]: e["size"] for e in notebook.files()}
+    assert 1 <= len(landed) <= 2 and sum(landed.values()) <= 250_000, (landed, results)
+    assert sorted(f"c{i}" for i, status, _ in results if status == 201) == sorted(landed)
+    assert all(b'"notebook_storage_full"' in body for _, status, body in results if status != 201), results
+    assert len(results) == 8
+    for name in landed:  # what the refused ones reserved was given back: the whole cap is free again
+        notebook.delete_file(name)
+    notebook.write_file("a", b"a" * 100_000)
+    notebook.write_file("b", b"b" * 100_000)
+    refused(lambda: notebook.write_file("c", b"c" * 50_001), 413, "notebook_storage_full")
+
+
 # --- the files go with the notebook --------------------------------------------------------------------
 
 def test_files_survive_a_restart_which_resets_only_the_namespace(service, notebook):

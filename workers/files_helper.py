@@ -275,11 +275,15 @@ class Helper:
         return {}, None
 
     def op_usage(self, request: dict):
-        """Bytes in regular files under the directory (for the per-notebook cap)."""
+        """Bytes in regular files under the directory (for the per-notebook cap), but for the
+        temporary files named in `exclude`: uploads under way, counted by their reservations."""
+        exclude = frozenset(request.get("exclude") or ())
         total, seen = 0, 0
         for _, _, files, top_fd in os.fwalk(".", dir_fd=self.root):
             for name in files:
                 seen += 1
+                if name in exclude:
+                    continue
                 try:
                     entry = os.stat(name, dir_fd=top_fd, follow_symlinks=False)
                 except OSError:
