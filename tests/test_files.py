@@ -371,6 +371,59 @@ def test_files_survive_a_restart_which_resets_only_the_namespace(service, notebo
     assert notebook.read_file("kept/new.txt") == b"written after"
 
 
+def checkpoint_files(notebook) -> str:
+    """Where the notebook's checkpoint keeps its files on this host (checkpoints in Redis)."""
+    import glob
+
+    found = glob.glob(f"/tmp/taskkernel-*/.checkpoints/{notebook.id}.files.tar")
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_checkpoint_with_files_is_restored_with_them_and_never_archives_a_planted_link(service, client):
+    import tarfile
+
+    from tests.conftest import wait_for
+
+    nb = client.start("python")
+    try:
+        value(nb.evaluate("import os; os.makedirs('d/e', exist_ok=True); open('d/kept.txt', 'w').write('original'); "
+                          "open('gone.txt', 'w').write('x'); os.symlink('/etc/shadow', 'shadow'); os.mkfifo('pipe'); "
+                          "open('locked', 'w').write('s'); os.chmod('locked', 0); n = 1; 1"))
+        report = nb.checkpoint(include_files=True)
+        # archived as the engine's user: root could read the mode-0 file, the engine's user cannot
+        skipped = ["locked", "pipe", "shadow"] if os.geteuid() == 0 else ["pipe", "shadow"]
+        assert {"entries": report["files"]["entries"], "skipped": sorted(report["files"]["skipped"])} == \
+            {"entries": 4 + (os.geteuid() != 0), "skipped": skipped}, report  # d, d/e, d/kept.txt, gone.txt
+        with tarfile.open(checkpoint_files(nb)) as archive:  # the link is not in it, nor what it points to
+            assert {m.name: m.type for m in archive.getmembers()}.get("shadow") is None
+            assert all(m.isreg() or m.isdir() for m in archive.getmembers())
+            assert archive.extractfile("d/kept.txt").read() == b"original"
+        value(nb.evaluate("open('d/kept.txt', 'w').write('changed'); os.remove('gone.txt'); "
+                          "open('new.txt', 'w').write('new'); n = 2; 1"))
+        check = "(open('d/kept.txt').read(), os.path.exists('gone.txt'), os.path.exists('new.txt'), n)"
+        assert nb.restore()["files"] is None  # without include_files: the namespace only
+        assert value(nb.evaluate(check)) == "('changed', False, True, 1)"
+        value(nb.evaluate("n = 3; 1"))
+        restored = nb.restore(include_files=True)  # the directory's contents are replaced
+        assert restored["files"]["entries"] == report["files"]["entries"]
+        assert value(nb.evaluate(check)) == "('original', True, False, 1)"
+        assert value(nb.evaluate("(os.path.lexists('shadow'), os.path.isdir('d/e'))")) == "(False, True)"
+        assert nb.read_file("gone.txt") == b"x"
+        archive_path = checkpoint_files(nb)
+    finally:
+        nb.close()
+    wait_for(lambda: not os.path.exists(archive_path), 15, "the checkpoint's files to go with the notebook")
+
+
+def test_a_checkpoint_whose_files_pass_the_cap_is_not_taken(capped):
+    _, notebook = capped
+    value(notebook.evaluate("open('big', 'wb').write(b'x' * 300_000); v = 1; 1"))  # a cell is not capped
+    refused(lambda: notebook.checkpoint(include_files=True), 413, "notebook_storage_full")
+    refused(lambda: notebook.restore(), 404, "no_checkpoint")  # nothing was taken, not even the namespace
+    refused(lambda: notebook.restore(include_files=True), 404, "no_checkpoint")
+
+
 def test_files_are_deleted_with_the_notebook(service, client):
     from tests.conftest import wait_for
 

@@ -348,16 +348,51 @@ class FileService:
             raise HelperFailed(f"the file helper answered nonsense: {exc}") from exc
 
     def _start_helper(self) -> None:
+        self._helper, self._sock = self._spawn_helper()
+
+    def _spawn_helper(self) -> tuple[subprocess.Popen, socket.socket]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-I", "-m", "taskkernel.workers.files_helper", "--socket-fd", str(theirs.fileno()),
                 "--directory", str(self.directory), "--uid", str(-1 if self.uid is None else self.uid)]
         try:
             # no environment: the helper inherits nothing of the worker's (the Redis URL, tokens)
-            self._helper = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env={}, cwd="/",
-                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            helper = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env={}, cwd="/",
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         finally:
             theirs.close()
-        self._sock = ours
+        return helper, ours
+
+    # --- a checkpoint's files --------------------------------------------------------------------
+
+    def archive(self, out_fd: int) -> dict:
+        """Write the notebook's directory to `out_fd` (a file the worker opened) as a tar stream;
+        the helper's reply ({"ok", "entries", "bytes", "skipped", ...} or an error). Bounded by
+        the notebook's cap. A helper of its own does it, so file requests are not held up."""
+        return self._one_shot({"op": "archive", "path": "", "max_bytes": self.max_notebook_bytes}, out_fd)
+
+    def extract(self, in_fd: int) -> dict:
+        """Replace the directory's contents with the tar stream on `in_fd` (see archive)."""
+        return self._one_shot({"op": "extract", "path": "", "max_bytes": self.max_notebook_bytes}, in_fd)
+
+    def _one_shot(self, request: dict, fd: int) -> dict:
+        helper, sock = self._spawn_helper()
+        try:
+            socket.send_fds(sock, [json.dumps(request).encode()], [fd])
+            data, fds, _, _ = socket.recv_fds(sock, HELPER_REPLY_BYTES, 1)
+        except OSError as exc:
+            raise HelperFailed(f"the file helper failed: {exc!r}") from exc
+        finally:
+            sock.close()  # the helper ends when its socket closes
+            try:
+                helper.wait(10)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait(5)
+        for extra in fds:
+            os.close(extra)
+        if not data:
+            raise HelperFailed("the file helper exited")
+        return json.loads(data)
 
     def _stop_helper(self) -> None:
         if self._sock is not None:

@@ -52,13 +52,15 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     capture = OutputCapture(engine.pipes)
     capture.start()
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    file_service = FileService(client, worker_id, directory / "home", uid, max_file_bytes=settings.max_file_bytes,
+                               max_notebook_bytes=settings.max_notebook_files_bytes)
+    checkpoints = CheckpointStore(client, settings.checkpoint_dir,
+                                  files_directory=directories.checkpoint_files_dir(sandbox_root))
     runtime = Runtime(client, engine, capture, worker_id=worker_id,
                       output_limit=int(limits.get("output_bytes", settings.max_output_bytes)),
                       rpc_timeout_s=settings.rpc_timeout_s, stream_maxlen=settings.feed_stream_maxlen,
-                      checkpoints=CheckpointStore(client, settings.checkpoint_dir))
+                      checkpoints=checkpoints, files=file_service)
     app.taskkernel_runtime = runtime
-    file_service = FileService(client, worker_id, directory / "home", uid, max_file_bytes=settings.max_file_bytes,
-                               max_notebook_bytes=settings.max_notebook_files_bytes)
 
     def on_ready(**_):
         runtime.install_interrupt_handler()
