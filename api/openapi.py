@@ -104,6 +104,12 @@ SCHEMAS = {
                 "type": "object", "required": ["id", "host", "pid"],
                 "properties": {"id": {"type": "string"}, "host": NULLABLE_STR, "pid": {"type": "integer"}},
             }]},
+            "files_lost": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["host", "at", "message"],
+                "description": "the notebook moved to another host (its own died or stopped): the files of "
+                               "its directory stayed on that host's disk and it went on with an empty one",
+                "properties": {"host": {"type": "string"}, "at": NULLABLE_STR, "message": {"type": "string"}},
+            }]},
         },
     },
     "Output": {

@@ -31,6 +31,8 @@ from taskkernel.feed import PUBLISH_LUA_FUNCTION, FeedPublisher, message_argv
 # Quotas are checked in the same script that adds the notebook, so concurrent creates cannot
 # overshoot them. Taking a worker nudges its host's supervisor (a "refill" on its command list,
 # keys.host_commands) so the warm pool is topped up at once, not at the supervisor's next tick.
+# A notebook pinned again on another host than its last records that its files stayed behind
+# (files_lost_host, files_lost_at): a notebook's directory is on its host's disk.
 _ASSIGN_LUA = """
 if ARGV[7] == '1' then
   if tonumber(ARGV[8]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then
@@ -65,6 +67,11 @@ else
   end
   redis.call('HSET', KEYS[2], 'state', 'restarted', 'execution_count', 0, 'last_activity', ARGV[3])
   redis.call('HINCRBY', KEYS[2], 'restarts', 1)
+  -- the directory is on its old host's disk: pinned to another host, the notebook starts without it
+  local previous = redis.call('HGET', KEYS[2], 'host')
+  if previous and previous ~= '' and previous ~= info[1] then
+    redis.call('HSET', KEYS[2], 'files_lost_host', previous, 'files_lost_at', ARGV[3])
+  end
   if redis.call('HGET', KEYS[2], 'restore_on_restart') == '1' then
     redis.call('HSET', KEYS[2], 'restore_pending', '1')
   end
@@ -613,7 +620,20 @@ def notebook_from_redis(raw: dict) -> dict:
         "lease_until": _iso(data.get("lease_until")),
         "worker": worker,
         **dict(zip(("cwd", "env"), workspace.decode(data.get(workspace.RECORD_FIELD)))),
+        "files_lost": _files_lost(data),
     }
+
+
+def _files_lost(data: dict) -> dict | None:
+    """Said of a notebook moved to another host (its own died or stopped): its directory stayed on
+    the old host's disk, and it went on with an empty one."""
+    if not data.get("files_lost_host"):
+        return None
+    return {"host": data["files_lost_host"], "at": _iso(data.get("files_lost_at")),
+            "message": f"the notebook moved from host {data['files_lost_host']!r} to "
+                       f"{data.get('host') or 'another host'!r}: the files in its directory stayed on the old "
+                       "host's disk and it started with an empty directory (a checkpoint taken with "
+                       "include_files in a shared TASKKERNEL_CHECKPOINT_DIR can bring them back)"}
 
 
 def _iso(epoch: str | None) -> str | None:

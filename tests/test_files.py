@@ -362,6 +362,7 @@ def test_files_survive_a_restart_which_resets_only_the_namespace(service, notebo
     before = notebook.refresh()["worker"]["id"]
     notebook.restart()
     assert notebook.refresh()["worker"]["id"] != before
+    assert notebook.record["files_lost"] is None  # the same host: nothing was left behind
     # the very first cell after the restart already sees them, with the new engine's ownership
     cell = notebook.evaluate("import os; (open('kept/data.bin').read(), open('from_cell.txt').read(), "
                              "os.stat('kept').st_uid == os.getuid(), 'x' in dir())")
