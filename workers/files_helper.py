@@ -73,6 +73,27 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+RENAME_EXCHANGE = 2
+
+
+def renameat2(old_dir: int, old: str, new_dir: int, new: str, flags: int) -> None:
+    """renameat2(2); raises OSError (ENOENT when `new` does not exist for RENAME_EXCHANGE)."""
+    if _libc.renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), new)
+
+
+def _unlink_quietly(parent: int, name: str) -> None:
+    """Remove the file an upload replaced (or, should a cell have swapped one in, a symlink or a
+    tree: it is in the directory, removed as a DELETE would), then close `parent`."""
+    try:
+        _remove(parent, name)
+    except OSError:
+        pass
+    finally:
+        os.close(parent)
+
+
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
     """openat2(2) with RESOLVE; raises OSError (ELOOP for a symlink, EXDEV for an escape)."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, RESOLVE)
@@ -99,6 +120,7 @@ class Helper:
     def __init__(self, sock: socket.socket, root: int):
         self.sock = sock
         self.root = root
+        self._after_reply = None  # work that may wait until the worker has its answer
 
     def serve(self) -> None:
         while True:
@@ -139,6 +161,9 @@ class Helper:
             finally:
                 if fd is not None:
                     os.close(fd)
+                if self._after_reply is not None:
+                    after, self._after_reply = self._after_reply, None
+                    after()
 
     # --- resolution ------------------------------------------------------------------------------
 
@@ -225,12 +250,32 @@ class Helper:
         return {"temp": temp}, fd
 
     def op_commit(self, request: dict):
-        """Put an upload's temporary file in place (atomically: readers see the old or the new file)."""
+        """Put an upload's temporary file in place (atomically: readers see the old or the new file).
+
+        An existing file is swapped out with renameat2(RENAME_EXCHANGE) and unlinked after the
+        reply, not replaced by rename(2): over an existing file ext4 (auto_da_alloc) allocates and
+        starts writing back the new file's blocks inside the rename, measured at a third of a
+        100 MiB upload's time; freeing the old file's pages is left until the caller has its answer.
+        """
         parent, name = self._parent(self._path(request), create=False)
+        temp = self._temp(request)
         try:
-            os.rename(self._temp(request), name, src_dir_fd=parent, dst_dir_fd=parent)
-        finally:
+            try:
+                renameat2(parent, temp, parent, name, RENAME_EXCHANGE)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EINVAL, errno.ENOSYS):
+                    raise
+                os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)  # nothing there yet
+                os.close(parent)
+                return {}, None
+            replaced = os.stat(temp, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(replaced.st_mode):  # a cell made a directory of that name meanwhile: undo
+                renameat2(parent, temp, parent, name, RENAME_EXCHANGE)
+                raise Refused("is_a_directory", "a directory of that name is in the way")
+        except BaseException:
             os.close(parent)
+            raise
+        self._after_reply = lambda: _unlink_quietly(parent, temp)
         return {}, None
 
     def op_abort(self, request: dict):
