@@ -313,6 +313,10 @@ def test_the_notebooks_files_are_capped_in_total(capped):
     notebook.delete_file("one")
     notebook.write_file("three", b"3" * 60_000)
     assert sorted(e["name"] for e in notebook.files()) == ["three", "two"]
+    # a cell's writes are not capped (its rlimit is), but a checkpoint's files are
+    value(notebook.evaluate("open('four', 'wb').write(b'4' * 100_000); v = 1; 1"))
+    refused(lambda: notebook.checkpoint(include_files=True), 413, "notebook_storage_full")
+    refused(lambda: notebook.restore(), 404, "no_checkpoint")  # nothing was taken, not even the namespace
 
 
 def test_concurrent_uploads_never_take_the_notebook_past_its_cap(capped):
@@ -415,14 +419,6 @@ def test_a_checkpoint_with_files_is_restored_with_them_and_never_archives_a_plan
     finally:
         nb.close()
     wait_for(lambda: not os.path.exists(archive_path), 15, "the checkpoint's files to go with the notebook")
-
-
-def test_a_checkpoint_whose_files_pass_the_cap_is_not_taken(capped):
-    _, notebook = capped
-    value(notebook.evaluate("open('big', 'wb').write(b'x' * 300_000); v = 1; 1"))  # a cell is not capped
-    refused(lambda: notebook.checkpoint(include_files=True), 413, "notebook_storage_full")
-    refused(lambda: notebook.restore(), 404, "no_checkpoint")  # nothing was taken, not even the namespace
-    refused(lambda: notebook.restore(include_files=True), 404, "no_checkpoint")
 
 
 def test_files_are_deleted_with_the_notebook(service, client):

@@ -77,7 +77,10 @@ RENAME_EXCHANGE = 2
 
 
 def renameat2(old_dir: int, old: str, new_dir: int, new: str, flags: int) -> None:
-    """renameat2(2); raises OSError (ENOENT when `new` does not exist for RENAME_EXCHANGE)."""
+    """renameat2(2); raises OSError (ENOENT when `new` does not exist for RENAME_EXCHANGE, ENOSYS
+    with a C library older than glibc 2.28, which has no wrapper)."""
+    if not hasattr(_libc, "renameat2"):
+        raise OSError(errno.ENOSYS, "renameat2 is not available", new)
     if _libc.renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), new)
