@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from taskkernel.exceptions import RedisOutOfMemory, RedisUnavailable, TaskkernelError
+from taskkernel.exceptions import FileTooLarge, RedisOutOfMemory, RedisUnavailable, RequestTooLarge, TaskkernelError
 
 log = logging.getLogger("taskkernel.api")
 
@@ -32,6 +32,22 @@ def register(app: Flask) -> None:
     @app.errorhandler(TaskkernelError)
     def taskkernel_error(exc: TaskkernelError):
         return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def body_too_large(exc: RequestEntityTooLarge):
+        # werkzeug's own text names no limit; this one says which, and how the body was counted
+        limit = request.max_content_length
+        length = request.content_length
+        if request.endpoint == "files.put_file":  # an upload (multipart) past the file's cap
+            cap = current_app.extensions["taskkernel"].settings.max_file_bytes
+            return taskkernel_error(FileTooLarge(f"the file is larger than the cap of {cap} bytes",
+                                                 max_file_bytes=cap))
+        return taskkernel_error(RequestTooLarge(
+            f"the request body{f' ({length} bytes)' if length is not None else ''} is larger than the "
+            f"API's limit of {limit} bytes (TASKKERNEL_MAX_REQUEST_BYTES); the limit counts the JSON as "
+            "sent, where a cell's newline or quote takes 2 bytes and a non-ASCII character up to 12; "
+            "files go in with PUT /api/notebooks/<id>/files/<path>, which has caps of its own",
+            max_request_bytes=limit, content_length=length))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

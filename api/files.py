@@ -17,6 +17,7 @@ import os
 from contextlib import closing
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 from werkzeug.wsgi import wrap_file
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
@@ -39,6 +40,8 @@ blueprint.record_once(lambda state: state.app.url_map.converters.setdefault("fil
 
 READ_BYTES = files.CHUNK_BYTES
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
+MAX_MULTIPART_PARTS = 64
+MAX_MULTIPART_HEADER_BYTES = 64 * 1024
 SOCKET_READ_BYTES = 1024 * 1024
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on Linux; spelled out for older builds
 
@@ -252,30 +255,40 @@ def _gunicorn_body():
 
 
 def _multipart_file(stream):
-    """The bytes of the form's first file part, parsed as they arrive (never spooled)."""
+    """The bytes of the form's file part, parsed as they arrive (never spooled): the first part
+    with a filename, or, failing that, the first part named "file" (what `curl -F file=<local`
+    sends). Other parts are skipped as they stream.
+
+    The decoder is given no max_form_memory_size: werkzeug checks it against every chunk handed
+    in, so a 64 KiB limit refused any upload read in 256 KiB chunks (a 413 for all but tiny
+    files). What it buffers is bounded here instead: a read's worth plus the headers of a part.
+    """
     boundary = request.mimetype_params.get("boundary", "").encode()
     if not boundary:
         raise BadRequest("a multipart body needs a boundary")
-    decoder = MultipartDecoder(boundary, max_form_memory_size=64 * 1024)
+    decoder = MultipartDecoder(boundary, max_parts=MAX_MULTIPART_PARTS)
     in_file, seen_file, done = False, False, False
     while not done:
         chunk = stream.read(READ_BYTES)
-        decoder.receive_data(chunk or None)
-        while True:
-            event = decoder.next_event()
-            if isinstance(event, NeedData):
-                break
-            if isinstance(event, Epilogue):
-                done = True
-                break
-            if isinstance(event, File):
-                in_file = not seen_file
-                seen_file = True
-            elif isinstance(event, Field):
-                in_file = False
-            elif isinstance(event, Data) and in_file:
-                yield event.data
+        try:
+            decoder.receive_data(chunk or None)
+            while True:
+                event = decoder.next_event()
+                if isinstance(event, NeedData):
+                    break
+                if isinstance(event, Epilogue):
+                    done = True
+                    break
+                if isinstance(event, (File, Field)):
+                    in_file = not seen_file and (isinstance(event, File) or event.name == "file")
+                    seen_file = seen_file or in_file
+                elif isinstance(event, Data) and in_file:
+                    yield event.data
+        except (ValueError, RequestEntityTooLarge) as exc:  # malformed parts, or too many of them
+            raise BadRequest(f"the multipart body cannot be parsed: {getattr(exc, 'description', exc)}") from None
+        if len(decoder.buffer) > READ_BYTES + MAX_MULTIPART_HEADER_BYTES:  # a part's headers never end
+            raise BadRequest("a multipart part's headers are too long")
         if not chunk and not done:
             raise BadRequest("the multipart body ended before its closing boundary")
     if not seen_file:
-        raise BadRequest("the multipart form has no file part")
+        raise BadRequest("the multipart form has no file part (one with a filename, or named 'file')")

@@ -46,7 +46,8 @@ COMMON_ERRORS = {
     "403": _error("refused: the client's network (forbidden), the Host name of a tokenless API "
                   "(host_not_allowed), or a write from another site (cross_site_request)"),
     "404": _error("no such notebook or cell"),
-    "413": _error("request body too large"),
+    "413": _error("request body larger than TASKKERNEL_MAX_REQUEST_BYTES (request_too_large, with "
+                  "max_request_bytes and content_length)"),
     "415": _error("request bodies must be JSON"),
     "503": _error("Redis or workers unavailable"),
     "507": _error("Redis is full (redis_out_of_memory): nothing was written"),
@@ -104,6 +105,12 @@ SCHEMAS = {
                 "type": "object", "required": ["id", "host", "pid"],
                 "properties": {"id": {"type": "string"}, "host": NULLABLE_STR, "pid": {"type": "integer"}},
             }]},
+            "files_lost": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["host", "at", "message"],
+                "description": "the notebook moved to another host (its own died or stopped): the files of "
+                               "its directory stayed on that host's disk and it went on with an empty one",
+                "properties": {"host": {"type": "string"}, "at": NULLABLE_STR, "message": {"type": "string"}},
+            }]},
         },
     },
     "Output": {
@@ -151,6 +158,10 @@ LISTING = {
                        "size": {"type": "integer"}, "mtime": {"type": "number"}}}}},
 }
 BYTES = {"schema": {"type": "string", "format": "binary"}}
+CHECKPOINT_FILES = {"entries": {"type": "integer"}, "bytes": {"type": "integer"},
+                    "skipped": {"type": "array", "items": {"type": "string"},
+                                "description": "paths not archived (symlinks, FIFOs, sockets, devices, unreadable)"},
+                    "skipped_count": {"type": "integer"}, "store": {"type": "string"}}
 
 
 def _file_op(summary: str, responses: dict, **kwargs) -> dict:
@@ -171,7 +182,8 @@ FILE_PATHS = {
                     "206": {"description": "the requested range", "content": {"application/octet-stream": BYTES}},
                     "416": _error("the range lies outside the file (range_not_satisfiable)"), **FILE_ERRORS},
                    params=[NOTEBOOK_ID, FILE_PATH, RANGE]),
-        "put": _file_op("upload a file (raw body, or the first file of a multipart form); parents are made",
+        "put": _file_op("upload a file (raw body, or a multipart form's first part with a filename, else its part "
+                        "named 'file'); parents are made",
                    {"201": {"description": "written", **_json({
                        "type": "object", "required": ["path", "size"],
                        "properties": {"path": {"type": "string"}, "size": {"type": "integer"}}})},
@@ -321,15 +333,32 @@ def document(settings: Settings | None = None) -> dict:
                                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "dill"]}}]),
             },
             "/api/notebooks/{notebook_id}/checkpoint": {"post": _op(
-                "save the namespace, per variable",
-                {"200": ok("what was saved and skipped", {"type": "object", "required": ["saved", "skipped"]}),
+                "save the namespace, per variable (queued with the cells); with include_files, the "
+                "notebook's directory too",
+                {"200": ok("what was saved and skipped; `files`: what of the directory was saved, or null",
+                           {"type": "object", "required": ["saved", "skipped"],
+                            "properties": {"files": {"type": ["object", "null"], "properties": CHECKPOINT_FILES}}}),
+                 "413": _error("the directory is larger than TASKKERNEL_MAX_NOTEBOOK_FILES_BYTES "
+                               "(notebook_storage_full): nothing was saved, the last checkpoint stays"),
                  "504": _error("the worker did not answer in time")},
-                body=_body({"timeout": timeout}), params=[NOTEBOOK_ID])},
+                body=_body({"timeout": timeout, "include_files": {
+                    "type": "boolean", "description":
+                        "also save the notebook's directory (regular files and directories; symlinks, FIFOs, "
+                        "sockets and devices are skipped, never followed), archived by the worker's file helper "
+                        "as the engine's user; beside the checkpoint in TASKKERNEL_CHECKPOINT_DIR, or on the "
+                        "notebook's host when checkpoints are in Redis. Without it the files of the last "
+                        "checkpoint taken with them are kept"}}), params=[NOTEBOOK_ID])},
             "/api/notebooks/{notebook_id}/restore": {"post": _op(
-                "load the last checkpoint",
-                {"200": ok("what was restored", {"type": "object", "required": ["restored", "failed"]}),
+                "load the last checkpoint (queued with the cells)",
+                {"200": ok("what was restored; `files`: the directory's entries and bytes put back, or null",
+                           {"type": "object", "required": ["restored", "failed"]}),
+                 "404": _error("no checkpoint (no_checkpoint), or, with include_files, none with files here"),
                  "504": _error("the worker did not answer in time")},
-                body=_body({"timeout": timeout}), params=[NOTEBOOK_ID])},
+                body=_body({"timeout": timeout, "include_files": {
+                    "type": "boolean", "description":
+                        "first replace the directory's contents with the files of the last checkpoint taken "
+                        "with include_files; without it the directory is left as it is"}}),
+                params=[NOTEBOOK_ID])},
             **FILE_PATHS,
             "/api/hosts": {"get": _op("live hosts and their pools", {"200": ok("hosts", {
                 "type": "object", "required": ["hosts"], "properties": {"hosts": {"type": "array"}}})})},

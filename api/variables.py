@@ -69,13 +69,18 @@ def pull_variable(notebook_id: str, name: str):
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/checkpoint")
 def checkpoint(notebook_id: str):
-    """Save the namespace (per variable); says what was saved and what could not be, and why."""
+    """Save the namespace (per variable); says what was saved and what could not be, and why.
+    With include_files, the notebook's directory is saved beside it (a checkpoint without keeps
+    the files the last one with them saved)."""
     body = request_body()
-    return jsonify(_call(notebook_id, "checkpoint", {}, body.get("timeout")))
+    return jsonify(_call(notebook_id, "checkpoint", {"include_files": bool(body.get("include_files"))},
+                         body.get("timeout")))
 
 
 @blueprint.post("/notebooks/<hexid:notebook_id>/restore")
 def restore(notebook_id: str):
-    """Load the last checkpoint into the notebook's namespace."""
+    """Load the last checkpoint into the notebook's namespace; with include_files, first replace the
+    directory's contents with the checkpoint's files (without, the directory is left as it is)."""
     body = request_body()
-    return jsonify(_call(notebook_id, "restore", {}, body.get("timeout")))
+    return jsonify(_call(notebook_id, "restore", {"include_files": bool(body.get("include_files"))},
+                         body.get("timeout")))

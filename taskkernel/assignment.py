@@ -20,6 +20,8 @@ from taskkernel.states import NotebookState, WorkerState
 # Quotas are checked in the same script that adds the notebook, so concurrent creates cannot
 # overshoot them. Taking a worker nudges its host's supervisor (a "refill" on its command list,
 # keys.host_commands) so the warm pool is topped up at once, not at the supervisor's next tick.
+# A notebook pinned again on another host than its last records that its files stayed behind
+# (files_lost_host, files_lost_at): a notebook's directory is on its host's disk.
 _ASSIGN_LUA = """
 if ARGV[7] == '1' then
   if tonumber(ARGV[8]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then
@@ -54,6 +56,11 @@ else
   end
   redis.call('HSET', KEYS[2], 'state', 'restarted', 'execution_count', 0, 'last_activity', ARGV[3])
   redis.call('HINCRBY', KEYS[2], 'restarts', 1)
+  -- the directory is on its old host's disk: pinned to another host, the notebook starts without it
+  local previous = redis.call('HGET', KEYS[2], 'host')
+  if previous and previous ~= '' and previous ~= info[1] then
+    redis.call('HSET', KEYS[2], 'files_lost_host', previous, 'files_lost_at', ARGV[3])
+  end
   if redis.call('HGET', KEYS[2], 'restore_on_restart') == '1' then
     redis.call('HSET', KEYS[2], 'restore_pending', '1')
   end

@@ -422,13 +422,16 @@ class Notebook:
         reply = self.client.request("GET", f"/notebooks/{self.id}/variables/{name}?format=dill")[1]
         return dill.loads(base64.b64decode(reply["dill"]))
 
-    def checkpoint(self, timeout: float = 60.0) -> dict:
-        return self.client.request("POST", f"/notebooks/{self.id}/checkpoint", {"timeout": timeout},
-                                   timeout_s=timeout + 30)[1]
+    def checkpoint(self, timeout: float = 60.0, include_files: bool = False) -> dict:
+        """Save the namespace; with `include_files`, the notebook's directory too (see the README)."""
+        return self.client.request("POST", f"/notebooks/{self.id}/checkpoint",
+                                   {"timeout": timeout, "include_files": include_files}, timeout_s=timeout + 30)[1]
 
-    def restore(self, timeout: float = 60.0) -> dict:
-        return self.client.request("POST", f"/notebooks/{self.id}/restore", {"timeout": timeout},
-                                   timeout_s=timeout + 30)[1]
+    def restore(self, timeout: float = 60.0, include_files: bool = False) -> dict:
+        """Load the last checkpoint; with `include_files`, first replace the directory's contents
+        with the checkpoint's files (without, the directory is left as it is)."""
+        return self.client.request("POST", f"/notebooks/{self.id}/restore",
+                                   {"timeout": timeout, "include_files": include_files}, timeout_s=timeout + 30)[1]
 
     # --- files in the notebook's directory ----------------------------------------------------------
 

@@ -48,6 +48,13 @@ class InvalidField(BadRequest):
     code = "invalid_field"
 
 
+class RequestTooLarge(TaskkernelError):
+    """The request body is larger than the API takes (max_request_bytes)."""
+
+    code = "request_too_large"
+    status = 413
+
+
 class UnsupportedMediaType(TaskkernelError):
     """Request bodies must be JSON (Content-Type: application/json)."""
 
@@ -297,4 +304,4 @@ class ApiError(TaskkernelError):
 # error codes a worker may answer with -> the exception the API raises (any other: EngineUnavailable)
 WORKER_ERRORS = {"variable_not_found": VariableNotFound, "no_checkpoint": NoCheckpoint,
                  "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest,
-                 "operation_failed": EngineRefused}
+                 "operation_failed": EngineRefused, "notebook_storage_full": NotebookStorageFull}

@@ -177,7 +177,7 @@ class Transfer:
 
 # --- the fast path: an API on the worker's own host gets open fds ---------------------------------------
 
-LOCAL_OPS = frozenset({"open", "create", "commit", "abort", "stat"})
+LOCAL_OPS = frozenset({"open", "create", "reserve", "commit", "abort", "stat"})
 MAX_LOCAL_REQUEST_BYTES = 64 * 1024
 LOCAL_REPLY_BYTES = 64 * 1024
 
@@ -237,18 +237,23 @@ class LocalChannel:
 
 
 def upload_local(channel: LocalChannel, path: str, chunks: Iterable[bytes], *, max_file_bytes: int) -> dict:
-    """Write `chunks` to `path` through an fd from the worker (see upload)."""
-    reply, fd = channel.call("create", path)
+    """Write `chunks` to `path` through an fd from the worker (see upload).
+
+    The worker reserves room under the notebook's cap before any byte is written: the body's
+    length when it is known, else a stretch at a time (a "reserve" as the writing reaches the end
+    of it), so concurrent uploads cannot overshoot the cap together. NotebookStorageFull when it
+    has none left.
+    """
+    length = chunks.length if hasattr(chunks, "splice_into") else None
+    if length is not None and length > max_file_bytes:
+        raise FileTooLarge(f"the file is larger than the cap of {max_file_bytes} bytes", max_file_bytes=max_file_bytes)
+    reply, fd = channel.call("create", path, length=length)
     temp, written, committed = reply["temp"], 0, False
     cap = min(max_file_bytes, int(reply.get("max_file_bytes", max_file_bytes)))
-    room = int(reply.get("room_bytes", cap))
+    reserved = int(reply["reserved"])
     try:
-        if hasattr(chunks, "splice_into"):  # a body of known length: socket -> file within the kernel
+        if length is not None:  # a body of known length, all reserved: socket -> file within the kernel
             try:
-                if chunks.length > cap:
-                    raise FileTooLarge(f"the file is larger than the cap of {cap} bytes", max_file_bytes=cap)
-                if chunks.length > room:
-                    raise NotebookStorageFull("the notebook's files would exceed their cap")
                 written = chunks.splice_into(fd)
             finally:
                 os.close(fd)
@@ -260,8 +265,8 @@ def upload_local(channel: LocalChannel, path: str, chunks: Iterable[bytes], *, m
                 written += len(chunk)
                 if written > cap:
                     raise FileTooLarge(f"the file is larger than the cap of {cap} bytes", max_file_bytes=cap)
-                if written > room:
-                    raise NotebookStorageFull("the notebook's files would exceed their cap")
+                if written > reserved:
+                    reserved = int(channel.call("reserve", path, temp=temp, bytes=written)[0]["reserved"])
                 view = memoryview(chunk)
                 while view:
                     view = view[out.write(view):]

@@ -209,7 +209,20 @@ def notebook_from_redis(raw: dict) -> dict:
         "lease_until": _iso(data.get("lease_until")),
         "worker": worker,
         **dict(zip(("cwd", "env"), workspace.decode(data.get(workspace.RECORD_FIELD)))),
+        "files_lost": _files_lost(data),
     }
+
+
+def _files_lost(data: dict) -> dict | None:
+    """Said of a notebook moved to another host (its own died or stopped): its directory stayed on
+    the old host's disk, and it went on with an empty one."""
+    if not data.get("files_lost_host"):
+        return None
+    return {"host": data["files_lost_host"], "at": _iso(data.get("files_lost_at")),
+            "message": f"the notebook moved from host {data['files_lost_host']!r} to "
+                       f"{data.get('host') or 'another host'!r}: the files in its directory stayed on the old "
+                       "host's disk and it started with an empty directory (a checkpoint taken with "
+                       "include_files in a shared TASKKERNEL_CHECKPOINT_DIR can bring them back)"}
 
 
 def _iso(epoch: str | None) -> str | None:

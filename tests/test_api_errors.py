@@ -92,3 +92,14 @@ def test_no_free_worker_within_the_bounded_wait_is_503(private_service):
     private_service.start_api(assign_timeout_s=0.5)  # no supervisor: no worker will ever be idle
     status, data = raw(private_service, "POST", "/api/notebooks", json.dumps({"engine": "python"}))
     assert status == 503 and data["error"] == "no_worker_available"
+
+
+def test_a_body_over_max_request_bytes_is_413_naming_the_limit(service, notebook):
+    # 900 KB of code as JSON fits the default 1 MiB; the same code with a newline per character
+    # does not once JSON-escaped (each newline is 2 bytes), and the answer says which limit it was
+    path = f"/api/notebooks/{notebook.id}/evaluate"
+    status, cell = raw(service, "POST", path, json.dumps({"code": "x = 1\n#" + "y" * 900_000, "wait": True}))
+    assert status == 200 and cell["status"] == "ok", cell
+    status, data = raw(service, "POST", path, json.dumps({"code": "#" + "\n" * 600_000}))
+    assert (status, data["error"], data["max_request_bytes"]) == (413, "request_too_large", 1024 * 1024)
+    assert "TASKKERNEL_MAX_REQUEST_BYTES" in data["message"] and data["content_length"] > 1024 * 1024

@@ -107,6 +107,26 @@ def test_a_multipart_upload_stores_the_file_part(service, notebook):
     assert notebook.read_file("up/m.bin") == b"\x00multi\r\npart\xff"
 
 
+def test_multipart_uploads_past_64_kib_and_a_part_without_a_filename_land(service, notebook):
+    # werkzeug's decoder refused every chunk larger than its form-memory limit (a 413 for any
+    # multipart file over 64 KiB); curl -F file=<local sends a part named "file" with no filename
+    boundary = "b0undary"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    for disposition in ('name="upload"; filename="big.bin"', 'name="file"'):
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n".encode() + b"n" * 300_000
+                + f"\r\n--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n\r\n".encode()
+                + data + f"\r\n--{boundary}--\r\n".encode())
+        status, _, answer = raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/mp.bin",
+                                        body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert (status, answer) == (201, b'{"path":"mp.bin","size":%d}\n' % len(data)), disposition
+        assert notebook.read_file("mp.bin") == data
+    status, _, answer = raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/none.bin",
+                                    body=f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n"
+                                         f"x\r\n--{boundary}--\r\n".encode(),
+                                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 400 and b"no file part" in answer
+
+
 def test_listings_give_name_type_size_and_mtime(notebook):
     notebook.write_file("a.txt", b"abc")
     notebook.write_file("sub/deeper/b.txt", b"12345")
@@ -293,6 +313,49 @@ def test_the_notebooks_files_are_capped_in_total(capped):
     notebook.delete_file("one")
     notebook.write_file("three", b"3" * 60_000)
     assert sorted(e["name"] for e in notebook.files()) == ["three", "two"]
+    # a cell's writes are not capped (its rlimit is), but a checkpoint's files are
+    value(notebook.evaluate("open('four', 'wb').write(b'4' * 100_000); v = 1; 1"))
+    refused(lambda: notebook.checkpoint(include_files=True), 413, "notebook_storage_full")
+    refused(lambda: notebook.restore(), 404, "no_checkpoint")  # nothing was taken, not even the namespace
+
+
+def test_concurrent_uploads_never_take_the_notebook_past_its_cap(capped):
+    # eight uploads of 90,000 bytes at once against 250,000 in all, each sending its first third,
+    # then waiting until all have, then the rest: each reserves its bytes before writing them
+    # (half of them chunked, of unknown length, reserving as they go), so at most two land
+    service, notebook = capped
+    started, results = threading.Barrier(8), []
+
+    def put(i: int) -> None:
+        data = bytes([i]) * 90_000
+
+        def body():
+            yield data[:30_000]
+            try:
+                started.wait(5)
+            except threading.BrokenBarrierError:
+                pass
+            yield data[30_000:]
+
+        headers = {"Content-Length": str(len(data))} if i % 2 else {}  # without one it goes chunked
+        results.append((i, *raw_request(service.api_url, "PUT", f"/api/notebooks/{notebook.id}/files/c{i}",
+                                        body=body(), headers=headers)[::2]))
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    landed = {e["name"]: e["size"] for e in notebook.files()}
+    assert 1 <= len(landed) <= 2 and sum(landed.values()) <= 250_000, (landed, results)
+    assert sorted(f"c{i}" for i, status, _ in results if status == 201) == sorted(landed)
+    assert all(b'"notebook_storage_full"' in body for _, status, body in results if status != 201), results
+    assert len(results) == 8
+    for name in landed:  # what the refused ones reserved was given back: the whole cap is free again
+        notebook.delete_file(name)
+    notebook.write_file("a", b"a" * 100_000)
+    notebook.write_file("b", b"b" * 100_000)
+    refused(lambda: notebook.write_file("c", b"c" * 50_001), 413, "notebook_storage_full")
 
 
 # --- the files go with the notebook --------------------------------------------------------------------
@@ -303,6 +366,7 @@ def test_files_survive_a_restart_which_resets_only_the_namespace(service, notebo
     before = notebook.refresh()["worker"]["id"]
     notebook.restart()
     assert notebook.refresh()["worker"]["id"] != before
+    assert notebook.record["files_lost"] is None  # the same host: nothing was left behind
     # the very first cell after the restart already sees them, with the new engine's ownership
     cell = notebook.evaluate("import os; (open('kept/data.bin').read(), open('from_cell.txt').read(), "
                              "os.stat('kept').st_uid == os.getuid(), 'x' in dir())")
@@ -310,6 +374,51 @@ def test_files_survive_a_restart_which_resets_only_the_namespace(service, notebo
     assert notebook.read_file("kept/data.bin") == b"still here"
     value(notebook.evaluate("open('kept/new.txt', 'w').write('written after'); 1"))  # and may write there
     assert notebook.read_file("kept/new.txt") == b"written after"
+
+
+def checkpoint_files(notebook) -> str:
+    """Where the notebook's checkpoint keeps its files on this host (checkpoints in Redis)."""
+    import glob
+
+    found = glob.glob(f"/tmp/taskkernel-*/.checkpoints/{notebook.id}.files.tar")
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_checkpoint_with_files_is_restored_with_them_and_never_archives_a_planted_link(service, client):
+    import tarfile
+
+    from tests.conftest import wait_for
+
+    nb = client.start("python")
+    try:
+        value(nb.evaluate("import os; os.makedirs('d/e', exist_ok=True); open('d/kept.txt', 'w').write('original'); "
+                          "open('gone.txt', 'w').write('x'); os.symlink('/etc/shadow', 'shadow'); os.mkfifo('pipe'); "
+                          "open('locked', 'w').write('s'); os.chmod('locked', 0); n = 1; 1"))
+        report = nb.checkpoint(include_files=True)
+        # archived as the engine's user: root could read the mode-0 file, the engine's user cannot
+        skipped = ["locked", "pipe", "shadow"] if os.geteuid() == 0 else ["pipe", "shadow"]
+        assert {"entries": report["files"]["entries"], "skipped": sorted(report["files"]["skipped"])} == \
+            {"entries": 4 + (os.geteuid() != 0), "skipped": skipped}, report  # d, d/e, d/kept.txt, gone.txt
+        with tarfile.open(checkpoint_files(nb)) as archive:  # the link is not in it, nor what it points to
+            assert {m.name: m.type for m in archive.getmembers()}.get("shadow") is None
+            assert all(m.isreg() or m.isdir() for m in archive.getmembers())
+            assert archive.extractfile("d/kept.txt").read() == b"original"
+        value(nb.evaluate("open('d/kept.txt', 'w').write('changed'); os.remove('gone.txt'); "
+                          "open('new.txt', 'w').write('new'); n = 2; 1"))
+        check = "(open('d/kept.txt').read(), os.path.exists('gone.txt'), os.path.exists('new.txt'), n)"
+        assert nb.restore()["files"] is None  # without include_files: the namespace only
+        assert value(nb.evaluate(check)) == "('changed', False, True, 1)"
+        value(nb.evaluate("n = 3; 1"))
+        restored = nb.restore(include_files=True)  # the directory's contents are replaced
+        assert restored["files"]["entries"] == report["files"]["entries"]
+        assert value(nb.evaluate(check)) == "('original', True, False, 1)"
+        assert value(nb.evaluate("(os.path.lexists('shadow'), os.path.isdir('d/e'))")) == "(False, True)"
+        assert nb.read_file("gone.txt") == b"x"
+        archive_path = checkpoint_files(nb)
+    finally:
+        nb.close()
+    wait_for(lambda: not os.path.exists(archive_path), 15, "the checkpoint's files to go with the notebook")
 
 
 def test_files_are_deleted_with_the_notebook(service, client):

@@ -33,6 +33,8 @@ def test_a_killed_host_is_noticed_and_its_notebooks_restart_on_another(private_s
     assert nb.record["worker"]["host"] == doomed
     old_pid = nb.record["worker"]["pid"]
     nb.evaluate("x = 1")
+    nb.write_file("on_doomed.txt", b"on the doomed host's disk")
+    assert nb.refresh()["files_lost"] is None
     running = nb.evaluate("import time; time.sleep(60)", wait=False)
     wait_for(lambda: nb.cell(running["id"])["state"] == "running", 10, "the cell to start")
     private_service.start_supervisor("survivor", pool=1, host_ttl_s=2)
@@ -44,6 +46,10 @@ def test_a_killed_host_is_noticed_and_its_notebooks_restart_on_another(private_s
     assert not pid_alive(old_pid), "workers die with their supervisor"
     wait_for(lambda: (nb.refresh()["worker"] or {}).get("host") == "survivor", 20, "the notebook to move")
     assert nb.evaluate("'x' in globals()")["outputs"][0]["data"]["text/plain"] == "False"
+    # its files were on the dead host's disk: the record says so, and the directory is empty
+    lost = nb.refresh()["files_lost"]
+    assert lost["host"] == doomed and lost["at"] and "empty directory" in lost["message"], lost
+    assert nb.files() == []
     nb.close()
 
 

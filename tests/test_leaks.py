@@ -104,8 +104,11 @@ def test_a_lost_host_leaves_nothing_once_it_is_judged_dead(private_service):
     os.killpg(svc.supervisors[doomed].pid, signal.SIGKILL)
     wait_for(lambda: (nb.refresh()["worker"] or {}).get("host") == "survivor", 30, "the notebook to move")
     wait_for(lambda: not svc.redis.exists(keys.host_recovery_lock(doomed)), 30, "the recovery to finish")
-    # only the story of the cell that was running there still names it (its EngineDied error)
-    assert [k for k in keys_mentioning(svc, ["doomed"]) if not k.startswith("taskkernel:cell:")] == []
+    # only the story still names it: the cell that was running there (its EngineDied error), and the
+    # notebook's record saying its files stayed on that host (files_lost_host)
+    story = {keys.notebook(nb.id)}
+    assert [k for k in keys_mentioning(svc, ["doomed"]) if not k.startswith("taskkernel:cell:") and k not in story] == []
+    assert [f for f, v in svc.redis.hgetall(keys.notebook(nb.id)).items() if b"doomed" in v] == [b"files_lost_host"]
     nb.close()
 
 

@@ -101,3 +101,9 @@ def test_checkpoints_can_go_to_a_directory(private_service, tmp_path):
         report = nb.checkpoint()
         assert report["store"].startswith(str(tmp_path))
         assert "kept" in (tmp_path / "checkpoints" / nb.id / "meta.json").read_text()
+        nb.write_file("data.txt", b"beside it")  # with its files: beside the namespace, in the same directory
+        files = tmp_path / "checkpoints" / f"{nb.id}.files.tar"
+        assert nb.checkpoint(include_files=True)["files"]["store"] == str(files) and files.is_file()
+    # and both go with the notebook
+    wait_for(lambda: not files.exists() and not (tmp_path / "checkpoints" / nb.id).exists(), 15,
+             "the notebook's checkpoint to be removed with it")

@@ -22,6 +22,11 @@ STASH = ".stash"
 
 
 SOCKETS = ".sockets"  # the workers' local file sockets (workers/files.py), 0700, the service's user
+CHECKPOINT_FILES = ".checkpoints"  # checkpoints' files when checkpoints are in Redis (workers/checkpoints.py)
+
+
+def checkpoint_files_dir(root: Path) -> Path:
+    return root / CHECKPOINT_FILES
 
 
 def socket_path(root: Path, worker_id: str) -> Path:
@@ -36,8 +41,9 @@ def remove_socket(root: Path, worker_id: str) -> None:
 
 
 def clear(root: Path) -> None:
-    """Remove the stashes and sockets under `root` (a supervisor starting on a used directory)."""
-    for name in (STASH, SOCKETS):
+    """Remove the stashes, sockets and checkpoints' files under `root` (a supervisor starting on a
+    used directory: the notebooks they served were re-homed when it stopped)."""
+    for name in (STASH, SOCKETS, CHECKPOINT_FILES):
         target = root / name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target, ignore_errors=True)

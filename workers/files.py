@@ -30,6 +30,8 @@ from taskkernel.files import CANCEL, CHUNK_BYTES, CREDIT, DATA, END, WINDOW, Tra
 log = logging.getLogger("taskkernel.files")
 
 MAX_TRANSFERS = 8  # requests served at once; more wait on the list
+# an upload of unknown length reserves room for its bytes this far ahead of what it has written
+RESERVE_AHEAD_BYTES = 16 * 1024 * 1024
 HELPER_REPLY_BYTES = 1024 * 1024
 
 
@@ -52,6 +54,11 @@ class FileService:
         self._helper_lock = threading.Lock()
         self._helper: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
+        # the per-notebook cap under concurrent uploads: each upload reserves its bytes (by its
+        # temporary file's name) before writing them, checked against the directory's usage and
+        # every other reservation under one lock, and releases them when it ends either way
+        self._reserved: dict[str, int] = {}
+        self._reserve_lock = threading.Lock()
 
     def start(self, local_socket: Path | None = None) -> threading.Thread:
         """Serve the worker's file list; with `local_socket`, also hand fds to APIs on this host."""
@@ -97,35 +104,47 @@ class FileService:
     def _local_client(self, conn: socket.socket) -> None:
         """One API connection: helper operations answered with fds; the API moves the bytes."""
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
-        with conn:
-            while True:
+        uploads: dict[str, str] = {}  # temporary name -> path, of this connection's unfinished uploads
+        try:
+            with conn:
+                self._serve_connection(conn, uploads)
+        finally:
+            for temp, path in uploads.items():  # the API went away mid-upload: drop it, free its room
                 try:
-                    data = conn.recv(protocol.MAX_LOCAL_REQUEST_BYTES)
-                except OSError:
-                    return
-                if not data:
-                    return
-                fd = None
-                try:
-                    request = json.loads(data)
-                    reply, fd = self._local_op(request)
-                except (ValueError, KeyError, TypeError) as exc:
-                    reply = {"ok": False, "code": "bad_request", "error": f"malformed request: {exc!r}"}
-                except (redis.RedisError, HelperFailed) as exc:
-                    reply = {"ok": False, "code": "file_error", "error": f"the file operation failed: {exc}"}
-                try:
-                    payload = json.dumps(reply).encode()
-                    if fd is None:
-                        conn.sendmsg([payload])
-                    else:
-                        socket.send_fds(conn, [payload], [fd])
-                except OSError:
-                    return
-                finally:
-                    if fd is not None:
-                        os.close(fd)
+                    self._helper_call({"op": "abort", "path": path, "temp": temp})
+                except HelperFailed:
+                    pass
+                self._release(temp)
 
-    def _local_op(self, request: dict) -> tuple[dict, int | None]:
+    def _serve_connection(self, conn: socket.socket, uploads: dict[str, str]) -> None:
+        while True:
+            try:
+                data = conn.recv(protocol.MAX_LOCAL_REQUEST_BYTES)
+            except OSError:
+                return
+            if not data:
+                return
+            fd = None
+            try:
+                request = json.loads(data)
+                reply, fd = self._local_op(request, uploads)
+            except (ValueError, KeyError, TypeError) as exc:
+                reply = {"ok": False, "code": "bad_request", "error": f"malformed request: {exc!r}"}
+            except (redis.RedisError, HelperFailed) as exc:
+                reply = {"ok": False, "code": "file_error", "error": f"the file operation failed: {exc}"}
+            try:
+                payload = json.dumps(reply).encode()
+                if fd is None:
+                    conn.sendmsg([payload])
+                else:
+                    socket.send_fds(conn, [payload], [fd])
+            except OSError:
+                return
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+    def _local_op(self, request: dict, uploads: dict[str, str]) -> tuple[dict, int | None]:
         notebook = self.redis.hget(keys.worker(self.worker_id), "notebook")
         if not notebook or notebook.decode() != request.get("notebook"):
             return {"ok": False, "code": "notebook_gone", "error": "this worker no longer serves the notebook"}, None
@@ -133,13 +152,65 @@ class FileService:
         if op not in protocol.LOCAL_OPS:
             return {"ok": False, "code": "bad_request", "error": f"unknown file op {op!r}"}, None
         if op == "create":
-            usage, _ = self._helper_call({"op": "usage", "path": ""})
-            reply, fd = self._helper_call({"op": "create", "path": request["path"]})
-            if reply.get("ok"):
-                reply.update(max_file_bytes=self.max_file_bytes,
-                             room_bytes=max(0, self.max_notebook_bytes - usage.get("bytes", 0)))
-            return reply, fd
-        return self._helper_call({k: request[k] for k in ("op", "path", "temp") if k in request})
+            return self._create(request, uploads)
+        if op == "reserve":  # an upload of unknown length has written up to its reservation
+            temp = str(request["temp"])
+            if temp not in uploads:
+                return {"ok": False, "code": "bad_request", "error": "no such upload on this connection"}, None
+            if not self._reserve(temp, int(request["bytes"]), RESERVE_AHEAD_BYTES):
+                return self._storage_full(), None
+            return {"ok": True, "reserved": self._reserved[temp]}, None
+        reply, fd = self._helper_call({k: request[k] for k in ("op", "path", "temp") if k in request})
+        if op in ("commit", "abort") and uploads.pop(str(request.get("temp")), None) is not None:
+            self._release(str(request["temp"]))  # committed: the file itself is counted from now on
+        return reply, fd
+
+    def _create(self, request: dict, uploads: dict[str, str]) -> tuple[dict, int | None]:
+        """An upload's temporary file, with room reserved for its `length` (or a first stretch of
+        RESERVE_AHEAD_BYTES when the length is not known); notebook_storage_full when there is none."""
+        reply, fd = self._helper_call({"op": "create", "path": request["path"]})
+        if fd is None:
+            return reply, None
+        length = request.get("length")
+        temp = reply["temp"]
+        uploads[temp] = request["path"]
+        if not self._reserve(temp, int(length or 0), 0 if length is not None else RESERVE_AHEAD_BYTES):
+            os.close(fd)
+            del uploads[temp]
+            self._helper_call({"op": "abort", "path": request["path"], "temp": temp})
+            self._release(temp)
+            return self._storage_full(), None
+        reply.update(max_file_bytes=self.max_file_bytes, reserved=self._reserved[temp])
+        return reply, fd
+
+    def _storage_full(self) -> dict:
+        return {"ok": False, "code": "notebook_storage_full",
+                "error": f"the notebook's files would exceed their cap of {self.max_notebook_bytes} bytes"}
+
+    def _reserve(self, temp: str, needed: int, ahead: int) -> bool:
+        """Reserve at least `needed` bytes for upload `temp` (up to `ahead` more while there is
+        room); False, reserving nothing more, when the files, the other uploads' reservations
+        and `needed` would pass the notebook's cap."""
+        with self._reserve_lock:
+            held = self._reserved.get(temp)
+            if held is not None and needed <= held:
+                return True
+            usage, _ = self._helper_call({"op": "usage", "path": "", "exclude": list(self._reserved)})
+            if not usage.get("ok"):
+                raise HelperFailed(f"the directory's usage: {usage.get('error')}")
+            others = sum(n for name, n in self._reserved.items() if name != temp)
+            room = self.max_notebook_bytes - usage["bytes"] - others
+            if needed > room:
+                self._reserved.setdefault(temp, 0)
+                return False
+            # ahead grows with the upload (doubling, up to `ahead`): a small upload of unknown
+            # length holds little room that concurrent ones might need
+            self._reserved[temp] = min(room, needed + min(ahead, needed))
+            return True
+
+    def _release(self, temp: str) -> None:
+        with self._reserve_lock:
+            self._reserved.pop(temp, None)
 
     def _loop(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGINT, signal.SIGTERM})
@@ -189,8 +260,6 @@ class FileService:
     # --- operations --------------------------------------------------------------------------------
 
     def _put(self, transfer: Transfer, request: dict) -> None:
-        usage, _ = self._helper_call({"op": "usage", "path": ""})
-        used = usage.get("bytes", 0)
         reply, fd = self._helper_call({"op": "create", "path": request["path"]})
         if fd is None:
             transfer.send_json(reply)
@@ -211,9 +280,8 @@ class FileService:
                         transfer.send_json({"ok": False, "code": "file_too_large", "error":
                                             f"the file is larger than the cap of {self.max_file_bytes} bytes"})
                         return
-                    if used + written > self.max_notebook_bytes:
-                        transfer.send_json({"ok": False, "code": "notebook_storage_full", "error":
-                                            f"the notebook's files would exceed {self.max_notebook_bytes} bytes"})
+                    if not self._reserve(temp, written, RESERVE_AHEAD_BYTES):
+                        transfer.send_json(self._storage_full())
                         return
                     _write_all(out, body)
                     transfer.took_chunk()
@@ -223,6 +291,7 @@ class FileService:
         finally:
             if not committed:
                 self._helper_call({"op": "abort", "path": request["path"], "temp": temp})
+            self._release(temp)
 
     def _get(self, transfer: Transfer, request: dict) -> None:
         reply, fd = self._helper_call({"op": "open", "path": request["path"]})
@@ -279,16 +348,51 @@ class FileService:
             raise HelperFailed(f"the file helper answered nonsense: {exc}") from exc
 
     def _start_helper(self) -> None:
+        self._helper, self._sock = self._spawn_helper()
+
+    def _spawn_helper(self) -> tuple[subprocess.Popen, socket.socket]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-I", "-m", "taskkernel.workers.files_helper", "--socket-fd", str(theirs.fileno()),
                 "--directory", str(self.directory), "--uid", str(-1 if self.uid is None else self.uid)]
         try:
             # no environment: the helper inherits nothing of the worker's (the Redis URL, tokens)
-            self._helper = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env={}, cwd="/",
-                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            helper = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env={}, cwd="/",
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         finally:
             theirs.close()
-        self._sock = ours
+        return helper, ours
+
+    # --- a checkpoint's files --------------------------------------------------------------------
+
+    def archive(self, out_fd: int) -> dict:
+        """Write the notebook's directory to `out_fd` (a file the worker opened) as a tar stream;
+        the helper's reply ({"ok", "entries", "bytes", "skipped", ...} or an error). Bounded by
+        the notebook's cap. A helper of its own does it, so file requests are not held up."""
+        return self._one_shot({"op": "archive", "path": "", "max_bytes": self.max_notebook_bytes}, out_fd)
+
+    def extract(self, in_fd: int) -> dict:
+        """Replace the directory's contents with the tar stream on `in_fd` (see archive)."""
+        return self._one_shot({"op": "extract", "path": "", "max_bytes": self.max_notebook_bytes}, in_fd)
+
+    def _one_shot(self, request: dict, fd: int) -> dict:
+        helper, sock = self._spawn_helper()
+        try:
+            socket.send_fds(sock, [json.dumps(request).encode()], [fd])
+            data, fds, _, _ = socket.recv_fds(sock, HELPER_REPLY_BYTES, 1)
+        except OSError as exc:
+            raise HelperFailed(f"the file helper failed: {exc!r}") from exc
+        finally:
+            sock.close()  # the helper ends when its socket closes
+            try:
+                helper.wait(10)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait(5)
+        for extra in fds:
+            os.close(extra)
+        if not data:
+            raise HelperFailed("the file helper exited")
+        return json.loads(data)
 
     def _stop_helper(self) -> None:
         if self._sock is not None:

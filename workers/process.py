@@ -52,14 +52,16 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
     capture = OutputCapture(engine.pipes)
     capture.start()
     client = connections.connect(settings.redis_url, health_check_interval=30)
+    file_service = FileService(client, worker_id, directory / "home", uid, max_file_bytes=settings.max_file_bytes,
+                               max_notebook_bytes=settings.max_notebook_files_bytes)
+    checkpoints = CheckpointStore(client, settings.checkpoint_dir,
+                                  files_directory=directories.checkpoint_files_dir(sandbox_root))
     runtime = Runtime(client, engine, capture, worker_id=worker_id,
                       output_limit=int(limits.get("output_bytes", settings.max_output_bytes)),
                       rpc_timeout_s=settings.rpc_timeout_s, stream_maxlen=settings.feed_stream_maxlen,
-                      checkpoints=CheckpointStore(client, settings.checkpoint_dir),
+                      checkpoints=checkpoints, files=file_service,
                       durability=connections.Durability.from_settings(settings))
     register_tasks(app, runtime)  # the tasks get their runtime as an argument, not through the app
-    file_service = FileService(client, worker_id, directory / "home", uid, max_file_bytes=settings.max_file_bytes,
-                               max_notebook_bytes=settings.max_notebook_files_bytes)
 
     def on_ready(**_):
         runtime.install_interrupt_handler()

@@ -32,6 +32,7 @@ from taskkernel.states import CellState
 from taskkernel.workers.capture import OutputCapture
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
+from taskkernel.workers.files import FileService
 
 log = logging.getLogger("taskkernel.worker")
 
@@ -244,7 +245,8 @@ class Runtime:
 
     def __init__(self, client: redis.Redis, engine: EngineProcess, capture: OutputCapture, *, worker_id: str,
                  output_limit: int, rpc_timeout_s: float = 10.0, stream_maxlen: int = 10_000,
-                 checkpoints: CheckpointStore, durability: Durability | None = None):
+                 checkpoints: CheckpointStore, files: FileService | None = None,
+                 durability: Durability | None = None):
         self.redis = client
         self.engine = engine
         self.capture = capture
@@ -253,6 +255,7 @@ class Runtime:
         self.rpc_timeout_s = rpc_timeout_s
         self.store = NotebookStore(client, stream_maxlen=stream_maxlen, durability=durability)
         self.checkpoints = checkpoints
+        self.files = files  # the worker's file service: a checkpoint's files are archived through it
         engine.on_output_flush = capture.flush
         engine.on_death = self._on_engine_death
         engine.on_event = self._on_parented_event
@@ -603,9 +606,9 @@ class Runtime:
                 if blobs:
                     result["dill"] = base64.b64encode(blobs[0]).decode()
             elif op == "checkpoint":
-                result = self._checkpoint(notebook_id)
+                result = self._checkpoint(notebook_id, include_files=bool(args.get("include_files")))
             elif op == "restore":
-                result = self._restore(notebook_id)
+                result = self._restore(notebook_id, include_files=bool(args.get("include_files")))
             else:
                 raise EngineRefused(f"unknown operation {op!r}", "bad_request")
         except EngineRefused as exc:
@@ -615,22 +618,80 @@ class Runtime:
         else:
             answer(result=result)
 
-    def _checkpoint(self, notebook_id: str) -> dict:
-        """Have the engine pickle its namespace, and keep the bytes where only this notebook's workers look."""
+    def _checkpoint(self, notebook_id: str, include_files: bool = False) -> dict:
+        """Have the engine pickle its namespace, and keep the bytes where only this notebook's workers
+        look; with `include_files`, the notebook's directory too (archived first: a checkpoint whose
+        files cannot be saved, past the notebook's cap say, is not taken, the last one stays)."""
         started = time.perf_counter()
-        meta, blobs = self.engine.request("checkpoint")
-        names = meta.pop("names")
-        meta["created"] = time.time()
-        where = self.checkpoints.write(notebook_id, dict(zip(names, blobs)), meta)
-        return {**meta, "bytes": sum(len(b) for b in blobs), "store": where,
+        staged, files_report = None, None
+        if include_files:
+            staged, files_report = self._archive_files(notebook_id)
+        try:
+            meta, blobs = self.engine.request("checkpoint")
+            names = meta.pop("names")
+            meta["created"] = time.time()
+            where = self.checkpoints.write(notebook_id, dict(zip(names, blobs)), meta)
+            if staged is not None:
+                files_report["store"] = self.checkpoints.commit_files(notebook_id, staged)
+                staged = None
+        finally:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+        return {**meta, "bytes": sum(len(b) for b in blobs), "store": where, "files": files_report,
                 "seconds": round(time.perf_counter() - started, 6)}
 
-    def _restore(self, notebook_id: str) -> dict:
+    def _archive_files(self, notebook_id: str):
+        """The notebook's directory archived by the file helper (as the engine's user) into a staged
+        file of the checkpoint store; (its path, the helper's report). Raises EngineRefused."""
+        if self.files is None:
+            raise EngineRefused("this worker keeps no files", "not_supported")
+        try:
+            fd, staged = self.checkpoints.stage_files(notebook_id)
+        except OSError as exc:
+            raise EngineRefused(f"the checkpoint's files have nowhere to go: {exc}", "not_supported") from None
+        try:
+            reply = self.files.archive(fd)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        if not reply.pop("ok", False):
+            staged.unlink(missing_ok=True)
+            raise EngineRefused(f"the notebook's files were not saved: {reply.get('error')}",
+                                reply.get("code") or "operation_failed")
+        return staged, reply
+
+    def _restore(self, notebook_id: str, include_files: bool = False) -> dict:
+        """Load the last checkpoint's namespace; with `include_files`, first replace the directory's
+        contents with the files saved by the last checkpoint taken with them. Without it the
+        directory is left as it is."""
         blobs = self.checkpoints.read(notebook_id)
         if blobs is None:
             raise EngineRefused("the notebook has no checkpoint to restore", "no_checkpoint")
+        files_report = None
+        if include_files:
+            files_report = self._restore_files(notebook_id)
         names = list(blobs)
-        return self.engine.request("restore", names=names, buffers=[blobs[n] for n in names])[0]
+        result = self.engine.request("restore", names=names, buffers=[blobs[n] for n in names])[0]
+        return {**result, "files": files_report}
+
+    def _restore_files(self, notebook_id: str) -> dict:
+        fd = self.checkpoints.open_files(notebook_id) if self.files is not None else None
+        if fd is None:
+            raise EngineRefused("the notebook's checkpoints hold no files here: take one with include_files "
+                                "(with checkpoints in Redis, a checkpoint's files stay on the host that took it)",
+                                "no_checkpoint")
+        try:
+            reply = self.files.extract(fd)
+        finally:
+            os.close(fd)
+        if not reply.pop("ok", False):
+            raise EngineRefused(f"the checkpoint's files were not restored: {reply.get('error')}",
+                                reply.get("code") or "operation_failed")
+        if self._workspace_of == notebook_id:
+            self._enter_workspace(notebook_id)  # its working directory may have been replaced
+        return reply
 
     def _enter_workspace(self, notebook_id: str) -> None:
         """Before a notebook's first cell on this worker: the engine enters the notebook's working

@@ -35,6 +35,7 @@ from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
 from taskkernel.states import NotebookState, WorkerState, encoded
 from taskkernel.workers import cgroups, directories, sandbox
+from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.housekeeping import Housekeeping, _kill
 
 log = logging.getLogger("taskkernel.supervisor")
@@ -42,6 +43,7 @@ log = logging.getLogger("taskkernel.supervisor")
 ENGINE_RESCAN_S = 2.0
 LIMIT_CHECK_S = 0.5
 CULL_CHECK_S = 2.0
+CHECKPOINT_SWEEP_S = 10.0  # how often checkpoints' files of notebooks gone are looked for
 STARTUP_FAILURES = 3  # workers of one engine dying before ready, in a row, pause the engine
 STARTUP_PAUSE_S = 30.0
 # modules a worker needs once it runs Celery's solo worker, imported by the parent before forking
@@ -87,6 +89,7 @@ class Supervisor(Housekeeping):
         self._last_scan = 0.0
         self._last_limit_check = 0.0
         self._last_cull = 0.0
+        self._last_sweep = 0.0
         self._startup_failures: dict[str, int] = {}
         self._paused: dict[str, float] = {}  # engine -> monotonic time until which it is not forked
         self.app = None
@@ -95,6 +98,7 @@ class Supervisor(Housekeeping):
         self.redis: redis.Redis | None = None
         self.store: NotebookStore | None = None
         self.watch: HostWatch | None = None
+        self.checkpoints: CheckpointStore | None = None
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -151,6 +155,8 @@ class Supervisor(Housekeeping):
         self.preimport()
         self.redis = connections.connect(self.settings.redis_url, health_check_interval=30)
         self.store = NotebookStore(self.redis, stream_maxlen=self.settings.feed_stream_maxlen)
+        self.checkpoints = CheckpointStore(self.redis, self.settings.checkpoint_dir,
+                                           files_directory=directories.checkpoint_files_dir(self.sandbox_root))
         self.watch = HostWatch(self.redis, self.host, ttl_s=self.settings.host_ttl_s,
                                interval_s=self.settings.heartbeat_interval_s)
         signal.signal(signal.SIGTERM, self.stop)
@@ -188,6 +194,8 @@ class Supervisor(Housekeeping):
             for notebook_id in self.store.orphans():
                 self.store.assign_orphan(notebook_id)
         self._hand_over_directories()
+        if now - self._last_sweep >= CHECKPOINT_SWEEP_S:
+            self._sweep_checkpoint_files()
         if self.settings.cull_idle_s > 0 and now - self._last_cull >= CULL_CHECK_S:
             self._cull_idle()
 
@@ -361,6 +369,7 @@ class Supervisor(Housekeeping):
             return
         notebook_id = notebook_id.decode()
         if self.redis.hget(keys.notebook(notebook_id), "state") in (None, encoded(NotebookState.DELETING)):
+            self.checkpoints.remove(notebook_id)  # the files go with the notebook, checkpointed ones too
             return
         try:
             directories.stash(self.sandbox_root, child.worker_id, notebook_id)
@@ -395,6 +404,13 @@ class Supervisor(Housekeeping):
             log.warning("handing the files of notebook %s over: %r", notebook_id, exc)
             directories.discard(self.sandbox_root, notebook_id)
         files.handover_done(self.redis, notebook_id)
+
+    def _sweep_checkpoint_files(self) -> None:
+        """Remove checkpoints' files of notebooks deleted without this host seeing their worker end."""
+        self._last_sweep = time.monotonic()
+        gone = [n for n in self.checkpoints.notebooks_with_files() if not self.store.exists(n)]
+        for notebook_id in gone:
+            self.checkpoints.remove(notebook_id)
 
     # --- host record ----------------------------------------------------------------------------
 
