@@ -127,6 +127,13 @@ class VariableNotFound(NotFound):
     code = "variable_not_found"
 
 
+class NotSupportedByEngine(BadRequest):
+    """The notebook's engine cannot do this: push, pull, checkpoint and restore need a Python
+    namespace, which an engine running another Jupyter kernel (kernelspec = ...) does not have."""
+
+    code = "not_supported_by_engine"
+
+
 class NoCheckpoint(NotFound):
     """The notebook has no checkpoint."""
 

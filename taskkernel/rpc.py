@@ -20,6 +20,7 @@ from taskkernel.exceptions import (
     EngineUnavailable,
     NoCheckpoint,
     NotebookGone,
+    NotSupportedByEngine,
     VariableNotFound,
 )
 from taskkernel.messages import new_id
@@ -27,7 +28,8 @@ from taskkernel.messages import new_id
 REPLY_TTL_S = 60
 # error codes a worker may answer with -> the exception the API raises
 WORKER_ERRORS = {"variable_not_found": VariableNotFound, "no_checkpoint": NoCheckpoint,
-                 "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest}
+                 "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest,
+                 "not_supported_by_engine": NotSupportedByEngine}
 MAX_BLOCK_S = 4.0  # below redis-py's default 5 s socket timeout
 MOVED_CHECK_S = 0.25  # how often a wait checks that the worker asked still serves the notebook
 MOVED = object()  # what a wait returns when it did (the caller asks the notebook's new worker)

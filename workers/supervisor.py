@@ -34,7 +34,7 @@ from taskkernel.engines import registry
 from taskkernel.exceptions import TaskkernelError
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
-from taskkernel.workers import cgroups, directories, sandbox
+from taskkernel.workers import cgroups, directories, kernelspecs, sandbox
 
 log = logging.getLogger("taskkernel.supervisor")
 
@@ -210,6 +210,7 @@ class Supervisor:
         for name, spec in list(specs.items()):
             try:
                 registry.check_class(spec)
+                kernelspecs.check(spec)
             except Exception as exc:
                 errors[spec["source"]] = str(exc)
                 del specs[name]

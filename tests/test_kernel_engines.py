@@ -1,0 +1,270 @@
+"""Any Jupyter kernel as an engine (issue 14, item 8): an engine file's `kernelspec = "..."`.
+
+bash_kernel (from PyPI, its spec installed with `python -m bash_kernel.install --prefix` into a
+private JUPYTER_PATH that only this module's supervisor sees) and ipykernel's own `python3`
+kernelspec run as engines in the real sandbox, on real workers of a service of this module's own
+(its own Redis database and engine files, so the shared service's engines stay as they are).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+pytest.importorskip("bash_kernel")
+jupyter_client = pytest.importorskip("jupyter_client")
+
+from taskkernel.client import ApiError  # noqa: E402
+from taskkernel.settings import SOURCE_CONFIG_DIR  # noqa: E402
+from tests.conftest import Service, wait_for  # noqa: E402
+from tests.test_isolation import engine_pid  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+DB = 5  # this module's Redis database (conftest's fixtures use 0-3)
+ENGINE_FILES = {
+    "bash": 'name = "bash"\ndisplay_name = "Bash"\nlanguage = "bash"\nkernelspec = "bash"\npool_size = 1\n',
+    "pykernel": 'name = "pykernel"\ndisplay_name = "Python 3 (ipykernel)"\nlanguage = "python"\n'
+                'kernelspec = "python3"\npool_size = 1\n',
+}
+
+
+def install_bash_kernelspec(prefix: Path) -> Path:
+    """bash_kernel's spec in `prefix`; returns the Jupyter data directory to put on JUPYTER_PATH."""
+    done = subprocess.run([sys.executable, "-m", "bash_kernel.install", "--prefix", str(prefix)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return prefix / "share" / "jupyter"
+
+
+@pytest.fixture(scope="module")
+def kernels_service(redis_server, tmp_path_factory):
+    """An API and a supervisor keeping one bash and one python3-kernel worker warm."""
+    root = tmp_path_factory.mktemp("kernels")
+    jupyter_path = install_bash_kernelspec(root / "prefix")
+    config = root / "config"
+    shutil.copytree(SOURCE_CONFIG_DIR, config)
+    for path in (config / "engines").glob("*.toml"):  # no python workers of this module's own
+        path.unlink()
+    for name, text in ENGINE_FILES.items():
+        (config / "engines" / f"{name}.toml").write_text(text)
+    admin = redis.Redis.from_url(redis_server.db_url(DB, admin=True))
+    admin.flushdb()
+    svc = Service(redis_server.db_url(DB), config, {"TASKKERNEL_LOG_LEVEL": "WARNING",
+                                                     "JUPYTER_PATH": str(jupyter_path)})
+    try:
+        host = svc.start_supervisor(pool=1, wait=False, output=root / "supervisor.log")
+        for engine in ENGINE_FILES:
+            svc.wait_idle(host, engine, 1, timeout_s=90, process=svc.supervisors[host])
+        svc.start_api()
+        svc.jupyter_path = jupyter_path
+        yield svc
+    finally:
+        svc.close()
+        admin.flushdb()
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def bash(kernels_service):
+    nb = kernels_service.client().start("bash")
+    try:
+        yield nb
+    finally:
+        nb.close()
+
+
+@pytest.fixture(scope="module")
+def pykernel(kernels_service):
+    nb = kernels_service.client().start("pykernel")
+    try:
+        yield nb
+    finally:
+        nb.close()
+
+
+def text_of(cell: dict) -> str:
+    return "".join(o.get("text", "") for o in cell["outputs"] if o["output_type"] == "stream")
+
+
+def test_the_engines_list_their_kernelspec(kernels_service):
+    engines = {e["name"]: e for e in kernels_service.client().engines()}
+    assert engines["bash"]["kernelspec"] == "bash" and engines["bash"]["language"] == "bash"
+    assert engines["pykernel"]["class"] == "taskkernel.engines.jupyter_kernel:KernelEngine"
+
+
+def test_a_bash_cell_prints_keeps_variables_and_fails(bash):
+    done = bash.evaluate("X=41; echo hello $((X + 1))")
+    assert done["status"] == "ok" and text_of(done) == "hello 42\n", done
+    assert done["execution_count"] >= 1
+    kept = bash.evaluate("echo $X")
+    assert text_of(kept) == "41\n" and kept["execution_count"] == done["execution_count"] + 1
+    failed = bash.evaluate("false")
+    assert failed["status"] == "error" and failed["error"]["evalue"] == "1", failed
+
+
+def test_a_bash_cell_runs_in_the_sandbox(bash):
+    done = bash.evaluate("id -u; echo $HOME; pwd; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+                         "env | grep -c TASKKERNEL_ || true")
+    lines = text_of(done).splitlines()
+    assert lines[1] == "/home/notebook" and lines[2] == "/home/notebook", lines
+    if os.geteuid() == 0:
+        assert int(lines[0]) >= 200000  # the slot's own uid, not root
+    assert "bwrap" in lines[3] or "bash" not in lines[3]  # pid 1 is the sandbox's init, not the host's
+    assert lines[4] == "0"  # no credential of the service in the kernel's environment
+
+
+def test_python3_kernel_outputs_values_errors_and_state(pykernel):
+    pykernel.evaluate("import sys\nx = 20")
+    done = pykernel.evaluate("print('out'); x + 1")
+    assert done["status"] == "ok", done
+    assert [o["output_type"] for o in done["outputs"]] == ["stream", "execute_result"]
+    assert done["outputs"][1]["data"]["text/plain"] == "21"
+    shown = pykernel.evaluate("from IPython.display import display, HTML\ndisplay(HTML('<b>b</b>'))")
+    assert shown["outputs"][0]["data"]["text/html"] == "<b>b</b>"
+    failed = pykernel.evaluate("1/0")
+    assert failed["status"] == "error" and failed["error"]["ename"] == "ZeroDivisionError"
+    assert any("ZeroDivisionError" in line for line in failed["error"]["traceback"])
+
+
+def test_feed_of_a_kernel_cell_is_a_python_engines(pykernel):
+    cell = pykernel.evaluate("print('a'); 7", wait=False)
+    feed = list(pykernel.follow(cell["id"], timeout=60))
+    types = [m["header"]["msg_type"] for m in feed]
+    assert types == ["status", "execute_input", "stream", "execute_result", "execute_reply"], types
+    reply = feed[-1]["content"]
+    assert reply["status"] == "ok" and reply["execution_count"] == feed[3]["content"]["execution_count"]
+    assert all(m["parent_header"]["msg_id"] == cell["id"] for m in feed)
+
+
+def test_complete_inspect_is_complete(bash, pykernel):
+    assert "echo" in bash.complete("ech")["matches"]
+    pykernel.evaluate("import math")
+    got = pykernel.complete("math.sq")
+    assert "math.sqrt" in got["matches"] or "sqrt" in got["matches"], got
+    assert "sqrt" in pykernel.inspect("math.sqrt")["data"]["text/plain"]
+    assert pykernel.is_complete("for i in x:")["status"] == "incomplete"
+
+
+def test_interrupt_of_sleep(bash):
+    cell = bash.evaluate("echo started; sleep 30; echo never", wait=False)
+    for message in bash.follow(cell["id"], timeout=30):
+        if message["header"]["msg_type"] == "stream":
+            break
+    bash.interrupt()
+    done = bash.wait(cell["id"], timeout=15)
+    assert done["status"] in ("aborted", "error") and "never" not in text_of(done), done
+    assert text_of(bash.evaluate("echo after")) == "after\n"  # the kernel goes on
+
+
+def test_interrupt_of_a_python3_kernel_cell(pykernel):
+    cell = pykernel.evaluate("import time\nprint('started', flush=True)\ntime.sleep(30)", wait=False)
+    for message in pykernel.follow(cell["id"], timeout=30):
+        if message["header"]["msg_type"] == "stream":
+            break
+    pykernel.interrupt()
+    done = pykernel.wait(cell["id"], timeout=15)
+    assert done["status"] == "error" and done["error"]["ename"] == "KeyboardInterrupt", done
+
+
+def test_stdin_input_request_and_reply(pykernel):
+    cell = pykernel.evaluate("name = input('who? ')\nprint('hi', name)", wait=False, allow_stdin=True)
+    for message in pykernel.follow(cell["id"], timeout=30):
+        if message["header"]["msg_type"] == "input_request":
+            assert message["content"]["prompt"] == "who? "
+            break
+    assert pykernel.input_reply("ann")["delivered"]
+    done = pykernel.wait(cell["id"], timeout=15)
+    assert "hi ann" in text_of(done), done
+
+
+def test_comms_pass_both_ways(pykernel):
+    pykernel.evaluate(
+        "from comm import create_comm\n"
+        "got = []\n"
+        "def opened(comm, msg):\n"
+        "    comm.on_msg(lambda m: (got.append(m['content']['data']), comm.send({'echo': m['content']['data']})))\n"
+        "get_ipython().kernel.comm_manager.register_target('t', opened)")
+    opened = pykernel.send_comm("comm_open", {"comm_id": "c1", "target_name": "t", "data": {}})
+    pykernel.comm_msg("c1", {"n": 1})
+    assert opened
+    echoes = []
+    for message in pykernel.comms(timeout=20):
+        if message["header"]["msg_type"] == "comm_msg" and message["content"]["comm_id"] == "c1":
+            echoes.append(message["content"]["data"])
+            break
+    assert echoes == [{"echo": {"n": 1}}]
+    assert "c1" in pykernel.comm_info("t")["comms"]
+
+
+def test_namespace_operations_are_refused_with_a_code(pykernel):
+    for call in (lambda: pykernel.pull("x"), pykernel.checkpoint, lambda: pykernel.push(y=1)):
+        with pytest.raises(ApiError) as refused:
+            call()
+        assert refused.value.code == "not_supported_by_engine" and refused.value.status == 400
+
+
+def test_a_killed_kernel_is_reported_as_the_engines_death(kernels_service):
+    nb = kernels_service.client().start("bash")
+    try:
+        nb.evaluate("X=1")
+        kernel = int(Path(f"/proc/{engine_pid(nb)}/task/{engine_pid(nb)}/children").read_text().split()[0])
+        cell = nb.evaluate("echo running; sleep 60", wait=False)
+        for message in nb.follow(cell["id"], timeout=30):
+            if message["header"]["msg_type"] == "stream":
+                break
+        os.kill(kernel, signal.SIGKILL)
+        done = nb.wait(cell["id"], timeout=20)
+        assert done["status"] == "error" and done["error"]["ename"] == "EngineDied", done
+        assert "SIGKILL" in done["error"]["evalue"]
+        states = [m["content"]["execution_state"] for m in nb.feed(timeout=5)
+                  if m["header"]["msg_type"] == "status"]
+        assert "restarting" in states
+        wait_for(lambda: nb.refresh()["worker"] and nb.record["restarts"] == 1, 60, "a fresh worker")
+        assert text_of(nb.evaluate("echo ${X:-unset}")) == "unset\n"  # a fresh kernel
+    finally:
+        nb.close()
+
+
+def test_the_bash_notebook_through_the_bridge(kernels_service, tmp_path):
+    """jupyter_client on the bridge kernel (`taskkernel kernelspec install --engine bash`)."""
+    from jupyter_client.manager import start_new_kernel
+
+    prefix = tmp_path / "bridge"
+    done = subprocess.run([sys.executable, "-m", "taskkernel", "kernelspec", "install", "--url",
+                           kernels_service.api_url, "--engine", "bash", "--prefix", str(prefix)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    saved = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(prefix / "share" / "jupyter")
+    try:
+        manager, client = start_new_kernel(kernel_name="taskkernel-bash", startup_timeout=60)
+    finally:
+        if saved is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = saved
+    try:
+        outputs = []
+        reply = client.execute_interactive("Y=5; echo y=$Y", timeout=60,
+                                           output_hook=lambda m: outputs.append(m))
+        assert reply["content"]["status"] == "ok"
+        streams = "".join(m["content"]["text"] for m in outputs if m["header"]["msg_type"] == "stream")
+        assert streams == "y=5\n"
+        failed = client.execute_interactive("ls /nonexistent", timeout=60, output_hook=lambda m: None)
+        assert failed["content"]["status"] == "error"
+        matches = client.complete("ech", reply=True, timeout=30)["content"]["matches"]
+        assert "echo" in matches
+        banner = client.kernel_info(reply=True, timeout=15)["content"]["banner"]
+        assert re.search(r"notebook [0-9a-f]{32}", banner)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
