@@ -8,6 +8,7 @@ kernelspec run as engines in the real sandbox, on real workers of a service of t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ ENGINE_FILES = {
     "bash": 'name = "bash"\ndisplay_name = "Bash"\nlanguage = "bash"\nkernelspec = "bash"\npool_size = 1\n',
     "pykernel": 'name = "pykernel"\ndisplay_name = "Python 3 (ipykernel)"\nlanguage = "python"\n'
                 'kernelspec = "python3"\npool_size = 1\n',
+    # ipykernel again, under a spec that asks for interrupt_request messages instead of SIGINT
+    "pymessage": 'name = "pymessage"\nkernelspec = "pymessage"\npool_size = 1\n',
 }
 
 
@@ -42,6 +45,11 @@ def install_bash_kernelspec(prefix: Path) -> Path:
     done = subprocess.run([sys.executable, "-m", "bash_kernel.install", "--prefix", str(prefix)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "pymessage"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    spec_file = prefix / "share" / "jupyter" / "kernels" / "pymessage" / "kernel.json"
+    spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "interrupt_mode": "message"}))
     return prefix / "share" / "jupyter"
 
 
@@ -165,7 +173,18 @@ def test_interrupt_of_sleep(bash):
     assert text_of(bash.evaluate("echo after")) == "after\n"  # the kernel goes on
 
 
-def test_interrupt_of_a_python3_kernel_cell(pykernel):
+@pytest.mark.parametrize("engine", ["pykernel", "pymessage"])
+def test_interrupt_of_a_python3_kernel_cell(kernels_service, pykernel, engine):
+    """By SIGINT to the kernel (python3's interrupt_mode) and by interrupt_request on control."""
+    nb = pykernel if engine == "pykernel" else kernels_service.client().start(engine)
+    try:
+        interrupted(nb)
+    finally:
+        if nb is not pykernel:
+            nb.close()
+
+
+def interrupted(pykernel) -> None:
     cell = pykernel.evaluate("import time\nprint('started', flush=True)\ntime.sleep(30)", wait=False)
     for message in pykernel.follow(cell["id"], timeout=30):
         if message["header"]["msg_type"] == "stream":
@@ -205,11 +224,42 @@ def test_comms_pass_both_ways(pykernel):
     assert "c1" in pykernel.comm_info("t")["comms"]
 
 
-def test_namespace_operations_are_refused_with_a_code(pykernel):
+def test_namespace_operations_are_refused_with_a_code(kernels_service, pykernel):
     for call in (lambda: pykernel.pull("x"), pykernel.checkpoint, lambda: pykernel.push(y=1)):
         with pytest.raises(ApiError) as refused:
             call()
         assert refused.value.code == "not_supported_by_engine" and refused.value.status == 400
+    with pytest.raises(ApiError) as refused:
+        kernels_service.client().request("POST", "/notebooks", {"engine": "bash", "checkpoint_every_cell": True})
+    assert refused.value.code == "not_supported_by_engine"
+
+
+def test_displays_updates_clear_output_and_user_expressions(pykernel):
+    done = pykernel.evaluate(
+        "from IPython.display import display, clear_output\n"
+        "h = display('first', display_id=True)\nh.update('second')\nprint('gone')\n"
+        "clear_output(wait=True)\nprint('kept')", user_expressions={"two": "1+1"})
+    assert [o["output_type"] for o in done["outputs"]] == ["stream"] and text_of(done) == "kept\n", done
+    cell = pykernel.evaluate("h = display('a', display_id=True); h.update('b')", wait=False)
+    feed = list(pykernel.follow(cell["id"], timeout=60))
+    types = [m["header"]["msg_type"] for m in feed]
+    assert "display_data" in types and "update_display_data" in types, types
+    assert pykernel.cell(cell["id"])["outputs"][0]["data"]["text/plain"] == "'b'"
+    cell = pykernel.evaluate("1", wait=False, user_expressions={"two": "1+1"})
+    reply = list(pykernel.follow(cell["id"], timeout=60))[-1]["content"]
+    assert reply["user_expressions"]["two"]["data"]["text/plain"] == "2", reply
+
+
+def test_working_directory_and_environment(kernels_service):
+    with kernels_service.client().start("bash", cwd="work/here", env={"RUN_ID": "r7"}) as nb:
+        assert text_of(nb.evaluate("pwd; echo $RUN_ID")) == "/home/notebook/work/here\nr7\n"
+
+
+def test_restart_gives_a_fresh_kernel(kernels_service):
+    with kernels_service.client().start("bash") as nb:
+        nb.evaluate("Z=3")
+        nb.restart()
+        assert text_of(nb.evaluate("echo ${Z:-unset}")) == "unset\n"
 
 
 def test_a_killed_kernel_is_reported_as_the_engines_death(kernels_service):

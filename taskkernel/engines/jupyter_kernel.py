@@ -25,6 +25,7 @@ import os
 import queue
 import secrets
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -47,6 +48,7 @@ PASSED_ON = ("stream", "display_data", "update_display_data", "clear_output", "e
 # execute_reply fields the worker may take (the rest of a kernel's reply is its own business)
 REPLY_FIELDS = ("status", "execution_count", "user_expressions", "payload", "ename", "evalue", "traceback")
 CHANNELS = ("shell", "iopub", "stdin", "control")
+PYTHON_NAMES = ("python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2]))
 
 
 class KernelEngine(Engine):
@@ -112,6 +114,8 @@ class KernelEngine(Engine):
         resource_dir = str(self.kernel.get("resource_dir") or "")
         argv = [str(a).replace("{connection_file}", self._connection_file).replace("{resource_dir}", resource_dir)
                 for a in self.kernel["argv"]]
+        if argv[0] in PYTHON_NAMES:  # as jupyter_client's KernelManager: the launching interpreter
+            argv[0] = sys.executable
         env = {**os.environ, **{str(k): str(v) for k, v in (self.kernel.get("env") or {}).items()}}
         # the kernel's fds 1 and 2 are this process's: the worker's pipes (C code's output, start-up noise)
         self.process = launch_kernel(argv, env=env, cwd=os.getcwd())
