@@ -26,6 +26,7 @@ jupyter_client = pytest.importorskip("jupyter_client")
 from taskkernel.client import ApiError  # noqa: E402
 from taskkernel.settings import SOURCE_CONFIG_DIR  # noqa: E402
 from tests.conftest import Service, wait_for  # noqa: E402
+from tests.test_engine_death import statuses_after  # noqa: E402
 from tests.test_isolation import engine_pid  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -255,11 +256,48 @@ def test_working_directory_and_environment(kernels_service):
         assert text_of(nb.evaluate("pwd; echo $RUN_ID")) == "/home/notebook/work/here\nr7\n"
 
 
-def test_restart_gives_a_fresh_kernel(kernels_service):
+def test_restart_gives_a_fresh_kernel_never_one_a_cell_installed(kernels_service):
+    """The files of the notebook's home go to the fresh worker; a kernel.json a cell put there is not
+    a kernelspec: the worker looks in the service's Jupyter path only."""
     with kernels_service.client().start("bash") as nb:
+        planted = ('{"argv": ["sh", "-c", "touch /home/notebook/planted"], "display_name": "x", "language": "bash"}')
+        for where in ("~/.local/share/jupyter/kernels/bash", "~/share/jupyter/kernels/bash"):
+            nb.evaluate(f"mkdir -p {where} && echo '{planted}' > {where}/kernel.json")
         nb.evaluate("Z=3")
         nb.restart()
-        assert text_of(nb.evaluate("echo ${Z:-unset}")) == "unset\n"
+        done = nb.evaluate("echo ${Z:-unset}; ls ~/.local/share/jupyter/kernels/bash; test -e ~/planted || echo clean")
+        assert text_of(done) == "unset\nkernel.json\nclean\n", done
+
+
+def test_engine_files_with_a_kernelspec(tmp_path):
+    """Pure: the class defaults to the kernel engine; read_only_paths must be absolute; the sandbox
+    shows them read-only (and the kernelspec's directory, unless it is within the Python installation)."""
+    from taskkernel.engines import registry
+    from taskkernel.exceptions import ConfigurationError
+    from taskkernel.settings import Settings
+    from taskkernel.workers import kernelspecs, sandbox
+
+    (tmp_path / "engines").mkdir()
+    (tmp_path / "opt").mkdir()
+    (tmp_path / "engines" / "k.toml").write_text(
+        f'name = "k"\nkernelspec = "python3"\nread_only_paths = ["{tmp_path / "opt"}"]\n')
+    (tmp_path / "engines" / "bad.toml").write_text('name = "bad"\nkernelspec = "python3"\nread_only_paths = ["rel"]\n')
+    specs, errors = registry.load_specs(tmp_path)
+    assert specs["k"]["class"] == registry.KERNEL_ENGINE_CLASS and "bad" not in specs
+    assert any("read_only_paths" in e for e in errors.values())
+    resolved = kernelspecs.resolve(specs["k"])  # ipykernel's native python3 spec
+    assert resolved["kernel"]["language"] == "python" and resolved["kernel"]["interrupt_mode"] == "signal"
+    with pytest.raises(ConfigurationError, match="no kernelspec"):
+        kernelspecs.resolve({"name": "n", "kernelspec": "no-such-kernel"})
+    (tmp_path / "box").mkdir()
+    launch = sandbox.engine_launch(Settings(), resolved, directory=tmp_path / "box", uid=None)
+    pairs = list(zip(launch.argv, launch.argv[1:], launch.argv[2:]))
+    assert ("--ro-bind", str(tmp_path / "opt"), str(tmp_path / "opt")) in pairs
+    spec_dir = tmp_path / "jupyter" / "kernels" / "k"
+    spec_dir.mkdir(parents=True)
+    elsewhere = {**resolved, "read_only_paths": [], "kernel": {**resolved["kernel"], "resource_dir": str(spec_dir)}}
+    launch = sandbox.engine_launch(Settings(), elsewhere, directory=tmp_path / "box", uid=None)
+    assert ("--ro-bind", str(spec_dir), str(spec_dir)) in list(zip(launch.argv, launch.argv[1:], launch.argv[2:]))
 
 
 def test_a_killed_kernel_is_reported_as_the_engines_death(kernels_service):
@@ -275,9 +313,7 @@ def test_a_killed_kernel_is_reported_as_the_engines_death(kernels_service):
         done = nb.wait(cell["id"], timeout=20)
         assert done["status"] == "error" and done["error"]["ename"] == "EngineDied", done
         assert "SIGKILL" in done["error"]["evalue"]
-        states = [m["content"]["execution_state"] for m in nb.feed(timeout=5)
-                  if m["header"]["msg_type"] == "status"]
-        assert "restarting" in states
+        assert "restarting" in statuses_after(nb, "0-0", "restarting")
         wait_for(lambda: nb.refresh()["worker"] and nb.record["restarts"] == 1, 60, "a fresh worker")
         assert text_of(nb.evaluate("echo ${X:-unset}")) == "unset\n"  # a fresh kernel
     finally:
