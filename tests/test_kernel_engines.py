@@ -127,7 +127,7 @@ def test_a_bash_cell_runs_in_the_sandbox(bash):
     assert lines[1] == "/home/notebook" and lines[2] == "/home/notebook", lines
     if os.geteuid() == 0:
         assert int(lines[0]) >= 200000  # the slot's own uid, not root
-    assert "bwrap" in lines[3] or "bash" not in lines[3]  # pid 1 is the sandbox's init, not the host's
+    assert lines[3].split()[0].endswith("bwrap"), lines[3]  # pid 1 is the sandbox's init, not the host's
     assert lines[4] == "0"  # no credential of the service in the kernel's environment
 
 
@@ -354,3 +354,32 @@ def test_the_bash_notebook_through_the_bridge(kernels_service, tmp_path):
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+def test_the_bash_notebook_through_the_gateway(kernels_service, tmp_path):
+    """Jupyter Server's gateway protocol (taskkernel/gateway) on the bash engine: its kernelspec, a cell."""
+    import asyncio
+
+    from tests.conftest import start_gateway
+    from tests.jupyter_ws import KernelSocket, of_type, reply_of
+    from tests.test_gateway import call
+
+    url, _ = start_gateway(kernels_service, output=tmp_path / "gateway.log")
+    status, specs = call("GET", url + "/api/kernelspecs")
+    assert status == 200 and specs["kernelspecs"]["bash"]["spec"]["language"] == "bash"
+    status, model = call("POST", url + "/api/kernels", {"name": "bash"})
+    assert status == 201, model
+
+    async def scenario():
+        ws = await KernelSocket.open(f"{url}/api/kernels/{model['id']}/channels")
+        try:
+            messages = await ws.execute("W=2; echo w=$W")
+            return reply_of(messages)["content"], "".join(m["content"]["text"] for m in of_type(messages, "stream"))
+        finally:
+            ws.close()
+
+    try:
+        reply, text = asyncio.run(scenario())
+        assert reply["status"] == "ok" and text == "w=2\n", (reply, text)
+    finally:
+        call("DELETE", f"{url}/api/kernels/{model['id']}")
