@@ -107,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                     samples[f"peer {name}"].append(time.perf_counter() - started)
         time.sleep(1.0)  # every notebook idle
         memory: dict[str, list[machine.Memory]] = {}
+        kernel_part: dict[str, list[machine.Memory]] = {}  # of a kernel engine's notebook: the kernel's tree
         for engine, nbs in notebooks.items():
-            trees = [[pid, *descendants(pid)] for pid in (nb.refresh()["worker"]["pid"] for nb in nbs)]
-            memory[engine] = [machine.total_memory(tree) for tree in trees]
+            workers = [nb.refresh()["worker"]["pid"] for nb in nbs]
+            memory[engine] = [machine.total_memory([pid, *descendants(pid)]) for pid in workers]
+            if engine != "ipython":
+                kernel_part[engine] = [machine.total_memory(descendants(_engine_of(pid))) for pid in workers]
         for name, ks in peers.items():
             if ks:
                 memory[f"peer {name}"] = [machine.total_memory([k.pid, *descendants(k.pid)]) for k in ks]
@@ -119,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n`python -m bench.kernels {' '.join(argv if argv is not None else sys.argv[1:])}`, "
               f"{args.reps} x {args.runs} round trips, {args.notebooks} idle notebooks; "
               f"load average at end {machine.load_average()}\n")
-        print("| system | round trip p50 | idle notebook USS / PSS (MiB, median) |")
-        print("|---|---|---|")
+        print("| system | round trip p50 | idle notebook USS / PSS (MiB, median) | of which the kernel's processes |")
+        print("|---|---|---|---|")
         for key, label in labels.items():
             if key in samples:
-                mems = sorted(memory[key], key=lambda m: m.uss)
-                mid = mems[len(mems) // 2]
-                print(f"| {label} | {_ms(samples[key])} | {mid.uss:.1f} / {mid.pss:.1f} |")
+                mid = _median(memory[key])
+                part = f"{_median(kernel_part[key]).uss:.1f} / {_median(kernel_part[key]).pss:.1f}" \
+                    if key in kernel_part else ""
+                print(f"| {label} | {_ms(samples[key])} | {mid.uss:.1f} / {mid.pss:.1f} | {part} |")
         return 0
     finally:
         for kernel in kernels:
@@ -136,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
         processes.stop_all()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _median(mems: list[machine.Memory]) -> machine.Memory:
+    return sorted(mems, key=lambda m: m.uss)[len(mems) // 2]
+
+
+def _engine_of(worker: int) -> int:
+    """The engine process below a worker: worker -> bubblewrap -> the sandbox's init -> engine."""
+    pid = worker
+    for _ in range(3):
+        pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+    return pid
 
 
 def _start(stack: Stack, engines: list[str]) -> None:

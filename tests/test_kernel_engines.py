@@ -316,6 +316,11 @@ def test_a_killed_kernel_is_reported_as_the_engines_death(kernels_service):
         assert "restarting" in statuses_after(nb, "0-0", "restarting")
         wait_for(lambda: nb.refresh()["worker"] and nb.record["restarts"] == 1, 60, "a fresh worker")
         assert text_of(nb.evaluate("echo ${X:-unset}")) == "unset\n"  # a fresh kernel
+        position = list(nb.feed(timeout=0.5))[-1]["position"]
+        engine = engine_pid(nb)  # between cells, too
+        os.kill(int(Path(f"/proc/{engine}/task/{engine}/children").read_text().split()[0]), signal.SIGKILL)
+        assert "restarting" in statuses_after(nb, position, "restarting")
+        wait_for(lambda: nb.refresh()["worker"] and nb.record["restarts"] == 2, 60, "another fresh worker")
     finally:
         nb.close()
 
