@@ -287,8 +287,9 @@ class KernelEngine(Engine):
         except KeyboardInterrupt:
             self.running_user_code = False
             self._forget(msg_id)
-            return {"status": "error", "execution_count": self.execution_count,
-                    "ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
+            error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ["KeyboardInterrupt: "]}
+            self.publish("error", error, cell)
+            return {"status": "error", "execution_count": self.execution_count, **error}
         self._send("shell", msg)
         reply = None
         idle = False
