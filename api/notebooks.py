@@ -12,7 +12,7 @@ from taskkernel.api.auth import token_digest
 from taskkernel.api.validation import request_body
 from taskkernel.assignment import RESTARTED_ERROR
 from taskkernel.engines import registry
-from taskkernel.exceptions import InvalidField
+from taskkernel.exceptions import InvalidField, NotSupportedByEngine
 
 blueprint = Blueprint("notebooks", __name__)
 
@@ -32,6 +32,9 @@ def create_notebook():
     env = workspace.check_env(body.get("env", {}))
     token = secrets.token_urlsafe(32)
     options = {k: body[k] for k in ("restore_on_restart", "checkpoint_every_cell") if k in body}
+    if spec.get("kernelspec") and any(options.values()):  # checkpoints are of a Python namespace
+        raise NotSupportedByEngine(f"engine {engine!r} runs the Jupyter kernel {spec['kernelspec']!r}: it has no "
+                                   "Python namespace to checkpoint or restore", engine=engine)
     notebook = svc.store.create(engine, timeout_s=svc.settings.assign_timeout_s, token_sha256=token_digest(token),
                                 max_total=svc.settings.max_notebooks,
                                 max_of_engine=int(spec.get("max_notebooks", 0)), options=options,

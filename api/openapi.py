@@ -88,7 +88,7 @@ SCHEMAS = {
         "properties": {"name": {"type": "string"}, "display_name": {"type": "string"},
                        "language": {"type": "string"}, "class": {"type": "string"},
                        "pool_size": {"type": ["integer", "null"]}, "limits": {"type": "object"},
-                       "source": NULLABLE_STR},
+                       "kernelspec": NULLABLE_STR, "source": NULLABLE_STR},
     },
     "Notebook": {
         "type": "object", "required": ["id", "engine", "state", "execution_count", "worker"],

@@ -134,6 +134,13 @@ class VariableNotFound(NotFound):
     code = "variable_not_found"
 
 
+class NotSupportedByEngine(BadRequest):
+    """The notebook's engine cannot do this: push, pull, checkpoint and restore need a Python
+    namespace, which an engine running another Jupyter kernel (kernelspec = ...) does not have."""
+
+    code = "not_supported_by_engine"
+
+
 class NoCheckpoint(NotFound):
     """The notebook has no checkpoint."""
 
@@ -304,4 +311,5 @@ class ApiError(TaskkernelError):
 # error codes a worker may answer with -> the exception the API raises (any other: EngineUnavailable)
 WORKER_ERRORS = {"variable_not_found": VariableNotFound, "no_checkpoint": NoCheckpoint,
                  "notebook_gone": NotebookGone, "bad_request": BadRequest, "not_supported": BadRequest,
-                 "operation_failed": EngineRefused, "notebook_storage_full": NotebookStorageFull}
+                 "operation_failed": EngineRefused, "notebook_storage_full": NotebookStorageFull,
+                 "not_supported_by_engine": NotSupportedByEngine}

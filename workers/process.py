@@ -18,7 +18,7 @@ from celery import Celery, signals
 
 from taskkernel import connections, logs
 from taskkernel.settings import Settings
-from taskkernel.workers import cgroups, directories, sandbox
+from taskkernel.workers import cgroups, directories, kernelspecs, sandbox
 from taskkernel.workers.capture import OutputCapture
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
@@ -42,6 +42,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
                    host=settings.host_name)
     signals.setup_logging.connect(lambda **_: None, weak=False)  # Celery keeps to our logging
 
+    spec = kernelspecs.resolve(spec)  # a Jupyter-kernel engine's kernelspec, found on this side
     uid = sandbox.slot_uid(settings, slot)
     directory = sandbox.prepare_directory(sandbox_root, worker_id, uid)
     limits = spec.get("limits", {})

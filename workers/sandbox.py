@@ -150,7 +150,7 @@ def engine_launch(settings: Settings, spec: dict, *, directory: Path, uid: int |
     for parent in _ancestors([HOME]):
         argv += ["--perms", "0755", "--dir", parent]
     argv += ["--bind", str(directory / "home"), HOME, "--bind", str(directory / "tmp"), "/tmp"]
-    readable = _readable_paths(python, module_dirs)
+    readable = _readable_paths(python, module_dirs + _kernel_paths(spec))
     for parent in _ancestors(readable):  # traversable, whatever the host's modes (/root is 0700)
         argv += ["--perms", "0755", "--dir", parent]
     for path in readable:
@@ -206,6 +206,15 @@ def _readable_paths(python: str, module_dirs: list[str]) -> list[str]:
             if os.path.isdir(path) and not any(_within(path, p) for p in paths):
                 paths = [p for p in paths if not _within(p, path)] + [path]
     return paths
+
+
+def _kernel_paths(spec: dict) -> list[str]:
+    """What a Jupyter-kernel engine reads besides the system: its kernelspec's directory (kernel.json,
+    files its argv names as {resource_dir}) and the engine file's `read_only_paths` (the kernel's
+    installation when it is not under /usr or the Python installation: /opt/julia, say)."""
+    kernel = spec.get("kernel") or {}
+    paths = [kernel["resource_dir"]] if kernel.get("resource_dir") else []
+    return paths + [str(p) for p in spec.get("read_only_paths", [])]
 
 
 def _module_dirs(spec: dict) -> list[str]:

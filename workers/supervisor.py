@@ -34,7 +34,7 @@ from taskkernel.engines import registry
 from taskkernel.notebooks import NotebookStore
 from taskkernel.settings import Settings
 from taskkernel.states import NotebookState, WorkerState, encoded
-from taskkernel.workers import cgroups, directories, sandbox
+from taskkernel.workers import cgroups, directories, kernelspecs, sandbox
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.housekeeping import Housekeeping, _kill
 
@@ -219,6 +219,7 @@ class Supervisor(Housekeeping):
         for name, spec in list(specs.items()):
             try:
                 registry.check_class(spec)
+                kernelspecs.check(spec)
             except Exception as exc:
                 errors[spec["source"]] = str(exc)
                 del specs[name]

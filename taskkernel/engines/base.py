@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +74,9 @@ class Engine:
     """Base class of every engine type; subclass it and implement the hooks."""
 
     language = "python"
+    # complete/inspect/is_complete may wait (on a Jupyter kernel busy with a cell): the engine
+    # process then answers each on a thread of its own, so an interrupt behind one is not held up
+    requests_wait = False
 
     def __init__(self, spec: dict | None = None):
         self.spec = spec or {}
@@ -82,6 +87,10 @@ class Engine:
         self.store_history = True
         self.running_user_code = False  # SIGINT raises KeyboardInterrupt only while this is true
         self.interrupt_pending = False  # the running cell was interrupted before its code began
+        self.allow_stdin = False  # the running cell's request allowed stdin (input_request)
+        # an event under a parent of its own: (msg_type, content, parent, metadata, buffers); set by
+        # the engine process, for engines whose events come from elsewhere (a Jupyter kernel's iopub)
+        self.publish: Callable[..., None] = lambda *args, **kwargs: None
 
     def enter_user_code(self) -> None:
         """Mark the cell's own code as running; call it inside the try whose finally clears
@@ -93,6 +102,15 @@ class Engine:
             raise KeyboardInterrupt
 
     # --- hooks an engine implements --------------------------------------------------------
+
+    def interrupt_user_code(self) -> None:
+        """Interrupt the cell's running code: SIGINT to the engine's main thread, whose handler raises
+        KeyboardInterrupt (an engine that runs the code elsewhere, a Jupyter kernel, overrides it)."""
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def perform(self, op: str, request: dict, buffers: list[bytes]):
+        """Answer a request op itself ((reply, buffers)), or NotImplemented for the engine process's own."""
+        return NotImplemented
 
     def start(self) -> None:
         """Prepare the namespace (start-up code, display hooks); runs once in the engine process."""

@@ -81,10 +81,10 @@ class EngineServer:
         self._started_rid = 0  # the execute the main thread took last (ids only grow)
         self._finished_rid = 0
         self._early_interrupts: set[int] = set()
-        self._main_thread = threading.main_thread().ident
         self.stdin = Stdin(lambda prompt, password: self.send_event(
             "input_request", {"prompt": prompt, "password": password}, parents.current()))
         engine.emit_elsewhere = lambda msg_type, content: self.send_event(msg_type, content, parents.current())
+        engine.publish = self.send_event
 
     def send(self, message: dict, buffers=()) -> None:
         self.streams.flush()  # what the cell printed goes out before this frame
@@ -125,6 +125,9 @@ class EngineServer:
                 request, buffers = wire.receive(self.sock)
                 if request.get("op") == INTERRUPT_OP:
                     self._interrupt(int(request.get("request") or 0))
+                elif request.get("op") in INSTANT_OPS and self.engine.requests_wait:
+                    threading.Thread(target=self._answer, args=(request, buffers), daemon=True,
+                                     name="taskkernel-engine-request").start()
                 elif request.get("op") in INSTANT_OPS:
                     self._answer(request, buffers)
                 elif request.get("op") in COMM_OPS:
@@ -146,7 +149,7 @@ class EngineServer:
             self.engine.interrupt_pending = True
             running = self.engine.running_user_code
         if running:
-            signal.pthread_kill(self._main_thread, signal.SIGINT)
+            self.engine.interrupt_user_code()
 
     def _comm_loop(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -178,7 +181,7 @@ class EngineServer:
         cell = request.get("parent") or {}
         parents.set_main(cell)
         options = request.get("options") or {}
-        self.stdin.allowed = bool(options.get("allow_stdin"))
+        self.stdin.allowed = self.engine.allow_stdin = bool(options.get("allow_stdin"))
 
         def emit(msg_type: str, content: dict) -> None:
             parent = parents.current()
@@ -199,7 +202,7 @@ class EngineServer:
             reply = {"status": "error", "execution_count": self.engine.execution_count,
                      "ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
         finally:
-            self.stdin.allowed = False
+            self.stdin.allowed = self.engine.allow_stdin = False
             with self._interrupt_lock:
                 self._finished_rid = rid
                 self.engine.interrupt_pending = False
@@ -207,6 +210,9 @@ class EngineServer:
 
     def _perform(self, op: str, request: dict, buffers: list[bytes]) -> tuple[dict, list[bytes]]:
         engine, ns = self.engine, getattr(self.engine, "namespace", None)
+        answered = engine.perform(op, request, buffers)
+        if answered is not NotImplemented:
+            return answered
         if op == "complete":
             return engine.complete(request["code"], int(request["cursor_pos"])), []
         if op == "inspect":

@@ -10,6 +10,9 @@ An engine file looks like:
     pool_size = 2            # optional: idle workers kept warm on each host
     startup_code = ""        # optional: run once in every new namespace
     python = "/path/python"  # optional: the engine's own interpreter (taskkernel must be importable there)
+    kernelspec = "bash"      # optional: run this installed Jupyter kernel (class then defaults to
+                             #   engines/jupyter_kernel.py's KernelEngine; see workers/kernelspecs.py)
+    read_only_paths = []     # optional: host directories the sandbox shows read-only (a kernel's installation)
     network = "none"         # optional: "none" (default), "outbound" (slirp4netns), "host" (needs a token)
     [env]                    # optional: environment of the engine process
     [limits]                 # optional: memory_bytes, processes, open_files, file_bytes,
@@ -30,6 +33,7 @@ from taskkernel.exceptions import ConfigurationError, UnknownEngine
 
 ENTRY_POINT_GROUP = "taskkernel.engines"
 REQUIRED = ("name", "class")
+KERNEL_ENGINE_CLASS = "taskkernel.engines.jupyter_kernel:KernelEngine"
 
 
 def load_specs(config_dir: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
@@ -57,6 +61,13 @@ def load_specs(config_dir: str | Path) -> tuple[dict[str, dict], dict[str, str]]
 
 
 def _check(spec: dict) -> None:
+    if spec.get("kernelspec"):
+        if not isinstance(spec["kernelspec"], str):
+            raise ConfigurationError("engine spec's kernelspec must be the name of an installed kernelspec")
+        spec.setdefault("class", KERNEL_ENGINE_CLASS)
+    paths = spec.get("read_only_paths", [])
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+        raise ConfigurationError("engine spec's read_only_paths must be a list of absolute paths")
     missing = [k for k in REQUIRED if not spec.get(k)]
     if missing:
         raise ConfigurationError(f"engine spec lacks {', '.join(missing)}")
@@ -71,6 +82,7 @@ def describe(spec: dict) -> dict:
         "display_name": spec.get("display_name", spec["name"]),
         "language": spec.get("language", "python"),
         "class": spec["class"],
+        "kernelspec": spec.get("kernelspec"),
         "pool_size": spec.get("pool_size"),
         "limits": spec.get("limits", {}),
         "source": spec.get("source"),
