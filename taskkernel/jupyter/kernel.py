@@ -152,7 +152,13 @@ class TaskkernelKernel(Kernel):
     # --- the notebook's life ----------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the kernel and open its notebook beside it: the notebook (pinned, its directory
+        filled, see `_copy_working_directory`) is being made while the front end connects and asks
+        for kernel_info, which need none of it; the first request that does waits for it."""
         super().start()
+        threading.Thread(target=self._open_quietly, name="taskkernel-open", daemon=True).start()
+
+    def _open_quietly(self) -> None:
         try:
             self._open_notebook()
         except Exception as exc:  # the service may be down: say so on the first cell instead
@@ -168,11 +174,12 @@ class TaskkernelKernel(Kernel):
         """The kernel's notebook: taken over from a restarted predecessor, or newly opened."""
         with self._opening:
             if self.notebook is None:
+                if self._released:
+                    raise ApiError(410, {"error": "notebook_gone", "message": "the kernel is shutting down"})
                 notebook = self._take_over()
                 if notebook is None:
                     workspace = self._workspace()
                     notebook = self.client.start(self.engine, lease_s=self.lease_s or None, **workspace)
-                    self.notebook = notebook
                     self._copy_working_directory(notebook, workspace.get("cwd", ""))
                 self.notebook = notebook
                 self.notebook.keep_alive()  # renews a lease, if the notebook has one, until close()
@@ -219,13 +226,16 @@ class TaskkernelKernel(Kernel):
         from several threads: a second caller returns once the first one's delete is done (the
         feed reader and the cell's thread may both see the engine die, and each then exits)."""
         with self._releasing:
-            if self._released or self._handed_over or self.notebook is None:
+            if self._released or self._handed_over:
                 return
-            self._released = True
+            with self._opening:  # a notebook being opened (see start) is opened first, then deleted
+                notebook, self._released = self.notebook, True
+            if notebook is None:
+                return
             try:
-                self.notebook.close()
+                notebook.close()
             except Exception as exc:
-                self.log.warning("taskkernel: could not delete notebook %s: %r", self.notebook.id, exc)
+                self.log.warning("taskkernel: could not delete notebook %s: %r", notebook.id, exc)
 
     async def do_shutdown(self, restart: bool) -> dict:
         self.shutdown_requested = True
