@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench import files as bench_files
 from bench import machine, profiling
@@ -34,6 +35,8 @@ F_MEM = "5. memory"
 F_SCALE = "6. scale"
 F_COMPLETE = "7. completion"
 F_BRIDGE = "8. Jupyter bridge"
+NOTEBOOK_CELLS = 20
+NOTEBOOK_METRIC = f"whole notebook of {NOTEBOOK_CELLS} cells, nbclient (ms)"
 F_NBCLIENT = "12. nbclient's test suite"
 NBCLIENT_PASSED = "tests passed"
 BRIDGE = "taskkernel kernel (Jupyter bridge, jupyter_client)"
@@ -381,15 +384,23 @@ class Bench:
         # jupyter_client finds kernelspecs through JUPYTER_PATH, read when a kernel is looked up
         os.environ["JUPYTER_PATH"] = os.path.join(prefix, "share", "jupyter")
         runs = max(20, plan.rt_runs // 2)
+        cells = NOTEBOOK_CELLS
         for rep in range(plan.reps):
             for name, kernel in ((BRIDGE, "taskkernel-bench"), (PEER_A, "python3")):
                 samples = [x * 1000 for x in bridge_round_trip(runs, kernel_name=kernel)]
                 results.add(F_BRIDGE, name, "p50 (ms)", "ms", [percentile(samples, 50)])
                 results.add(F_BRIDGE, name, "p99 (ms)", "ms", [percentile(samples, 99)])
                 self.log(f"bridge rep {rep + 1} {name}: p50 {percentile(samples, 50):.2f} ms")
+            for name, kernel in ((BRIDGE, "taskkernel-bench"), (PEER_A, "python3")):
+                whole = notebook_wall_s(kernel, cells, self.processes.dir) * 1000
+                results.add(F_BRIDGE, name, NOTEBOOK_METRIC, "ms", [whole])
+                self.log(f"bridge rep {rep + 1} {name}: notebook of {cells} cells {whole:.0f} ms")
         results.note(F_BRIDGE, f"taskkernel.jupyter.cost.bridge_round_trip: a fresh kernel per repetition, "
                                f"5 warm-up cells, then {runs} round trips of `1+1`, each done when its "
                                "execute_reply and IOPub idle are in")
+        results.note(F_BRIDGE, f"whole notebook: nbclient's NotebookClient.execute() of a notebook of {cells} code "
+                               "cells (an import, then assignments, prints, values and a display), kernel start "
+                               "and shutdown included, in an empty working directory; one per repetition")
 
     # --- 12. nbclient's own test suite ------------------------------------------------------------
 
@@ -810,6 +821,26 @@ class Bench:
                             reps=self.plan.reps, log=self.log)
 
 
+def notebook_wall_s(kernel_name: str, cells: int, scratch: Path) -> float:
+    """Seconds nbclient takes to execute a fresh notebook of `cells` trivial code cells on the
+    installed kernel `kernel_name`, from kernel start to shutdown (what `jupyter nbconvert
+    --execute` or papermill costs a user), in an empty working directory of its own."""
+    import tempfile
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    sources = ["import math"] + [
+        ("x = math.sqrt(%d)\nx" % i, "print('cell', %d)" % i, "y = [i * i for i in range(100)]\nsum(y)",
+         "from IPython.display import display\ndisplay(%d)" % i)[i % 4] for i in range(1, cells)]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in sources])
+    with tempfile.TemporaryDirectory(dir=scratch) as workdir:
+        started = time.perf_counter()
+        NotebookClient(notebook, kernel_name=kernel_name, timeout=60, resources={"metadata": {"path": workdir}}
+                       ).execute()
+        return time.perf_counter() - started
+
+
 def targets(plan: Plan) -> list[Target]:
     """The issue's targets, as ratios of medians measured in this run."""
     metric_open = "create -> first result of `1+1` (ms)"
@@ -830,6 +861,9 @@ def targets(plan: Plan) -> list[Target]:
                f"open notebooks held with p99 < {plan.scale_p99_ms:g} ms at {plan.scale_rate_per_s:g} cells/s",
                OURS, at_least=200,
                skip="not judged with --quick (a tiny step only)" if plan.quick else ""),
+        Target("bridge round trip p50 <= 1.0 x ipykernel's", F_BRIDGE, "p50 (ms)", BRIDGE, PEER_A, 1.0),
+        Target("whole notebook through the bridge (nbclient) <= 1.1 x ipykernel's wall time", F_BRIDGE,
+               NOTEBOOK_METRIC, BRIDGE, PEER_A, 1.1),
         Target("nbclient's test suite: as many tests pass on the bridge (ipython engine) as on ipykernel",
                F_NBCLIENT, NBCLIENT_PASSED, f"{BRIDGE}, ipython engine", PEER_A, 1.0, higher_is_better=True,
                skip="not run with --quick" if plan.quick else ""),
