@@ -375,6 +375,7 @@ class Bench:
         if self.a_missing:
             for system in (BRIDGE, PEER_A):
                 results.missing(F_BRIDGE, system, "p50 (ms)", "ms", self.a_missing)
+                results.missing(F_BRIDGE, system, NOTEBOOK_METRIC, "ms", self.a_missing)
             return
         from taskkernel.jupyter.cost import bridge_round_trip
         from taskkernel.jupyter.kernelspec import install
