@@ -120,8 +120,10 @@ def run_suite(suite: Path, kernel: str, workdir: Path, jupyter_path: Path | None
 
 
 def read_report(report: Path, kernel: str) -> SuiteRun:
-    """The counts of a JUnit XML report (pytest's --junitxml), one per test: a test the suite marks
-    flaky is reported once per attempt, and passes if any attempt did, as flaky itself judges."""
+    """The counts of a JUnit XML report (pytest's --junitxml), one per test. A test the suite marks
+    flaky is reported once per attempt, and its last report is its outcome, as flaky judges it:
+    an attempt flaky reruns is written as an empty (passing) entry, so "any attempt passed" would
+    count a test that failed every time as passed."""
     run = SuiteRun(kernel)
     if not report.exists():
         run.note = "pytest wrote no report"
@@ -132,8 +134,7 @@ def read_report(report: Path, kernel: str) -> SuiteRun:
         found = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)
         outcome = "passed" if found is None else found.tag
         reason = "" if found is None else ((found.get("message") or "").strip().splitlines() or [found.tag])[0]
-        if outcomes.get(name, ("",))[0] != "passed":
-            outcomes[name] = (outcome, reason[:200])
+        outcomes[name] = (outcome, reason[:200])
     for name, (outcome, reason) in outcomes.items():
         run.total += 1
         if outcome == "passed":

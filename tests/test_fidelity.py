@@ -92,6 +92,28 @@ def test_the_python_engines_own_display_has_display_ids(python_notebook):
     assert [o["data"]["text/plain"] for o in cell["outputs"]] == ["'c'", "'c'"]
 
 
+def test_messages_sent_on_the_kernels_iopub_socket_are_the_cells_outputs(any_notebook):
+    """Code that publishes itself, as nbclient's update-display-id notebook does:
+    session.send(kernel.iopub_socket, msg_type, content, parent=ip.parent_header), numbering its
+    execute_result from get_ipython().execution_count."""
+    import IPython
+
+    cell, feed = run(any_notebook, "ip = get_ipython()\nk = ip.kernel\n"
+                                       "def send(t, c): k.session.send(k.iopub_socket, t, c, parent=ip.parent_header)\n"
+                                       "send('display_data', {'data': {'text/plain': '1'}, 'metadata': {}, "
+                                       "'transient': {'display_id': 'here'}})\n"
+                                       "send('update_display_data', {'data': {'text/plain': '2'}, 'metadata': {}, "
+                                       "'transient': {'display_id': 'here'}})\n"
+                                       "sent = k.session.send(object(), 'display_data', {'data': {'text/plain': 'no'}})")
+    assert cell["status"] == "ok", cell["error"]
+    assert [m["header"]["msg_type"] for m in feed if "transient" in m["content"]] == [
+        "display_data", "update_display_data"]
+    assert cell["outputs"] == [{"output_type": "display_data", "data": {"text/plain": "2"}, "metadata": {}}]
+    counted = any_notebook.evaluate("get_ipython().execution_count")
+    ahead = 1 if IPython.version_info >= (9, 8) else 0  # IPython 9.8 counts a cell before running it
+    assert counted["outputs"][0]["data"]["text/plain"] == str(counted["execution_count"] + ahead)
+
+
 def test_clear_output_clears_at_once_or_at_the_next_output_without_escape_codes(any_notebook):
     cell, feed = run(any_notebook, "from IPython.display import clear_output\n"
                                    "print('gone')\nclear_output()\nprint('kept')")

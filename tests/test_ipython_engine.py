@@ -39,3 +39,6 @@ def test_interrupt_and_completion_work_as_in_the_python_engine(ipython_notebook)
     ipython_notebook.interrupt()
     cell = ipython_notebook.wait(running["id"], timeout=10)
     assert cell["error"]["ename"] == "KeyboardInterrupt"
+    # as on ipykernel: the cell's frame is the last one (no signal handler of the engine's), no message
+    assert cell["error"]["traceback"][-1] == "KeyboardInterrupt: "
+    assert not any("taskkernel" in line for line in cell["error"]["traceback"]), cell["error"]["traceback"]

@@ -140,3 +140,20 @@ def test_a_restart_asked_for_is_no_death(jupyter_kernels):  # noqa: F811
     finally:
         kc.stop_channels()
         manager.shutdown_kernel()
+
+
+def test_a_shutdown_asked_for_is_no_death(jupyter_kernels, client, tmp_path):  # noqa: F811
+    """The kernel's own shutdown deletes its notebook, whose engine then reads "dead" on the feed:
+    the kernel exits cleanly, with no error logged (nbclient's parallel tests check its stderr)."""
+    log = tmp_path / "kernel.err"
+    with open(log, "wb") as stderr:
+        manager, kc = start_new_kernel(kernel_name=KERNEL_NAME, startup_timeout=60, stderr=stderr)
+    process = manager.provisioner.process
+    try:
+        assert run_cell(kc, "1 + 1")["status"] == "ok"
+        notebook_id = notebook_id_of(kc)
+    finally:
+        kc.stop_channels()
+        manager.shutdown_kernel()
+    assert process.wait(timeout=10) == 0 and "ERROR" not in log.read_text(), log.read_text()
+    wait_for(lambda: notebook_gone(client, notebook_id), 10, "the shut-down kernel's notebook to be deleted")

@@ -58,3 +58,20 @@ def test_a_failing_test_of_the_suite_is_counted_with_its_reason(service, suite, 
                                    select="test_run_all_notebooks and HelloWorld")
     assert (run.total, run.passed, run.failed + run.errors) == (1, 0, 1)
     assert "HelloWorld" in run.failures[0]
+
+
+def test_a_flaky_test_counts_by_its_last_attempt(tmp_path):
+    """A pure function: flaky writes a rerun attempt as an empty entry, the final one with its outcome."""
+    report = tmp_path / "junit.xml"
+    report.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_client" name="failed_twice" time="0.01"/>'
+        '<testcase classname="tests.test_client" name="failed_twice" time="3.9">'
+        '<failure message="CellExecutionError: boom">tb</failure></testcase>'
+        '<testcase classname="tests.test_client" name="passed_again" time="0.01"/>'
+        '<testcase classname="tests.test_client" name="passed_again" time="4.0"/>'
+        '<testcase classname="tests.test_client" name="skipped" time="0"><skipped message="no"/></testcase>'
+        '</testsuite></testsuites>')
+    run = nbclient_suite.read_report(report, "k")
+    assert (run.total, run.passed, run.failed, run.skipped) == (3, 1, 1, 1)
+    assert run.failures == ["test_client::failed_twice: CellExecutionError: boom"]

@@ -97,12 +97,19 @@ def test_a_refused_cwd_or_env_is_a_400_naming_the_field(client, body, field):
 
 def test_the_bridge_opens_its_notebook_with_the_kernels_working_dir_and_kernel_env(jupyter_kernels, tmp_path):  # noqa: F811
     """jupyter_client starts a kernel with env= (Enterprise Gateway's KERNEL_* convention for what a
-    client asks for); the bridge forwards KERNEL_* and nothing else of its environment."""
+    client asks for); the bridge forwards KERNEL_* and nothing else of its environment. The files of
+    the kernel's own working directory are copied in (as an ipykernel there would see them): regular
+    files of the directory itself, not hidden ones, symlinks or subdirectories."""
     import jupyter_client
 
     from bench.bridge_cost import run_cell
     from tests.test_jupyter_kernel import KERNEL_NAME
 
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    (tmp_path / ".hidden").write_text("no")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deeper.txt").write_text("no")
+    (tmp_path / "link").symlink_to("/etc/hostname")
     manager = jupyter_client.KernelManager(kernel_name=KERNEL_NAME)
     manager.start_kernel(cwd=str(tmp_path), env={**os.environ, "KERNEL_WORKING_DIR": "analysis",
                                                  "KERNEL_GREETING": "hi", "UNRELATED_SECRET": "s3cr3t"})
@@ -113,9 +120,30 @@ def test_the_bridge_opens_its_notebook_with_the_kernels_working_dir_and_kernel_e
         reply = run_cell(client, "import os\nopen('result.txt', 'w').write('x')\n"
                                  "assert os.getcwd() == '/home/notebook/analysis', os.getcwd()\n"
                                  "assert os.environ['KERNEL_GREETING'] == 'hi'\n"
-                                 "assert 'UNRELATED_SECRET' not in os.environ and 'TASKKERNEL_URL' not in os.environ")
+                                 "assert 'UNRELATED_SECRET' not in os.environ and 'TASKKERNEL_URL' not in os.environ\n"
+                                 "assert open('data.csv').read() == 'a,b\\n1,2\\n'\n"
+                                 "assert sorted(os.listdir()) == ['data.csv', 'result.txt'], os.listdir()")
         assert reply["status"] == "ok", reply
         assert not (tmp_path / "result.txt").exists()  # the kernel's host directory is not written to
     finally:
         client.stop_channels()
         manager.shutdown_kernel()
+
+
+def test_what_the_bridge_copies_of_its_working_directory_is_bounded(tmp_path):
+    """A pure function: breadth first, regular visible files, within the byte budget and the depth."""
+    from taskkernel.jupyter import workdir
+
+    (tmp_path / "a.txt").write_bytes(b"x" * 10)
+    (tmp_path / "big.bin").write_bytes(b"x" * 100)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "m.pyc").write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "b.csv").write_bytes(b"x" * 20)
+    (tmp_path / "data" / "deep").mkdir()
+    (tmp_path / "data" / "deep" / "c.txt").write_bytes(b"x")
+    plan = workdir.plan(tmp_path, "work", max_bytes=50, depth=1)
+    assert [(remote, size) for _, remote, size in plan.files] == [("work/a.txt", 10), ("work/data/b.csv", 20)]
+    assert plan.bytes == 30 and [s.split(":")[0] for s in plan.skipped] == ["work/big.bin"]
+    assert [remote for _, remote, _ in workdir.plan(tmp_path, "", max_bytes=1000).files] == ["a.txt", "big.bin"]
+    assert workdir.plan(tmp_path, "", max_bytes=0).files == []

@@ -20,8 +20,8 @@ from bench.figures.files import Files
 from bench.figures.gateway import Gateway
 from bench.figures.memory import Memory
 from bench.figures.nbclient import NbClient
-from bench.figures.plan import (BRIDGE, FIGURES, FLOOR_ECHO, F_MEM, F_NBCLIENT, F_OPEN, F_RT, F_SCALE, F_STREAM,
-                                NBCLIENT_PASSED, OURS, OURS_HTTP, PEER_A, PEER_B, Plan, TITLES)
+from bench.figures.plan import (BRIDGE, F_BRIDGE, FIGURES, FLOOR_ECHO, F_MEM, F_NBCLIENT, F_OPEN, F_RT, F_SCALE, F_STREAM,
+                                NBCLIENT_PASSED, NOTEBOOK_METRIC, OURS, OURS_HTTP, PEER_A, PEER_B, Plan, TITLES)
 from bench.figures.plan import FULL, QUICK  # noqa: F401 (bench/__main__.py imports them from here)
 from bench.figures.open import Open
 from bench.figures.roundtrip import RoundTrip
@@ -196,6 +196,9 @@ def targets(plan: Plan) -> list[Target]:
                f"open notebooks held with p99 < {plan.scale_p99_ms:g} ms at {plan.scale_rate_per_s:g} cells/s",
                OURS, at_least=200,
                skip="not judged with --quick (a tiny step only)" if plan.quick else ""),
+        Target("bridge round trip p50 <= 1.0 x ipykernel's", F_BRIDGE, "p50 (ms)", BRIDGE, PEER_A, 1.0),
+        Target("whole notebook through the bridge (nbclient) <= 1.1 x ipykernel's wall time", F_BRIDGE,
+               NOTEBOOK_METRIC, BRIDGE, PEER_A, 1.1),
         Target("nbclient's test suite: as many tests pass on the bridge (ipython engine) as on ipykernel",
                F_NBCLIENT, NBCLIENT_PASSED, f"{BRIDGE}, ipython engine", PEER_A, 1.0, higher_is_better=True,
                skip="not run with --quick" if plan.quick else ""),

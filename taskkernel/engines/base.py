@@ -85,12 +85,26 @@ class Engine:
         self.emit_elsewhere: Emit | None = None  # events between cells (a widget callback, a thread)
         self.silent = False  # the running cell's request said silent (no result, count not advanced)
         self.store_history = True
-        self.running_user_code = False  # SIGINT raises KeyboardInterrupt only while this is true
+        self._running_user_code = False
+        self.on_user_code: Callable[[bool], None] | None = None  # told when running_user_code changes
         self.interrupt_pending = False  # the running cell was interrupted before its code began
         self.allow_stdin = False  # the running cell's request allowed stdin (input_request)
         # an event under a parent of its own: (msg_type, content, parent, metadata, buffers); set by
         # the engine process, for engines whose events come from elsewhere (a Jupyter kernel's iopub)
         self.publish: Callable[..., None] = lambda *args, **kwargs: None
+
+    @property
+    def running_user_code(self) -> bool:
+        """Whether the cell's own code runs (on the main thread): SIGINT raises KeyboardInterrupt
+        only then. Set on the main thread; `on_user_code` hears of each change (the engine process
+        puts Python's own SIGINT handler in place for exactly that time, see process.py)."""
+        return self._running_user_code
+
+    @running_user_code.setter
+    def running_user_code(self, running: bool) -> None:
+        if self.on_user_code is not None:
+            self.on_user_code(running)  # before the flag the interrupter reads, both ways
+        self._running_user_code = running
 
     def enter_user_code(self) -> None:
         """Mark the cell's own code as running; call it inside the try whose finally clears

@@ -282,11 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     spec = init["spec"]
     engine = registry.engine_class(spec)(spec)
 
-    def on_interrupt(signum, frame):
-        if getattr(engine, "running_user_code", False):
-            raise KeyboardInterrupt  # no message: ipykernel's interrupted cell says `KeyboardInterrupt: `
+    def between_cells(signum, frame):
+        """SIGINT outside a cell's code: nobody's interrupt (the engine's own code must not fail)."""
 
-    signal.signal(signal.SIGINT, on_interrupt)
+    def on_user_code(running: bool) -> None:
+        # While the cell's code runs, SIGINT is Python's own C handler, as on ipykernel: the
+        # KeyboardInterrupt then has no frame of ours in its traceback (a Python handler would be
+        # its last frame), and its message is empty (`KeyboardInterrupt: `)
+        signal.signal(signal.SIGINT, signal.default_int_handler if running else between_cells)
+
+    signal.signal(signal.SIGINT, between_cells)
+    engine.on_user_code = on_user_code
     server = EngineServer(sock, engine, streams)
     comms.install(server.publish_comm, on_import=getattr(engine, "ensure_shell", None))
     server.stdin.install()

@@ -65,6 +65,13 @@ class PythonEngine(Engine):
         self.namespace.pop("__warningregistry__", None)
         if self.shell is None and any(name in code for name in IPYTHON_NAMES):
             self.ensure_shell()
+        if self.shell is not None:
+            # `get_ipython().execution_count` while a cell runs, as IPython's own run_cell leaves it:
+            # the cell's number, or (IPython >= 9.8, which counts before running) one past it
+            import IPython
+
+            ahead = self.store_history and IPython.version_info >= (9, 8)
+            self.shell.execution_count = self.execution_count + (1 if ahead else 0)
         try:
             tree = ast.parse(code, filename=cell_name, mode="exec")
         except SyntaxError:

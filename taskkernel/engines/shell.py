@@ -21,8 +21,10 @@ only when a cell needs IPython (engines/python.py).
 
 from __future__ import annotations
 
+import base64
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 from typing import Any
@@ -36,6 +38,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Any as AnyTrait
 from traitlets import Type, default
 from traitlets.config import Config
+
+from taskkernel import messages
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 GUI_FREE = (None, "inline", "agg")
@@ -71,13 +75,67 @@ class EngineExitAutocall(ExitAutocall):
         self._ip.ask_exit()
 
 
+class EngineIOPub:
+    """What `get_ipython().kernel.iopub_socket` is: a name for the feed, which Session.send takes."""
+
+    def __repr__(self) -> str:
+        return "<taskkernel feed (IOPub)>"
+
+
+class EngineSession:
+    """`get_ipython().kernel.session`: what code that publishes IOPub messages itself calls
+    (`session.send(kernel.iopub_socket, "display_data", content, parent=...)`, as nbclient's
+    update-display-id notebook and some libraries do). A message sent to the IOPub socket is an
+    event of the engine, published on the feed under the request the calling thread works for
+    (the worker keeps only the output types a cell may publish); to any other stream, nothing.
+    """
+
+    def __init__(self, kernel: "EngineKernel"):
+        self.kernel = kernel
+        self.session = messages.new_id()
+        self.username = "taskkernel"
+
+    def msg(self, msg_type: str, content: dict | None = None, parent: dict | None = None,
+            header: dict | None = None, metadata: dict | None = None) -> dict:
+        """A message as jupyter_client's Session.msg builds one (what `send` is given or sends)."""
+        header = header or {"msg_id": messages.new_id(), "msg_type": msg_type, "session": self.session,
+                            "username": self.username, "date": messages.now_iso(),
+                            "version": messages.PROTOCOL_VERSION}
+        parent_header = (parent or {}).get("header", parent or {})
+        return {"header": header, "msg_id": header["msg_id"], "msg_type": header["msg_type"],
+                "parent_header": dict(parent_header), "content": content if content is not None else {},
+                "metadata": metadata or {}}
+
+    def send(self, stream, msg_or_type, content: dict | None = None, parent: dict | None = None,
+             ident=None, buffers=None, track: bool = False, header: dict | None = None,
+             metadata: dict | None = None) -> dict:
+        msg = msg_or_type if isinstance(msg_or_type, dict) else self.msg(msg_or_type, content, parent, header,
+                                                                          metadata)
+        if stream is self.kernel.iopub_socket:
+            self.kernel.shell.engine.emit(msg["header"]["msg_type"], _json_ready(msg["content"]))
+        return msg
+
+
+def _json_ready(content: dict) -> dict:
+    """Content as it travels (jupyter_client's Session sends its JSON): bytes become base64."""
+    def default(value):
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return base64.b64encode(bytes(value)).decode("ascii")
+        return repr(value)
+
+    return json.loads(json.dumps(content, default=default))
+
+
 class EngineKernel:
-    """What `get_ipython().kernel` is to a library: the request being answered, the comms."""
+    """What `get_ipython().kernel` is to a library: the request being answered, the comms, and the
+    IOPub socket with its session, for code that publishes messages itself."""
 
     implementation = "taskkernel"
 
     def __init__(self, shell: "EngineShell"):
         self.shell = shell
+        self.iopub_socket = EngineIOPub()
+        self.session = EngineSession(self)
 
     @property
     def comm_manager(self):

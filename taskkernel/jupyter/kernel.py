@@ -38,7 +38,7 @@ from pathlib import Path
 
 import zmq
 from ipykernel.kernelbase import Kernel
-from traitlets import Float, Unicode
+from traitlets import Float, Integer, Unicode
 
 from taskkernel import __version__, messages
 from taskkernel.client import ApiError, Client, Notebook
@@ -107,6 +107,14 @@ class TaskkernelKernel(Kernel):
                                "third of it, so a killed kernel leaves no notebook behind (0: no lease)"
                     ).tag(config=True)
 
+    upload_cwd_bytes = Integer(64 * 1024 * 1024, help="the files of this process's working directory (where "
+                                                      "Jupyter started the kernel) are copied into the notebook's "
+                                                      "working directory when it opens, up to this many bytes in "
+                                                      "all (0: nothing is copied); see taskkernel/jupyter/workdir.py"
+                               ).tag(config=True)
+    upload_cwd_depth = Integer(0, help="levels of subdirectories of the working directory copied too "
+                                       "(0: its own files only)").tag(config=True)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.client = Client(self.url, token=self.token or None)
@@ -144,7 +152,13 @@ class TaskkernelKernel(Kernel):
     # --- the notebook's life ----------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the kernel and open its notebook beside it: the notebook (pinned, its directory
+        filled, see `_copy_working_directory`) is being made while the front end connects and asks
+        for kernel_info, which need none of it; the first request that does waits for it."""
         super().start()
+        threading.Thread(target=self._open_quietly, name="taskkernel-open", daemon=True).start()
+
+    def _open_quietly(self) -> None:
         try:
             self._open_notebook()
         except Exception as exc:  # the service may be down: say so on the first cell instead
@@ -160,10 +174,28 @@ class TaskkernelKernel(Kernel):
         """The kernel's notebook: taken over from a restarted predecessor, or newly opened."""
         with self._opening:
             if self.notebook is None:
-                self.notebook = self._take_over() or self.client.start(self.engine, lease_s=self.lease_s or None,
-                                                                       **self._workspace())
+                if self._released:
+                    raise ApiError(410, {"error": "notebook_gone", "message": "the kernel is shutting down"})
+                notebook = self._take_over()
+                if notebook is None:
+                    workspace = self._workspace()
+                    notebook = self.client.start(self.engine, lease_s=self.lease_s or None, **workspace)
+                    self._copy_working_directory(notebook, workspace.get("cwd", ""))
+                self.notebook = notebook
                 self.notebook.keep_alive()  # renews a lease, if the notebook has one, until close()
             return self.notebook
+
+    def _copy_working_directory(self, notebook: Notebook, cwd: str) -> None:
+        """What an ipykernel started here would see in its working directory, copied to the new
+        notebook's before its first cell (a restarted notebook keeps its directory)."""
+        from taskkernel.jupyter import workdir
+
+        files = workdir.plan(Path.cwd(), cwd, self.upload_cwd_bytes, self.upload_cwd_depth)
+        failed = workdir.upload(notebook, files)
+        if files.skipped or failed:
+            self.log.warning("taskkernel: not copied into the notebook: %s", "; ".join(files.skipped + failed))
+        self.log.info("taskkernel: copied %d files (%d bytes) of %s into notebook %s", len(files.files) - len(failed),
+                      files.bytes, Path.cwd(), notebook.id)
 
     def _workspace(self) -> dict:
         """The cwd and env the notebook is opened with, from the environment Jupyter gave this
@@ -194,13 +226,16 @@ class TaskkernelKernel(Kernel):
         from several threads: a second caller returns once the first one's delete is done (the
         feed reader and the cell's thread may both see the engine die, and each then exits)."""
         with self._releasing:
-            if self._released or self._handed_over or self.notebook is None:
+            if self._released or self._handed_over:
                 return
-            self._released = True
+            with self._opening:  # a notebook being opened (see start) is opened first, then deleted
+                notebook, self._released = self.notebook, True
+            if notebook is None:
+                return
             try:
-                self.notebook.close()
+                notebook.close()
             except Exception as exc:
-                self.log.warning("taskkernel: could not delete notebook %s: %r", self.notebook.id, exc)
+                self.log.warning("taskkernel: could not delete notebook %s: %r", notebook.id, exc)
 
     async def do_shutdown(self, restart: bool) -> dict:
         self.shutdown_requested = True
@@ -348,6 +383,8 @@ class TaskkernelKernel(Kernel):
             if msg_type == "status" and message["content"].get("execution_state") in LOST_STATES:
                 if self._expected_restarts:  # the restart this process took over from
                     self._expected_restarts -= 1
+                elif self.shutdown_requested or self._released:
+                    pass  # this kernel's own shutdown deleted the notebook (its engine's "dead")
                 else:  # the engine died (or was restarted) since the last cell
                     self._die(f"the notebook's engine was lost ({message['content']['execution_state']})")
             parent_id = message["parent_header"].get("msg_id")
