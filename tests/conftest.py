@@ -1,6 +1,10 @@
 """Fixtures: a real redis-server, real supervisors forking real Celery workers, a real API server.
 
 Every process a fixture starts is stopped by PID in a finalizer, even when the test fails.
+
+The suite runs in parallel (pytest-xdist, `-n` in pyproject's addopts): each xdist worker is a
+process of its own with its own session fixtures (its own Redis, service, gateway and temporary
+directory), and the ports it draws are its own (`free_port`), so no two workers ever share one.
 """
 
 from __future__ import annotations
@@ -20,10 +24,50 @@ import redis
 from bench.services import descendants
 from taskkernel import keys
 from taskkernel.client import Client
-from taskkernel.redis_server import RedisServer, free_port
+from taskkernel.redis_server import RedisServer
+from taskkernel.redis_server import free_port as any_free_port
 from taskkernel.settings import SOURCE_CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def xdist_worker() -> tuple[int, int]:
+    """(this process's index among the suite's pytest-xdist workers, how many there are); (0, 1) without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return (int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0), max(1, count)
+
+
+def free_port() -> int:
+    """A free loopback port that only this xdist worker draws ((port // 2) % workers == its index:
+    Linux hands bind() odd ports first, so the residue is taken of port // 2).
+
+    A port is free when drawn and bound by its server a moment later: two workers drawing the same
+    one in between would collide, and silently so for the API, which binds with SO_REUSEPORT (the
+    kernel would split one service's requests between two). Disjoint residues rule that out.
+    """
+    index, count = xdist_worker()
+    for _ in range(100 * count):
+        port = any_free_port()
+        if (port // 2) % count == index:
+            return port
+    raise RuntimeError(f"no free port of xdist worker {index} of {count} in {100 * count} draws")
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (--dist loadgroup), the tests of a module that share a module- or
+    class-scoped fixture (a wheel and its virtualenvs, a Jupyter server, nbclient's suite, a
+    unittest class's kernel) run on one worker, one after the other, so the fixture is made once;
+    every other test goes to whichever worker is free."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = info is not None and any(
+            definition.scope in ("module", "class", "package")
+            for definitions in info.name2fixturedefs.values() for definition in definitions)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 class Service:
@@ -147,7 +191,7 @@ def redis_server():
     Every service process of the suite runs as the restricted service user, so an empty ACL LOG
     is the proof that its ACL (taskkernel.redis_server.SERVICE_COMMANDS) allows what the service does.
     """
-    server = RedisServer()
+    server = RedisServer(port=free_port())
     server.start()
     try:
         yield server
@@ -222,7 +266,7 @@ def pid_alive(pid: int) -> bool:
 @pytest.fixture
 def persistent_service(config_dir):
     """A service on a Redis with an append-only file, so its state survives a Redis restart."""
-    server = RedisServer(persistent=True).start()
+    server = RedisServer(port=free_port(), persistent=True).start()
     svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc, server
@@ -287,7 +331,7 @@ def frozen_redis_service(config_dir):
 
     Everything is sent SIGCONT before it is stopped, so a test failing mid-freeze leaves nothing stopped.
     """
-    server = RedisServer().start()
+    server = RedisServer(port=free_port()).start()
     svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc, server

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from taskkernel.cli import API_GRACEFUL_S
-from taskkernel.redis_server import free_port
+from tests.conftest import free_port
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(180)

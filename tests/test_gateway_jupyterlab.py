@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("jupyterlab")
 
-from taskkernel.redis_server import free_port  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.conftest import _stop, wait_for  # noqa: E402
 from tests.test_gateway import call  # noqa: E402
 from tests.test_web_console import ARTIFACTS, browser  # noqa: E402,F401  (the headless Chromium fixture)

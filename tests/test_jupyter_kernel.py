@@ -308,7 +308,7 @@ def notebook_gone(client, notebook_id: str) -> bool:
 
 def test_a_kernel_whose_service_is_down_fails_its_cells_and_stays_up(jupyter_kernels):
     from taskkernel.jupyter.kernelspec import install
-    from taskkernel.redis_server import free_port
+    from tests.conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     install(url, name="taskkernel-down", prefix=str(jupyter_kernels.parents[3]))
