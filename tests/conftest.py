@@ -5,6 +5,7 @@ Every process a fixture starts is stopped by PID in a finalizer, even when the t
 The suite runs in parallel (pytest-xdist, `-n` in pyproject's addopts): each xdist worker is a
 process of its own with its own session fixtures (its own Redis, service, gateway and temporary
 directory), and the ports it draws are its own (`free_port`), so no two workers ever share one.
+Each module runs on one worker (--dist loadfile), so its module-scoped fixtures are made once.
 """
 
 from __future__ import annotations
@@ -55,19 +56,11 @@ def free_port() -> int:
 
 
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist (--dist loadgroup), the tests of a module that share a module- or
-    class-scoped fixture (a wheel and its virtualenvs, a Jupyter server, nbclient's suite, a
-    unittest class's kernel) run on one worker, one after the other, so the fixture is made once;
-    every other test goes to whichever worker is free."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        shared = info is not None and any(
-            definition.scope in ("module", "class", "package")
-            for definitions in info.name2fixturedefs.values() for definition in definitions)
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    """The modules marked slow (a wheel build, a browser, nbclient's suite, JupyterLab) come first:
+    with pytest-xdist (--dist loadfile: a module's tests run on one worker, so its module- and
+    class-scoped fixtures are made once) each starts at once on a worker of its own and overlaps
+    the many short modules, instead of being what the last worker is still running at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise as collected
 
 
 class Service:

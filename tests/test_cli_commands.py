@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def taskkernel(*args, env=None, timeout=60):

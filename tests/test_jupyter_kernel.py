@@ -29,7 +29,7 @@ from taskkernel.client import ApiError  # noqa: E402
 from taskkernel.jupyter.cost import run_cell  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 KERNEL_NAME = "taskkernel-test"
 JUPYTER_ENV = ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLBACKEND")

@@ -15,7 +15,7 @@ import pytest
 
 from bench import nbclient_suite
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
