@@ -194,6 +194,21 @@ def redis_server():
         server.stop()
 
 
+@pytest.fixture
+def redis_db(redis_server):
+    """A flushed database (3) of the session's Redis, as the service user: for tests of the trusted
+    side's code and scripts on their own (no supervisor, no worker, no API)."""
+    admin = redis.Redis.from_url(redis_server.db_url(3, admin=True))  # FLUSHDB is the admin's
+    admin.flushdb()
+    client = redis.Redis.from_url(redis_server.db_url(3))
+    try:
+        yield client
+    finally:
+        client.close()
+        admin.flushdb()
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def config_dir(tmp_path_factory) -> Path:
     """A copy of config/ that tests may add engine files to."""

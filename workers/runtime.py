@@ -215,6 +215,7 @@ class Runtime:
         self._gone = threading.Lock()
         self._budget_lock = threading.Lock()  # the running cell's output budget: pump and engine reader
         self._interrupt_lock = threading.Lock()  # an interrupt and the end of its cell, one at a time
+        self._claiming = ""  # the cell being claimed and set up: an interrupt now is kept for it
         self._execution_count = 0  # the engine's, as its last reply said
         self.feed = self.store.feed
         self._claim = client.register_script(_CLAIM_LUA)
@@ -385,10 +386,13 @@ class Runtime:
         """Raise KeyboardInterrupt in the running cell; a no-op when none runs."""
         with self._interrupt_lock:  # the cell cannot end (and the next begin) meanwhile
             run = self._run
-            if run is None:
+            cell_id = run.cell_id if run is not None else self._claiming
+            if not cell_id:
                 return {"interrupted": None}
+            # a cell claimed but not yet sent to the engine (its record already says running): the
+            # engine keeps the interrupt and sends the cell's execute out interrupted
             self.engine.interrupt()
-        return {"interrupted": run.cell_id}
+        return {"interrupted": cell_id}
 
     # --- one cell ------------------------------------------------------------------------------
 
@@ -400,6 +404,8 @@ class Runtime:
         now = time.time()
         claim = f"{self.worker_id}:{secrets.token_hex(8)}"
         deadline = time.monotonic() + FINAL_WRITE_RETRY_S
+        with self._interrupt_lock:  # from the claim on, the cell is seen running: an interrupt is kept
+            self._claiming = cell_id
         while True:  # the message is off the queue: if Redis is away, the cell waits for it, not lost
             try:
                 claimed = self._claim(
@@ -410,24 +416,31 @@ class Runtime:
                 break
             except redis.RedisError as exc:
                 if time.monotonic() > deadline:
+                    self._not_claiming()
                     raise
                 log.warning("claiming cell %s: Redis is unavailable (%r); retrying", cell_id, exc)
                 time.sleep(0.5)
         if not claimed:
+            self._not_claiming()
             log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id,
                      extra={"notebook_id": notebook_id, "cell_id": cell_id})
             self._count_dropped(notebook_id)
             return "skipped"
-        code = claimed[0].decode()
-        stop_on_error = claimed[1] == b"1"
-        options = json.loads(claimed[5]) if len(claimed) > 5 and claimed[5] else {}
-        context = {"notebook_id": notebook_id, "cell_id": cell_id}
-        log.debug("cell started", extra=context)
-        if self._workspace_of != notebook_id:
-            self._enter_workspace(notebook_id)
-        if claimed[2] == b"1":
-            self._restore_after_restart(notebook_id)
-        run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, messages.as_text(claimed[4]))
+        try:
+            code = claimed[0].decode()
+            stop_on_error = claimed[1] == b"1"
+            options = json.loads(claimed[5]) if len(claimed) > 5 and claimed[5] else {}
+            context = {"notebook_id": notebook_id, "cell_id": cell_id}
+            log.debug("cell started", extra=context)
+            if self._workspace_of != notebook_id:
+                self._enter_workspace(notebook_id)
+            if claimed[2] == b"1":
+                self._restore_after_restart(notebook_id)
+            run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim,
+                                      messages.as_text(claimed[4]))
+        except BaseException:
+            self._not_claiming()
+            raise
         self._notebook_id = notebook_id
         with self._budget_lock:
             self._between_cells_bytes = 0
@@ -450,7 +463,7 @@ class Runtime:
             run.ended.set()
             self.capture.end()
             with self._interrupt_lock:
-                self._run = None
+                self._run, self._claiming = None, ""
                 self.engine.disarm_interrupt()
         if isinstance(reply.get("execution_count"), int):
             self._execution_count = reply["execution_count"]
@@ -469,6 +482,12 @@ class Runtime:
             except Exception as exc:  # a failed checkpoint must not fail the cell that ran
                 log.warning("checkpoint after cell %s failed: %r", cell_id, exc)
         return reply["status"]
+
+    def _not_claiming(self) -> None:
+        """The cell being claimed will not run here: an interrupt kept for it must reach no other."""
+        with self._interrupt_lock:
+            self._claiming = ""
+            self.engine.disarm_interrupt()
 
     def _died_in_cell(self, run: CellRun, death: str) -> dict:
         """The reply of a cell whose engine died under it."""
