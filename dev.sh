@@ -95,6 +95,9 @@ case "$command" in
            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
                >/dev/null; } || echo "could not install chromium: the browser test will be skipped" >&2
          fi
+         # the suite starts hundreds of Python processes (and each xdist worker collects every
+         # module): with bytecode written once they need not compile taskkernel and the tests again
+         unset PYTHONDONTWRITEBYTECODE
          exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) ensure_system_packages; ensure_venv
          if [ ! -f "$VENV/.installed-bench" ] || [ pyproject.toml -nt "$VENV/.installed-bench" ]; then

@@ -131,6 +131,13 @@ def validate_message(msg: dict) -> list[str]:
         problems.append(f"bad execution_state {msg['content'].get('execution_state')!r}")
     if msg_type == "stream" and msg["content"].get("name") not in ("stdout", "stderr"):
         problems.append("stream.name must be stdout or stderr")
+    if msg_type == "execute_reply":
+        reply_status = msg["content"].get("status")
+        if reply_status not in CELL_STATUSES:
+            problems.append(f"bad execute_reply status {reply_status!r}")
+        elif reply_status == "error":  # an error reply says what the error was, as the error message does
+            problems += [f"execute_reply.content.{key} missing" for key in MSG_TYPES["error"]
+                         if key not in msg["content"]]
     if "buffers" in msg and not (isinstance(msg["buffers"], list) and all(isinstance(b, str) for b in msg["buffers"])):
         problems.append("buffers must be a list of base64 strings")
     if "seq" in msg and not isinstance(msg["seq"], int):

@@ -1,6 +1,11 @@
 """Fixtures: a real redis-server, real supervisors forking real Celery workers, a real API server.
 
 Every process a fixture starts is stopped by PID in a finalizer, even when the test fails.
+
+The suite runs in parallel (pytest-xdist, `-n` in pyproject's addopts): each xdist worker is a
+process of its own with its own session fixtures (its own Redis, service, gateway and temporary
+directory), and the ports it draws are its own (`free_port`), so no two workers ever share one.
+Each module runs on one worker (--dist loadfile), so its module-scoped fixtures are made once.
 """
 
 from __future__ import annotations
@@ -20,10 +25,42 @@ import redis
 from bench.services import descendants
 from taskkernel import connections, keys
 from taskkernel.client import Client
-from taskkernel.redis_server import RedisServer, free_port
+from taskkernel.redis_server import RedisServer
+from taskkernel.redis_server import free_port as any_free_port
 from taskkernel.settings import SOURCE_CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def xdist_worker() -> tuple[int, int]:
+    """(this process's index among the suite's pytest-xdist workers, how many there are); (0, 1) without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return (int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0), max(1, count)
+
+
+def free_port() -> int:
+    """A free loopback port that only this xdist worker draws ((port // 2) % workers == its index:
+    Linux hands bind() odd ports first, so the residue is taken of port // 2).
+
+    A port is free when drawn and bound by its server a moment later: two workers drawing the same
+    one in between would collide, and silently so for the API, which binds with SO_REUSEPORT (the
+    kernel would split one service's requests between two). Disjoint residues rule that out.
+    """
+    index, count = xdist_worker()
+    for _ in range(100 * count):
+        port = any_free_port()
+        if (port // 2) % count == index:
+            return port
+    raise RuntimeError(f"no free port of xdist worker {index} of {count} in {100 * count} draws")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules marked slow (a wheel build, a browser, nbclient's suite, JupyterLab) come first:
+    with pytest-xdist (--dist loadfile: a module's tests run on one worker, so its module- and
+    class-scoped fixtures are made once) each starts at once on a worker of its own and overlaps
+    the many short modules, instead of being what the last worker is still running at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise as collected
 
 
 class Service:
@@ -147,7 +184,7 @@ def redis_server():
     Every service process of the suite runs as the restricted service user, so an empty ACL LOG
     is the proof that its ACL (taskkernel.redis_server.SERVICE_COMMANDS) allows what the service does.
     """
-    server = RedisServer()
+    server = RedisServer(port=free_port())
     server.start()
     try:
         yield server
@@ -155,6 +192,21 @@ def redis_server():
         assert not refused, f"the service user was refused (ACL LOG): {refused}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """A flushed database (3) of the session's Redis, as the service user: for tests of the trusted
+    side's code and scripts on their own (no supervisor, no worker, no API)."""
+    admin = redis.Redis.from_url(redis_server.db_url(3, admin=True))  # FLUSHDB is the admin's
+    admin.flushdb()
+    client = redis.Redis.from_url(redis_server.db_url(3))
+    try:
+        yield client
+    finally:
+        client.close()
+        admin.flushdb()
+        admin.close()
 
 
 @pytest.fixture(scope="session")
@@ -222,7 +274,7 @@ def pid_alive(pid: int) -> bool:
 @pytest.fixture
 def persistent_service(config_dir):
     """A service on a Redis with an append-only file, so its state survives a Redis restart."""
-    server = RedisServer(persistent=True).start()
+    server = RedisServer(port=free_port(), persistent=True).start()
     svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc, server
@@ -287,7 +339,7 @@ def frozen_redis_service(config_dir):
 
     Everything is sent SIGCONT before it is stopped, so a test failing mid-freeze leaves nothing stopped.
     """
-    server = RedisServer().start()
+    server = RedisServer(port=free_port()).start()
     svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc, server

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from taskkernel import ApiError, Client
-from taskkernel.redis_server import free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ import pytest
 
 from taskkernel import keys
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def celery(service, *args: str) -> subprocess.CompletedProcess:

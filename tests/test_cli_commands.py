@@ -5,13 +5,11 @@ import subprocess
 import sys
 import time
 
-import nbformat
-import nbformat.v4 as v4
 import pytest
 
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def taskkernel(*args, env=None, timeout=60):
@@ -49,6 +47,8 @@ def test_status_reads_redis_directly_when_no_url_is_given(service, notebook):
 # --- run ---------------------------------------------------------------------------------------
 
 def small_notebook():
+    import nbformat.v4 as v4  # nbformat is imported where used (see test_run_executes_...)
+
     return v4.new_notebook(cells=[
         v4.new_markdown_cell("# A small notebook"),
         v4.new_code_cell("import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second')"),
@@ -59,6 +59,10 @@ def small_notebook():
 
 
 def test_run_executes_an_ipynb_cell_by_cell_and_writes_its_outputs(service, client, tmp_path):
+    # imported here, not by the module: nbformat imports jsonschema, whose format checkers take
+    # ~2 s of CPU to import (rfc3987-syntax builds a grammar), in every xdist worker that collects this
+    import nbformat
+
     source, executed = tmp_path / "small.ipynb", tmp_path / "executed.ipynb"
     nbformat.write(small_notebook(), str(source))
     before = {nb["id"] for nb in client.notebooks()}
@@ -107,6 +111,8 @@ print('after the error')
 
 
 def test_run_stops_at_a_failing_cell_and_exits_nonzero(service, tmp_path):
+    import nbformat
+
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     result = taskkernel("run", str(script), "--url", service.api_url, "--output", str(tmp_path / "out.ipynb"))

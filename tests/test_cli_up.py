@@ -10,7 +10,7 @@ import time
 import pytest
 
 from taskkernel.client import Client
-from taskkernel.redis_server import free_port
+from tests.conftest import free_port
 from tests.conftest import descendants
 from tests.conftest import _http_ok, pid_alive, wait_for
 

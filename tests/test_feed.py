@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from taskkernel import feed as feeds
 from taskkernel import keys, messages
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,3 +103,60 @@ def test_the_feed_is_replayable_from_the_stream(service, notebook):
     types = [m["header"]["msg_type"] for m in replay]
     assert "stream" in types and types[-1] == "status"
     assert [m["seq"] for m in replay] == sorted(m["seq"] for m in replay)
+
+
+# --- the publisher and the readers on their own (taskkernel/feed.py; a real Redis, no service) ------
+
+def test_published_messages_are_numbered_streamed_and_sent_live_in_one_order(redis_db):
+    publisher = feeds.FeedPublisher(redis_db)
+    live = redis_db.pubsub(ignore_subscribe_messages=True)
+    live.subscribe(keys.feed_channel("nb"))
+    live.get_message(timeout=1)
+    try:
+        first = [messages.status("busy", notebook_id="nb", cell_id="c1"),
+                 messages.make_message("stream", {"name": "stdout", "text": "a"}, notebook_id="nb", cell_id="c1")]
+        publisher.publish("nb", *first)
+        publisher.publish("nb")  # nothing to publish: no number is used up
+        publisher.publish("nb", messages.status("idle", notebook_id="nb"))
+        heard = []
+        while len(heard) < 3:
+            item = live.get_message(timeout=5)
+            assert item is not None, f"only {len(heard)} of 3 messages were heard"
+            heard.append(json.loads(item["data"]))
+    finally:
+        live.close()
+    stored = [m for _, m in feeds.read_stream(redis_db, "nb")]
+    assert stored == heard, "the stream and the channel carry the same messages in the same order"
+    assert [m["seq"] for m in stored] == [1, 2, 3]
+    assert [{k: v for k, v in m.items() if k != "seq"} for m in stored[:2]] == first
+    raw = redis_db.xrange(keys.feed_stream("nb"))
+    assert [(f[b"t"], f[b"c"]) for _, f in raw] == [(b"status", b"c1"), (b"stream", b"c1"), (b"status", b"")]
+
+
+def test_the_stream_is_capped_and_replays_from_a_position(redis_db):
+    publisher = feeds.FeedPublisher(redis_db, stream_maxlen=10)
+    for i in range(300):
+        publisher.publish("nb", messages.make_message("stream", {"name": "stdout", "text": str(i)}, notebook_id="nb"))
+    kept = redis_db.xlen(keys.feed_stream("nb"))
+    assert 10 <= kept <= 10 + 100, kept  # MAXLEN ~ trims whole nodes (stream-node-max-entries: 100)
+    position, newest = feeds.read_stream(redis_db, "nb")[-1]
+    assert newest["seq"] == 300 and feeds.last_position(redis_db, "nb") == position
+    assert feeds.read_stream(redis_db, "nb", after=position) == []
+
+
+def test_a_waiter_gets_the_reply_of_its_cell_with_the_record_it_carries(redis_db):
+    publisher = feeds.FeedPublisher(redis_db)
+    after = feeds.last_position(redis_db, "nb")
+    assert after == "0-0"
+    publisher.publish("nb", messages.make_message("execute_reply", {"status": "ok", "execution_count": 1},
+                                                  notebook_id="nb", cell_id="other"))
+    assert feeds.wait_for_reply(redis_db, "nb", "mine", after, timeout_s=0.3) is None, "another cell's reply"
+    publisher.publish("nb", messages.make_message("execute_reply", {"status": "ok", "execution_count": 2},
+                                                  notebook_id="nb", cell_id="mine"))
+    entry = feeds.wait_for_reply(redis_db, "nb", "mine", after, timeout_s=5)
+    assert entry["t"] == "execute_reply" and entry["c"] == "mine"
+    assert json.loads(entry["m"])["content"]["execution_count"] == 2
+    assert feeds.cell_record_from_reply(entry) is None, "the publisher attaches no record; the runtime's script does"
+    stop = threading.Event()
+    stop.set()
+    assert feeds.wait_for_reply(redis_db, "nb", "never", after, timeout_s=30, stop=stop) is None

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("jupyter_server")
 
-from taskkernel.redis_server import free_port  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.conftest import wait_for, _stop  # noqa: E402
 from tests.jupyter_ws import KernelSocket, of_type, reply_of  # noqa: E402
 from tests.test_gateway import call  # noqa: E402

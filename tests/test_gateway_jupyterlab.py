@@ -15,12 +15,12 @@ import pytest
 
 pytest.importorskip("jupyterlab")
 
-from taskkernel.redis_server import free_port  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.conftest import _stop, wait_for  # noqa: E402
 from tests.test_gateway import call  # noqa: E402
 from tests.test_web_console import ARTIFACTS, browser  # noqa: E402,F401  (the headless Chromium fixture)
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 TOKEN = uuid.uuid4().hex
 NOTEBOOK = {

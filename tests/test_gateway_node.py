@@ -14,7 +14,7 @@ import pytest
 
 from tests.test_gateway import call
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,7 @@ def test_no_file_the_service_loads_can_be_written(private_service, tmp_path):
 
 
 def test_processes_a_cell_starts_die_with_the_notebook(client):
-    marker = "313.25"  # an unusual sleep, to find these processes on the host
+    marker = f"313.{uuid.uuid4().int % 10**6:06d}"  # an unusual sleep of its own, to find these processes on the host
     nb = client.start()
     nb.evaluate(
         "import os, subprocess\n"

@@ -29,7 +29,7 @@ from taskkernel.client import ApiError  # noqa: E402
 from bench.bridge_cost import run_cell  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 KERNEL_NAME = "taskkernel-test"
 JUPYTER_ENV = ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLBACKEND")
@@ -308,7 +308,7 @@ def notebook_gone(client, notebook_id: str) -> bool:
 
 def test_a_kernel_whose_service_is_down_fails_its_cells_and_stays_up(jupyter_kernels):
     from taskkernel.jupyter.kernelspec import install
-    from taskkernel.redis_server import free_port
+    from tests.conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     install(url, name="taskkernel-down", prefix=str(jupyter_kernels.parents[3]))

@@ -15,7 +15,7 @@ import pytest
 
 from bench import nbclient_suite
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_the_suites_notebook_tests_pass_on_the_bridge(service, suite, tmp_path):
 
 def test_a_failing_test_of_the_suite_is_counted_with_its_reason(service, suite, tmp_path):
     """The kernelspec points at a port where nothing listens: the notebook's cells fail on the bridge."""
-    from taskkernel.redis_server import free_port
+    from tests.conftest import free_port
 
     data_dir = nbclient_suite.install_as_python3(f"http://127.0.0.1:{free_port()}", "ipython", tmp_path / "spec")
     run = nbclient_suite.run_suite(suite, "taskkernel (down)", tmp_path / "run", data_dir, timeout_s=400,

@@ -5,11 +5,8 @@ import json
 import urllib.request
 
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, given, settings
-from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def test_every_route_is_described(service):
@@ -24,6 +21,12 @@ def test_every_route_is_described(service):
 
 
 def test_schemathesis_finds_no_server_errors_and_no_undocumented_responses(private_service):
+    # imported here: schemathesis and hypothesis take seconds to import, and every xdist worker
+    # collects this module (their pytest plugins are off in addopts: nothing else needs them)
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
     private_service.start_supervisor(pool=2, max_workers=6)  # generated pool resizes stay small
     private_service.start_api(assign_timeout_s=0.5, rpc_timeout_s=2, max_wait_timeout_s=5)
     schema = schemathesis.openapi.from_url(private_service.api_url + "/api/openapi.json")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from taskkernel.redis_server import free_port
+from tests.conftest import free_port
 from tests.conftest import descendants
 from tests.conftest import pid_alive
 

@@ -16,7 +16,7 @@ from taskkernel.client import ApiError
 from taskkernel.redis_server import ADMIN_USER, SERVICE_USER, UNPRIVILEGED_UID, RedisServer
 from taskkernel.exceptions import ConfigurationError
 from taskkernel.settings import Settings, load_settings
-from tests.conftest import Service, acl_refusals
+from tests.conftest import Service, acl_refusals, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def server():
     """A Redis of this module's own: the refusals below must not reach the session's ACL LOG."""
-    with RedisServer() as server:
+    with RedisServer(port=free_port()) as server:
         yield server
 
 
@@ -154,7 +154,7 @@ def test_maxmemory_and_noeviction_are_in_effect(server, admin):
 def test_what_scripts_wrote_survives_a_restart_of_a_persistent_redis():
     """Redis 7.0 replays the append-only file as `default` and re-checks the ACL at EXEC (the form
     scripts' writes take there): `default` keeps +@all, or a restart would drop them."""
-    server = RedisServer(persistent=True).start()
+    server = RedisServer(port=free_port(), persistent=True).start()
     try:
         client = redis.Redis.from_url(server.url)
         client.eval("redis.call('SET', KEYS[1], 'a'); redis.call('HSET', KEYS[2], 'f', 'b')", 2, "s", "h")
@@ -178,7 +178,7 @@ def test_the_maxmemory_setting_is_bytes_and_checked():
 @pytest.fixture
 def small_redis_service(config_dir):
     """A service on a Redis of its own whose maxmemory is 8 MiB."""
-    server = RedisServer(maxmemory_bytes=8 * 1024 * 1024).start()
+    server = RedisServer(port=free_port(), maxmemory_bytes=8 * 1024 * 1024).start()
     svc = Service(server.url, config_dir, {"TASKKERNEL_LOG_LEVEL": "WARNING"})
     try:
         yield svc, server

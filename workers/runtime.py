@@ -173,7 +173,6 @@ PARENTED_EVENTS = ("comm_open", "comm_msg", "comm_close", "input_request")
 # quick cell's whole story goes out in the one script that finishes it (one round trip fewer).
 ANNOUNCE_AFTER_S = 0.002
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
-CLAIM_SETTLE_WAIT_S = 5.0  # how long an interrupt waits for a claim in flight (a Redis round trip)
 # a namespace operation's answer is retried this long past its caller's not_after (api/variables.py
 # waits START_GRACE_S beyond it for an operation started just in time)
 CALL_ANSWER_GRACE_S = 2.0
@@ -265,9 +264,7 @@ class Runtime:
         self._gone = threading.Lock()
         self._budget_lock = threading.Lock()  # the running cell's output budget: pump and engine reader
         self._interrupt_lock = threading.Lock()  # an interrupt and the end of its cell, one at a time
-        self._claim_settled = threading.Condition(self._interrupt_lock)
-        self._claiming = ""  # the cell whose claim is in flight: an interrupt waits for its outcome
-        self._claimed = ""  # the cell claimed (running, to the API) whose code may not have begun
+        self._claiming = ""  # the cell being claimed and set up: an interrupt now is kept for it
         self._execution_count = 0  # the engine's, as its last reply said
         self.feed = self.store.feed
         self._claim = client.register_script(_CLAIM_LUA)
@@ -450,13 +447,13 @@ class Runtime:
 
     def interrupt(self) -> dict:
         """Raise KeyboardInterrupt in the running cell; a no-op when none runs."""
-        with self._claim_settled:  # the cell cannot end (and the next begin) meanwhile
-            # a claimed cell is running to the API at once, though its execute is not sent yet:
-            # the interrupt waits for a claim in flight, and is kept for the cell's execute
-            self._claim_settled.wait_for(lambda: not self._claiming, timeout=CLAIM_SETTLE_WAIT_S)
-            cell_id = self._run.cell_id if self._run is not None else self._claimed
+        with self._interrupt_lock:  # the cell cannot end (and the next begin) meanwhile
+            run = self._run
+            cell_id = run.cell_id if run is not None else self._claiming
             if not cell_id:
                 return {"interrupted": None}
+            # a cell claimed but not yet sent to the engine (its record already says running): the
+            # engine keeps the interrupt and sends the cell's execute out interrupted
             self.engine.interrupt()
         return {"interrupted": cell_id}
 
@@ -469,30 +466,32 @@ class Runtime:
             self._files_ready_for = notebook_id
         now = time.time()
         claim = f"{self.worker_id}:{secrets.token_hex(8)}"
-        with self._claim_settled:
-            self._claiming, self._claimed = cell_id, ""
-            self.engine.disarm_interrupt()  # nothing of an earlier cell's is left for this one
-        claimed = None
+        with self._interrupt_lock:  # from the claim on, the cell is seen running: an interrupt is kept
+            self._claiming = cell_id
         try:
             claimed = self._claim_cell(cell_id, notebook_id, now, claim)
-        finally:
-            with self._claim_settled:
-                self._claiming, self._claimed = "", cell_id if claimed else ""
-                self._claim_settled.notify_all()
+        except BaseException:
+            self._not_claiming()
+            raise
         if not claimed:
+            self._not_claiming()
             log.info("cell %s of notebook %s not run: already started, aborted or not ours", cell_id, notebook_id,
                      extra={"notebook_id": notebook_id, "cell_id": cell_id})
             self._count_dropped(notebook_id)
             return "skipped"
-        claimed = Claim.from_reply(claimed)
-        code, stop_on_error, options = claimed.code, claimed.stop_on_error, claimed.options
-        context = {"notebook_id": notebook_id, "cell_id": cell_id}
-        log.debug("cell started", extra=context)
-        if self._workspace_of != notebook_id:
-            self._enter_workspace(notebook_id)
-        if claimed.restore_pending:
-            self._restore_after_restart(notebook_id)
-        run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, claimed.epoch)
+        try:
+            claimed = Claim.from_reply(claimed)
+            code, stop_on_error, options = claimed.code, claimed.stop_on_error, claimed.options
+            context = {"notebook_id": notebook_id, "cell_id": cell_id}
+            log.debug("cell started", extra=context)
+            if self._workspace_of != notebook_id:
+                self._enter_workspace(notebook_id)
+            if claimed.restore_pending:
+                self._restore_after_restart(notebook_id)
+            run = self._run = CellRun(notebook_id, cell_id, self.output_limit, now, claim, claimed.epoch)
+        except BaseException:
+            self._not_claiming()
+            raise
         self._notebook_id, self._notebook_epoch = notebook_id, run.epoch
         with self._budget_lock:
             self._between_cells_bytes = 0
@@ -515,7 +514,7 @@ class Runtime:
             run.ended.set()
             self.capture.end()
             with self._interrupt_lock:
-                self._run, self._claimed = None, ""
+                self._run, self._claiming = None, ""
                 self.engine.disarm_interrupt()
         if isinstance(reply.get("execution_count"), int):
             self._execution_count = reply["execution_count"]
@@ -534,6 +533,12 @@ class Runtime:
             except Exception as exc:  # a failed checkpoint must not fail the cell that ran
                 log.warning("checkpoint after cell %s failed: %r", cell_id, exc)
         return reply["status"]
+
+    def _not_claiming(self) -> None:
+        """The cell being claimed will not run here: an interrupt kept for it must reach no other."""
+        with self._interrupt_lock:
+            self._claiming = ""
+            self.engine.disarm_interrupt()
 
     def _died_in_cell(self, run: CellRun, death: str) -> dict:
         """The reply of a cell whose engine died under it."""
