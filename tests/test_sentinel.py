@@ -179,7 +179,10 @@ def test_a_primary_killed_mid_run_loses_no_accepted_cell_and_every_part_follows_
         after = loop.run_until_complete(ws.execute("y + 1", timeout_s=30))
         assert [m["content"]["data"]["text/plain"] for m in of_type(after, "execute_result")] == ["2"]
     finally:
-        ws.close()
+        async def close_socket():  # tornado's close makes a Future: it needs the loop running
+            ws.close()
+
+        loop.run_until_complete(close_socket())
         loop.close()
         stop.set()
         follower.join(15)
