@@ -5,8 +5,16 @@ import signal
 import time
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from taskkernel import keys
+from taskkernel.celery_wire import TaskMessages, make_celery
+from taskkernel.cells import SUBMIT_LUA
 from taskkernel.client import ApiError
+from taskkernel.notebooks import NotebookStore
+from taskkernel.settings import load_settings
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,6 +41,49 @@ def test_a_redis_restart_loses_no_cell_and_everything_reconnects(persistent_serv
     assert after["outputs"][0]["data"]["text/plain"] == "2", "the namespace is untouched"
     with svc.client().start() as other:  # the warm pool still serves new notebooks
         assert other.evaluate("1 + 1")["status"] == "ok"
+    nb.close()
+
+
+def test_a_task_message_redis_took_off_the_queue_as_it_shut_down_is_queued_again(persistent_service, tmp_path):
+    """A Redis shutting down persists its last event-loop iteration but sends none of its replies:
+    a cell submitted then is recorded, and the BRPOP of its idle worker takes its task message off
+    the queue without ever delivering it. The worker, reconnected, queues it again; it runs once."""
+    svc, server = persistent_service
+    log = tmp_path / "supervisor.log"
+    host = svc.start_supervisor(pool=1, output=log)
+    svc.start_api()
+    nb = svc.client().start()
+    nb.evaluate("runs = 0")
+    admin = redis.Redis.from_url(server.admin_url, retry=Retry(NoBackoff(), 0))
+    kombu_brpops = lambda: sum(1 for c in admin.client_list() if c["cmd"] == "brpop")  # noqa: E731
+    # every worker of the host (the pinned one, its replacement, the ipython one) is blocked in BRPOP
+    wait_for(lambda: kombu_brpops() == admin.scard(keys.host_workers(host)) > 0, 60, "the workers' BRPOPs")
+    store = NotebookStore(svc.redis)
+    messages = TaskMessages(make_celery(load_settings({"TASKKERNEL_REDIS_URL": server.url})))
+    call = store.submit_call(nb.id, "runs += 1\nruns", lambda cell_id: messages.evaluate(cell_id, nb.id))
+    pipe = admin.pipeline(transaction=False)  # one write: the submit and the shutdown in one iteration
+    pipe.eval(SUBMIT_LUA, len(call.keys), *call.keys, *call.args)
+    pipe.execute_command("SHUTDOWN")
+    with pytest.raises(redis.ConnectionError):
+        pipe.execute()  # neither is answered
+    admin.close()
+    server.process.wait(10)
+    server.start()
+
+    def done() -> dict | None:
+        try:
+            cell = nb.cell(call.cell["id"])
+        except ApiError:  # 503 while the API reconnects
+            return None
+        return cell if cell["state"] == "done" else None
+
+    wait_for(done, 60, "the cell whose task message was lost")
+    cell = done()
+    assert cell["status"] == "ok", cell
+    assert cell["outputs"][0]["data"]["text/plain"] == "1"
+    assert "its task message was lost with the broker connection: queued again" in log.read_text(), \
+        "the message was not lost (no BRPOP was waiting?) or not put back by the worker"
+    assert nb.evaluate("runs", timeout=30)["outputs"][0]["data"]["text/plain"] == "1", "it ran once"
     nb.close()
 
 
