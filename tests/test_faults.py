@@ -1,5 +1,6 @@
 """Faults: Redis restarts, API restarts and killed workers never leave a caller hanging or lose results."""
 
+import json
 import os
 import signal
 import time
@@ -85,6 +86,35 @@ def test_a_task_message_redis_took_off_the_queue_as_it_shut_down_is_queued_again
         "the message was not lost (no BRPOP was waiting?) or not put back by the worker"
     assert nb.evaluate("runs", timeout=30)["outputs"][0]["data"]["text/plain"] == "1", "it ran once"
     nb.close()
+
+
+def test_only_the_oldest_queued_cell_whose_message_is_gone_is_queued_again(redis_db):
+    """requeue_lost on Redis alone: a notebook pinned to worker w1 (epoch 1) with queue q."""
+    store = NotebookStore(redis_db)
+    messages = TaskMessages(make_celery(load_settings({"TASKKERNEL_REDIS_URL": "redis://127.0.0.1:1/0"})))
+    redis_db.hset(keys.notebook("nb"), mapping={"state": "idle", "worker": "w1", "epoch": 1, "queue": "q"})
+    redis_db.hset(keys.worker("w1"), mapping={"notebook": "nb", "epoch": 1})
+    first, second = (store.submit("nb", code, lambda c: messages.evaluate(c, "nb")).cell["id"] for code in "12")
+
+    def requeue(worker="w1"):
+        return store.requeue_lost(worker, messages.evaluate)
+
+    def queued_cells():  # in the order BRPOP takes them (from the tail)
+        return [json.loads(m)["headers"]["argsrepr"][2:34] for m in reversed(redis_db.lrange("q", 0, -1))]
+
+    assert requeue() is None and queued_cells() == [first, second], "nothing is lost"
+    redis_db.rpop("q")  # what a BRPOP whose reply never arrived did
+    assert requeue("w2") is None, "another worker's notebook is not its business"
+    assert requeue() == first and queued_cells() == [first, second], "put back where it was taken"
+    assert requeue() is None and queued_cells() == [first, second], "once"
+    redis_db.rpop("q")
+    redis_db.hset(keys.cell(first), "state", "running")  # the worker has it: the next one is the oldest
+    assert requeue() is None, "the second cell's message is still on the queue"
+    redis_db.delete("q")
+    assert requeue() == second and queued_cells() == [second]
+    redis_db.hset(keys.worker("w1"), "epoch", 2)
+    redis_db.delete("q")
+    assert requeue() is None, "a worker of an older epoch queues nothing"
 
 
 def test_an_api_restart_leaves_notebooks_and_namespaces_untouched(private_service):
