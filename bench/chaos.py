@@ -55,6 +55,7 @@ SENTINEL_FAULTS = {"sentinel_failover": 1, "sentinel_failover_nowait": 0}
 CALL_TIMEOUT_S = 8.0  # the evaluate `timeout` of every cell
 HUNG_MARGIN_S = 3.0
 CELL_S = 0.25  # each cell sleeps this long: a fault always finds cells running and queued
+REQUEUED_LOG = "task message was lost with the broker connection: queued again"  # workers/runtime.py's warning
 
 
 @dataclass
@@ -235,6 +236,9 @@ def run_fault(fault: str, notebooks: int, cells: int, budget_s: float) -> Tally:
         for submitter in submitters:
             submitter.join(max(0.0, stop_at - time.monotonic()) + 5)
         count(tally, svc, submitters, homes, fault)
+        requeued = sum(processes.log_tail(name, 100_000).count(REQUEUED_LOG) for name in svc.hosts)
+        if requeued:  # each one a cell that stayed queued for good before workers/consumer.py
+            tally.notes.append(f"{requeued} task message(s) lost with a broker connection were queued again")
     finally:
         svc.close()
     return tally

@@ -63,6 +63,33 @@ push_task(queue, ARGV[1], ARGV[2])
 return queue
 """
 
+# Put back the task of a notebook's oldest queued cell when its message left the queue without
+# reaching the worker. kombu's BRPOP takes a message off the list before the worker has it, and
+# kombu keeps no copy (no ack emulation): a Redis shutdown persists the pop but drops the replies
+# of its last event-loop iteration, so a cell submitted (or a BRPOP served) in that iteration is
+# queued for good, its message gone. The worker runs this whenever its broker connection starts
+# again, before it consumes: the lost message can only be the oldest (a BRPOP takes the tail),
+# so it goes back to the tail (RPUSH: next to be taken). A message that was not lost after all
+# is harmless: the claim runs a cell once.  KEYS: notebook, worker, cell, pending.  ARGV: worker
+# id, cell id, cell key prefix, the task message's two halves (celery_wire.task_message).
+# Returns the queue, or false (the notebook is not this worker's in its epoch, the cell is not
+# its oldest queued one, or its message is still on the queue).
+_REQUEUE_LOST_LUA = """
+local nb = redis.call('HMGET', KEYS[1], 'worker', 'epoch', 'queue')
+if nb[1] ~= ARGV[1] or not nb[3] or nb[3] == '' then return false end
+if (nb[2] or '') ~= (redis.call('HGET', KEYS[2], 'epoch') or '') then return false end
+if redis.call('HGET', KEYS[3], 'state') ~= 'queued' then return false end
+for _, c in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  if c == ARGV[2] then break end
+  if redis.call('HGET', ARGV[3] .. c, 'state') == 'queued' then return false end
+end
+for _, m in ipairs(redis.call('LRANGE', nb[3], 0, -1)) do
+  if string.find(m, ARGV[2], 1, true) then return false end
+end
+redis.call('RPUSH', nb[3], ARGV[4] .. cjson.encode(nb[3]) .. ARGV[5])
+return nb[3]
+"""
+
 # Abort every queued cell of a notebook.  KEYS: pending list, cells-by-status counter.  ARGV: cell
 # key prefix, now.  Returns the aborted cell ids (counted as "aborted"); cells already running are
 # left to finish or fail.
@@ -208,6 +235,27 @@ class CellStore:
             if got:
                 return as_text(got)
             self.wait_for_worker(notebook_id, worker_timeout_s)
+
+    def requeue_lost(self, worker_id: str, task_message: Callable[[str, str], tuple[str, str]]) -> str | None:
+        """Queue again the task of the oldest queued cell of the notebook pinned to `worker_id` if
+        its message is gone from the queue (lost with a broker connection: _REQUEUE_LOST_LUA);
+        `task_message(cell_id, notebook_id)` builds it. Returns that cell's id, or None."""
+        notebook_id = as_text(self.redis.hget(keys.worker(worker_id), "notebook") or b"")
+        if not notebook_id:
+            return None
+        pending = [as_text(c) for c in self.redis.lrange(keys.notebook_pending(notebook_id), 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for cell_id in pending:
+            pipe.hget(keys.cell(cell_id), "state")
+        oldest = next((c for c, state in zip(pending, pipe.execute()) if as_text(state or b"") == CellState.QUEUED),
+                      None)
+        if oldest is None:
+            return None
+        queue = self._requeue_lost(
+            keys=[keys.notebook(notebook_id), keys.worker(worker_id), keys.cell(oldest),
+                  keys.notebook_pending(notebook_id)],
+            args=[worker_id, oldest, keys.cell(""), *task_message(oldest, notebook_id)])
+        return oldest if queue else None
 
     def get_cell(self, cell_id: str, notebook_id: str | None = None) -> dict:
         raw = self.redis.hgetall(keys.cell(cell_id))

@@ -18,7 +18,7 @@ import redis
 from taskkernel import keys, messages, workspace
 from taskkernel.connections import Durability
 from taskkernel.assignment import _ASSIGN_LUA, _DETACH_LUA, Assignment
-from taskkernel.cells import _ABORT_LUA, _ENQUEUE_LUA, _FAIL_LUA, _SUBMIT_LUA, CellStore
+from taskkernel.cells import _ABORT_LUA, _ENQUEUE_LUA, _FAIL_LUA, _REQUEUE_LOST_LUA, _SUBMIT_LUA, CellStore
 from taskkernel.exceptions import NoLease, NotebookNotFound, NoWorkerAvailable, QuotaExceeded
 from taskkernel.feed import FeedPublisher
 from taskkernel.messages import as_text
@@ -93,6 +93,7 @@ class NotebookStore(CellStore, Assignment):
         self._assign = client.register_script(_ASSIGN_LUA)
         self._submit = client.register_script(_SUBMIT_LUA)
         self._enqueue = client.register_script(_ENQUEUE_LUA)
+        self._requeue_lost = client.register_script(_REQUEUE_LOST_LUA)
         self._abort = client.register_script(_ABORT_LUA)
         self._fail = client.register_script(_FAIL_LUA)
         self._renew = client.register_script(_RENEW_LUA)

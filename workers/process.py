@@ -18,7 +18,7 @@ from celery import Celery, signals
 
 from taskkernel import connections, logs
 from taskkernel.settings import Settings
-from taskkernel.workers import cgroups, directories, kernelspecs, sandbox
+from taskkernel.workers import cgroups, consumer, directories, kernelspecs, sandbox
 from taskkernel.workers.capture import OutputCapture
 from taskkernel.workers.checkpoints import CheckpointStore
 from taskkernel.workers.engine import EngineProcess
@@ -63,6 +63,7 @@ def run_worker(app: Celery, settings: Settings, spec: dict, *, worker_id: str, q
                       checkpoints=checkpoints, files=file_service,
                       durability=connections.Durability.from_settings(settings))
     register_tasks(app, runtime)  # the tasks get their runtime as an argument, not through the app
+    consumer.install(app, runtime)  # a task message lost with a broker connection is queued again
 
     def on_ready(**_):
         runtime.install_interrupt_handler()

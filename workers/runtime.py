@@ -173,6 +173,7 @@ PARENTED_EVENTS = ("comm_open", "comm_msg", "comm_close", "input_request")
 # quick cell's whole story goes out in the one script that finishes it (one round trip fewer).
 ANNOUNCE_AFTER_S = 0.002
 FINAL_WRITE_RETRY_S = 300.0  # how long a finished cell waits for Redis to come back
+REQUEUE_RETRY_S = 60.0  # how long a reconnected worker retries Redis to put back a lost task
 # a namespace operation's answer is retried this long past its caller's not_after (api/variables.py
 # waits START_GRACE_S beyond it for an operation started just in time)
 CALL_ANSWER_GRACE_S = 2.0
@@ -735,6 +736,26 @@ class Runtime:
                     raise
                 log.warning("claiming cell %s: Redis is unavailable (%r); retrying", cell_id, exc)
                 time.sleep(0.5)
+
+    def requeue_lost(self, task_message) -> str | None:
+        """Put back the task of this worker's oldest queued cell when its broker connection lost it
+        (NotebookStore.requeue_lost; `task_message(cell_id, notebook_id)` builds it), before the
+        connection consumes again. Returns that cell's id, or None. Redis is retried for a while:
+        the connection that lost the message is usually lost because Redis went away."""
+        deadline = time.monotonic() + REQUEUE_RETRY_S
+        while True:
+            try:
+                cell_id = self.store.requeue_lost(self.worker_id, task_message)
+                break
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline:
+                    log.warning("looking for a task message lost with the broker connection: %r", exc)
+                    return None
+                time.sleep(0.5)
+        if cell_id:
+            log.warning("cell %s was queued but its task message was lost with the broker connection: queued again",
+                        cell_id, extra={"cell_id": cell_id})
+        return cell_id
 
     def _count_dropped(self, notebook_id: str) -> None:
         """Count deliveries dropped by the claim (redeliveries), for the notebook's record."""
