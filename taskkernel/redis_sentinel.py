@@ -21,8 +21,7 @@ import redis
 
 from taskkernel.connections import sentinel_url
 from taskkernel.exceptions import ConfigurationError
-from taskkernel.redis_server import (SENTINEL_USER, UNPRIVILEGED_UID, RedisServer, _quoted, free_port,
-                                     redis_server_binary)
+from taskkernel.redis_server import SENTINEL_USER, UNPRIVILEGED_UID, RedisServer, _quoted, free_port, launch
 
 SERVICE = "taskkernel"
 
@@ -60,18 +59,7 @@ class SentinelServer:
         ]) + "\n"
 
     def start(self) -> "SentinelServer":
-        os.chmod(self.dir, 0o700)
-        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as conf:
-            conf.write(self.config())
-        as_other_user = {}
-        if self.run_as_uid != os.geteuid():
-            for path in (self.dir, self.conf_path):
-                os.chown(path, self.run_as_uid, self.run_as_uid)
-            as_other_user = {"user": self.run_as_uid, "group": self.run_as_uid, "extra_groups": []}
-        self.process = subprocess.Popen([redis_server_binary(), self.conf_path, "--sentinel"],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={}, cwd=self.dir,
-                                        start_new_session=True, **as_other_user)
+        self.process = launch(self.dir, self.conf_path, self.config(), self.run_as_uid, "--sentinel")
         return self
 
     def client(self) -> redis.Redis:

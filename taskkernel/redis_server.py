@@ -169,20 +169,7 @@ class RedisServer:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout_s: float = 10.0) -> "RedisServer":
-        binary = redis_server_binary()
-        os.chmod(self.dir, 0o700)
-        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as conf:
-            conf.write(self.config())
-        as_other_user = {}
-        if self.run_as_uid != os.geteuid():
-            for path in (self.dir, self.conf_path):
-                os.chown(path, self.run_as_uid, self.run_as_uid)
-            as_other_user = {"user": self.run_as_uid, "group": self.run_as_uid, "extra_groups": []}
-        # No environment: nothing of this process's (tokens, URLs) is handed to redis-server
-        self.process = subprocess.Popen([binary, self.conf_path], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, env={}, cwd=self.dir,
-                                        start_new_session=True, **as_other_user)
+        self.process = launch(self.dir, self.conf_path, self.config(), self.run_as_uid)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis.from_url(self.url)
         while True:
@@ -216,6 +203,24 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def launch(directory, conf_path, config: str, run_as_uid: int, *args: str) -> subprocess.Popen:
+    """Start redis-server (or, with `--sentinel`, a sentinel) on `config`, written 0600 into the
+    0700 `directory`, as `run_as_uid` (both owned by it), with no environment: nothing of this
+    process's (tokens, URLs) is handed to it."""
+    os.chmod(directory, 0o700)
+    fd = os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as conf:
+        conf.write(config)
+    as_other_user = {}
+    if run_as_uid != os.geteuid():
+        for path in (directory, conf_path):
+            os.chown(path, run_as_uid, run_as_uid)
+        as_other_user = {"user": run_as_uid, "group": run_as_uid, "extra_groups": []}
+    return subprocess.Popen([redis_server_binary(), str(conf_path), *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, env={}, cwd=directory, start_new_session=True,
+                            **as_other_user)
 
 
 def _quoted(value: str) -> str:
